@@ -14,13 +14,23 @@ if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import detectron2, torchvision, hkd
 fi
 
 echo "[setup] creating virtual environment in $VENV"
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  # A detectron2 the user already has (e.g. built from source) is reused through the system site.
+  if "$PY" -c "import detectron2, torchvision" 2>/dev/null; then
+    echo "[setup] reusing the detectron2 importable by $PY"
+    "$PY" -m venv --system-site-packages "$VENV"
+  else
+    "$PY" -m venv "$VENV"
+  fi
+fi
 VPY="$VENV/bin/python"
-"$VPY" -m pip install -q --upgrade pip "setuptools<81" wheel
+# pip, minus the mirror's harmless "Location ... is ignored" notices; its exit status is kept.
+pip_install() { "$VPY" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+pip_install --upgrade pip "setuptools<81" wheel
 
 if ! "$VPY" -c "import torch, torchvision; torchvision.ops.nms" 2>/dev/null; then
   echo "[setup] installing $TORCH_PIN"
-  "$VPY" -m pip install -q $TORCH_PIN
+  pip_install $TORCH_PIN
 fi
 
 if ! "$VPY" -c "import detectron2" 2>/dev/null; then
@@ -28,14 +38,14 @@ if ! "$VPY" -c "import detectron2" 2>/dev/null; then
   # wheel of it (tagged cp310, pure-Python use works). See ../shared/ENVIRONMENT.md.
   D2_DIR="$VENV/detectron2_pkg"
   echo "[setup] installing $D2_PIN into $D2_DIR"
-  "$VPY" -m pip install -q --no-deps --only-binary=:all: --python-version 3.10 \
+  pip_install --no-deps --only-binary=:all: --python-version 3.10 \
     --implementation cp --target "$D2_DIR" "$D2_PIN"
   SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "$D2_DIR" > "$SITE/hkd_detectron2.pth"
 fi
 
 echo "[setup] installing hkd_d2 (editable) with test extras"
-"$VPY" -m pip install -q -e "$ROOT[test]"
+pip_install -e "$ROOT[test]"
 "$VPY" -c "import detectron2, torchvision, hkd_d2"
 touch "$STAMP"
 echo "[setup] done"

@@ -1,0 +1,1 @@
+from .mapper import PedestrianDatasetMapper  # noqa: F401

@@ -1,0 +1,13 @@
+"""Model parts of hkd_d2; importing this package registers them with Detectron2's registries."""
+from . import distill, pyramid_pooler, roi_heads, rpn  # noqa: F401  (registration side effects)
+from .pyramid_pooler import ROI_POOLER_REGISTRY, PyRoIAlign, build_box_pooler
+from .roi_heads import PedestrianROIHeads
+from .rpn import PedestrianRPN
+
+__all__ = [
+    "ROI_POOLER_REGISTRY",
+    "build_box_pooler",
+    "PyRoIAlign",
+    "PedestrianROIHeads",
+    "PedestrianRPN",
+]

@@ -1,0 +1,168 @@
+"""CityPersons: the official ``anno_{train,val}.mat`` annotation files on Cityscapes images.
+
+Each ``.mat`` holds one variable ``anno_<split>_aligned``: a 1xN cell of structs with
+``cityname``, ``im_name`` and ``bbs``, an (M, 10) matrix whose rows are
+``[class_label x1 y1 w h instance_id x1_vis y1_vis w_vis h_vis]``. Images live in
+Cityscapes' layout ``leftImg8bit/<split>/<cityname>/<im_name>``.
+
+Conversion rules (they reproduce the official ``val_gt.json`` exactly for all 500 images):
+images sorted by file name with ids from 1; boxes as integers; ``ignore = (label != 1)``
+(only "pedestrian" is a clean target); ``vis_ratio = w_vis*h_vis / (w*h)`` (``val_gt.json``
+stores it rounded to 12 significant digits); "people group" boxes are crowds.
+"""
+import logging
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import scipy.io
+
+from .pedestrian_json import (
+    PathLike,
+    PedestrianDataError,
+    atomic_output,
+    drop_degenerate,
+    image_size,
+    make_annotation,
+)
+
+__all__ = [
+    "CITYPERSONS_LABELS",
+    "CITYSCAPES_IMAGE_SIZE",
+    "read_citypersons_mat",
+    "citypersons_annotations",
+    "load_citypersons",
+    "write_citypersons_mat",
+]
+
+logger = logging.getLogger(__name__)
+
+# class_label -> label string (contract) for the first column of ``bbs``.
+CITYPERSONS_LABELS = {
+    0: "ignore region",
+    1: "pedestrian",
+    2: "rider",
+    3: "sitting person",
+    4: "other person",
+    5: "people group",
+}
+# The only class label that is a training/evaluation target; all others become ignore boxes.
+CITYPERSONS_TARGET_LABEL = 1
+# (height, width) of every Cityscapes image: used when images are not on disk.
+CITYSCAPES_IMAGE_SIZE = (1024, 2048)
+BBS_COLUMNS = 10
+
+
+def _str_field(value) -> str:
+    return str(np.asarray(value).reshape(-1)[0])
+
+
+def _variable(mat: Dict, anno_mat: PathLike) -> np.ndarray:
+    names = [k for k in mat if k.startswith("anno_") and k.endswith("_aligned")]
+    if len(names) != 1:
+        found = [k for k in mat if not k.startswith("__")]
+        raise PedestrianDataError(
+            f"{anno_mat}: expected one variable 'anno_<split>_aligned' (CityPersons), found {found}"
+        )
+    return mat[names[0]]
+
+
+def read_citypersons_mat(anno_mat: PathLike) -> List[Tuple[str, str, np.ndarray]]:
+    """Raw entries of a CityPersons ``.mat`` file.
+
+    Returns:
+        list of ``(cityname, im_name, bbs)`` in file order, ``bbs`` an int64 array (M, 10).
+        (``loadmat`` gives uint8/uint16/int16 depending on the image; we widen to int64 so that
+        arithmetic cannot overflow, and keep negative x1.)
+    """
+    try:
+        mat = scipy.io.loadmat(str(anno_mat))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"CityPersons annotation file {anno_mat} not found") from None
+    except (ValueError, TypeError, OSError) as e:
+        raise PedestrianDataError(f"{anno_mat}: not a readable MATLAB file: {e}") from e
+    entries = []
+    for cell in _variable(mat, anno_mat).reshape(-1):
+        try:
+            struct = cell.reshape(-1)[0]
+            bbs = np.asarray(struct["bbs"]).astype(np.int64).reshape(-1, BBS_COLUMNS)
+            entries.append((_str_field(struct["cityname"]), _str_field(struct["im_name"]), bbs))
+        except (ValueError, IndexError, KeyError) as e:
+            raise PedestrianDataError(f"{anno_mat}: malformed entry {len(entries)}: {e!r}") from e
+    return entries
+
+
+def citypersons_annotations(bbs: np.ndarray) -> List[Dict]:
+    """Record annotations of one image's ``bbs`` rows (int64 (M, 10)), in row order."""
+    annotations = []
+    for row in bbs.tolist():
+        label = int(row[0])
+        if label not in CITYPERSONS_LABELS:
+            raise PedestrianDataError(f"unknown CityPersons class label {label} in row {row}")
+        annotations.append(
+            make_annotation(
+                row[1:5], row[6:10], ignore=label != CITYPERSONS_TARGET_LABEL, label=CITYPERSONS_LABELS[label]
+            )
+        )
+    return annotations
+
+
+def load_citypersons(
+    anno_mat: PathLike, image_root: PathLike, require_images: bool = True
+) -> List[Dict]:
+    """Read a CityPersons ``.mat`` into Detectron2 dataset dicts.
+
+    Args:
+        anno_mat: ``anno_train.mat`` / ``anno_val.mat``.
+        image_root: ``leftImg8bit/<split>``; images are ``<image_root>/<cityname>/<im_name>``.
+        require_images: raise FileNotFoundError for a listed image missing on disk. When False,
+            missing images get Cityscapes' size (1024x2048).
+
+    Returns:
+        records sorted by ``im_name`` with ``image_id`` 1..N (the ids of ``val_gt.json``).
+    """
+    root = Path(image_root).resolve()
+    entries = sorted(read_citypersons_mat(anno_mat), key=lambda e: e[1])
+    records = []
+    for image_id, (city, name, bbs) in enumerate(entries, start=1):
+        path = root / city / name
+        if path.is_file():
+            height, width = image_size(path)
+        elif require_images:
+            raise FileNotFoundError(f"image {path} (listed in {anno_mat}) not found on disk")
+        else:
+            height, width = CITYSCAPES_IMAGE_SIZE
+        try:
+            annotations = citypersons_annotations(bbs)
+        except PedestrianDataError as e:
+            raise PedestrianDataError(f"{anno_mat}, image {name}: {e}") from e
+        records.append(
+            {
+                "file_name": str(path),
+                "image_id": image_id,
+                "height": height,
+                "width": width,
+                "annotations": drop_degenerate(annotations, f"{anno_mat}:{name}"),
+            }
+        )
+    logger.info("Loaded %d CityPersons images from %s", len(records), anno_mat)
+    return records
+
+
+def write_citypersons_mat(
+    anno_mat: PathLike, split: str, entries: List[Tuple[str, str, np.ndarray]]
+) -> None:
+    """Write entries ``(cityname, im_name, bbs (M, 10))`` in the official layout.
+
+    The variable is ``anno_<split>_aligned``, a 1xN cell of 1x1 structs with fields
+    ``cityname``, ``im_name``, ``bbs`` (``bbs`` stored as double).
+    """
+    cell = np.empty((1, len(entries)), dtype=object)
+    dtype = [("cityname", object), ("im_name", object), ("bbs", object)]
+    for i, (city, name, bbs) in enumerate(entries):
+        struct = np.empty((1, 1), dtype=dtype)
+        struct[0, 0] = (city, name, np.asarray(bbs, dtype=np.float64).reshape(-1, BBS_COLUMNS))
+        cell[0, i] = struct
+    with atomic_output(anno_mat) as tmp:
+        with open(tmp, "wb") as f:
+            scipy.io.savemat(f, {f"anno_{split}_aligned": cell})

@@ -1,0 +1,72 @@
+"""Dataset mapper for pedestrian records: one class, ignore regions kept as flagged instances."""
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data.transforms import TransformList
+from detectron2.structures import Instances
+
+__all__ = ["PedestrianDatasetMapper"]
+
+
+def _is_ignore(annotation: Dict) -> bool:
+    """An annotation is an ignore region when its ``"ignore"`` flag (or, for COCO-style
+    records without one, its ``"iscrowd"`` flag) is set."""
+    return bool(annotation.get("ignore", annotation.get("iscrowd", 0)))
+
+
+class PedestrianDatasetMapper(DatasetMapper):
+    """:class:`DatasetMapper` for the pedestrian records of hkd_d2 (single class "person").
+
+    In training, each image's ``"instances"`` hold ``gt_boxes``, ``gt_classes`` (0 for all)
+    and, when ``keep_ignore`` is on, ``gt_ignore`` (bool): the record's ignore annotations
+    (``"ignore": 1``) stay as instances flagged True, for the ignore-aware RPN and box
+    head; when it is off they are dropped, as Detectron2 drops crowd boxes. Boxes that
+    the transforms leave empty are dropped. Inference is Detectron2's.
+    """
+
+    @configurable
+    def __init__(self, is_train: bool, *, keep_ignore: bool = True, **kwargs):
+        """
+        Args:
+            is_train: whether the mapper is used for training.
+            keep_ignore: keep ignore annotations as ``gt_ignore=True`` instances.
+            kwargs: arguments of :class:`DatasetMapper`.
+        """
+        super().__init__(is_train, **kwargs)
+        self.keep_ignore = keep_ignore
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> Dict:
+        ret = super().from_config(cfg, is_train)
+        ret["keep_ignore"] = cfg.MODEL.IGNORE_REGIONS.ENABLED
+        return ret
+
+    def _transform_annotations(
+        self, dataset_dict: Dict, transforms: TransformList, image_shape
+    ) -> None:
+        """Replace ``dataset_dict["annotations"]`` by ``dataset_dict["instances"]``."""
+        annos: List[Dict] = [
+            a for a in dataset_dict.pop("annotations") if self.keep_ignore or not _is_ignore(a)
+        ]
+        for a in annos:
+            if "bbox" not in a or "bbox_mode" not in a:
+                raise ValueError(
+                    f"Annotation without 'bbox'/'bbox_mode' in record of "
+                    f"{dataset_dict.get('file_name', '<no file_name>')}: {a}"
+                )
+        ignore = torch.tensor([_is_ignore(a) for a in annos], dtype=torch.bool)
+        annos = [
+            utils.transform_instance_annotations(
+                {"bbox": a["bbox"], "bbox_mode": a["bbox_mode"], "category_id": 0},
+                transforms,
+                image_shape,
+            )
+            for a in annos
+        ]
+        instances: Instances = utils.annotations_to_instances(annos, image_shape)
+        if self.keep_ignore:
+            instances.gt_ignore = ignore
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)

@@ -1,0 +1,261 @@
+"""The generic pedestrian annotation format: COCO-style JSON with ignore flags and visible boxes.
+
+This is the format of the official CityPersons ``val_gt.json`` and the one every prepare
+script under ``datasets/`` converts to. One JSON file looks like::
+
+    {"images": [{"id": 1, "file_name": "city/x.png" (or "im_name": "x.png"), "height": H, "width": W}],
+     "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "ignore": 0,
+                      "bbox": [x, y, w, h], "vis_bbox": [x, y, w, h], "height": h,
+                      "vis_ratio": r, "label": "pedestrian"}],
+     "categories": [{"id": 1, "name": "person"}]}
+
+``label`` is our addition (the source label, see the record format in the project contract);
+when absent it is taken from the category name. This module is also the one home of the
+record/annotation format itself (:func:`make_annotation`) and of atomic output writing.
+"""
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+from detectron2.structures import BoxMode
+from PIL import Image
+
+__all__ = [
+    "PedestrianDataError",
+    "atomic_output",
+    "make_annotation",
+    "drop_degenerate",
+    "image_size",
+    "resolve_image",
+    "load_pedestrian_json",
+    "records_to_coco",
+    "save_pedestrian_json",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+# The single category of every pedestrian dataset, as the COCO-style JSON names it.
+PERSON_CATEGORY = {"id": 1, "name": "person"}
+# Labels whose boxes are crowds rather than single people (COCO "iscrowd").
+CROWD_LABELS = frozenset({"people group", "people"})
+
+
+class PedestrianDataError(ValueError):
+    """A malformed annotation/image file; the message names the file."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
+
+    Args:
+        path: final file (or directory when ``is_dir``) to produce.
+        is_dir: produce a directory. It must not exist yet (a directory is never overwritten).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; remove it or choose another output")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def make_annotation(
+    bbox: Sequence[float],
+    vis_bbox: Optional[Sequence[float]],
+    ignore: int,
+    label: str,
+    vis_ratio: Optional[float] = None,
+) -> Dict:
+    """One record annotation in the project's format (contract: "Dataset records").
+
+    Args:
+        bbox, vis_bbox: full and visible box, XYWH absolute; ``vis_bbox=None`` means fully visible.
+        ignore: 1 for ignore regions / not-a-clean-pedestrian boxes, else 0.
+        label: the source's label string.
+        vis_ratio: visible fraction as the source gives it; computed from the boxes when None.
+    """
+    bbox = [float(v) for v in bbox]
+    vis_bbox = list(bbox) if vis_bbox is None else [float(v) for v in vis_bbox]
+    if vis_ratio is None:
+        area = bbox[2] * bbox[3]
+        vis_ratio = vis_bbox[2] * vis_bbox[3] / area if area > 0 else 0.0
+    return {
+        "bbox": bbox,
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": 0,
+        "vis_bbox": vis_bbox,
+        "vis_ratio": float(vis_ratio),
+        "ignore": int(bool(ignore)),
+        "label": str(label),
+    }
+
+
+def drop_degenerate(annotations: List[Dict], source: PathLike) -> List[Dict]:
+    """Remove annotations whose full box has w <= 0 or h <= 0, logging how many (per source)."""
+    kept = [a for a in annotations if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    if len(kept) < len(annotations):
+        logger.info("%s: dropped %d degenerate boxes (w<=0 or h<=0)", source, len(annotations) - len(kept))
+    return kept
+
+
+def image_size(file_name: PathLike) -> tuple:
+    """(height, width) of an image, reading only its header."""
+    try:
+        with Image.open(file_name) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {file_name} not found") from None
+    except OSError as e:
+        raise PedestrianDataError(f"cannot read image {file_name}: {e}") from e
+    return height, width
+
+
+def resolve_image(image_root: PathLike, name: str) -> Path:
+    """Absolute path of image ``name`` under ``image_root``.
+
+    ``name`` is tried as given, then inside a folder named after its prefix before the first
+    ``_`` (Cityscapes' ``leftImg8bit/<split>/<city>/<city>_..._leftImg8bit.png`` layout, used by
+    ``val_gt.json``'s ``im_name``). Raises FileNotFoundError naming the first candidate.
+    """
+    root = Path(image_root).resolve()
+    candidates = [root / name, root / name.split("_", 1)[0] / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"image {candidates[0]} (listed in the annotations) not found on disk")
+
+
+def _read_json(json_file: PathLike) -> Dict:
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file {json_file} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PedestrianDataError(f"{json_file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise PedestrianDataError(f"{json_file}: expected a COCO-style object with an 'images' list")
+    if not isinstance(data.get("annotations", []), list):
+        raise PedestrianDataError(f"{json_file}: 'annotations' must be a list")
+    return data
+
+
+def _annotation_from_json(ann: Dict, labels: Dict[int, str], json_file: PathLike) -> Dict:
+    try:
+        bbox = ann["bbox"]
+        if len(bbox) != 4:
+            raise ValueError("bbox must have 4 numbers")
+        ignore = ann.get("ignore", ann.get("iscrowd", 0))
+        label = ann.get("label", labels.get(ann.get("category_id"), PERSON_CATEGORY["name"]))
+        return make_annotation(bbox, ann.get("vis_bbox"), ignore, label, ann.get("vis_ratio"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise PedestrianDataError(f"{json_file}: malformed annotation {ann.get('id')}: {e!r}") from e
+
+
+def load_pedestrian_json(json_file: PathLike, image_root: PathLike) -> List[Dict]:
+    """Read a generic pedestrian JSON file into Detectron2 dataset dicts.
+
+    Args:
+        json_file: COCO-style file (see module doc). Images name their file with ``file_name``
+            or ``im_name`` (relative to ``image_root``).
+        image_root: folder the image names are relative to. Every image must exist.
+
+    Returns:
+        records in the contract's format, in the file's image order; ``image_id`` is the
+        JSON image id.
+    """
+    data = _read_json(json_file)
+    labels = {c["id"]: c["name"] for c in data.get("categories", []) if "id" in c and "name" in c}
+    anns_by_image: Dict[int, List[Dict]] = {}
+    for ann in data.get("annotations", []):
+        if not isinstance(ann, dict) or "image_id" not in ann:
+            raise PedestrianDataError(f"{json_file}: annotation without image_id: {ann!r}")
+        anns_by_image.setdefault(ann["image_id"], []).append(
+            _annotation_from_json(ann, labels, json_file)
+        )
+    records = []
+    for img in data["images"]:
+        name = img.get("file_name", img.get("im_name")) if isinstance(img, dict) else None
+        if name is None or "id" not in img:
+            raise PedestrianDataError(f"{json_file}: image entry needs 'id' and 'file_name'/'im_name': {img!r}")
+        path = resolve_image(image_root, name)
+        if "height" in img and "width" in img:
+            height, width = int(img["height"]), int(img["width"])
+        else:
+            height, width = image_size(path)
+        records.append(
+            {
+                "file_name": str(path),
+                "image_id": img["id"],
+                "height": height,
+                "width": width,
+                "annotations": drop_degenerate(anns_by_image.get(img["id"], []), json_file),
+            }
+        )
+    logger.info("Loaded %d images from %s", len(records), json_file)
+    return records
+
+
+def records_to_coco(records: List[Dict], image_root: Optional[PathLike] = None) -> Dict:
+    """Dataset dicts -> the generic JSON object (ids renumbered from 1 in record order).
+
+    ``file_name`` is written relative to ``image_root`` when given; ``im_name`` is its base name.
+    """
+    images, annotations = [], []
+    for image_id, rec in enumerate(records, start=1):
+        name = rec["file_name"]
+        if image_root is not None:
+            name = os.path.relpath(name, image_root)
+        images.append(
+            {
+                "id": image_id,
+                "file_name": Path(name).as_posix(),
+                "im_name": Path(name).name,
+                "height": rec["height"],
+                "width": rec["width"],
+            }
+        )
+        for ann in rec["annotations"]:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": PERSON_CATEGORY["id"],
+                    "iscrowd": int(ann["label"] in CROWD_LABELS),
+                    "ignore": ann["ignore"],
+                    "bbox": ann["bbox"],
+                    "vis_bbox": ann["vis_bbox"],
+                    "height": ann["bbox"][3],
+                    "vis_ratio": ann["vis_ratio"],
+                    "label": ann["label"],
+                }
+            )
+    return {"images": images, "annotations": annotations, "categories": [dict(PERSON_CATEGORY)]}
+
+
+def save_pedestrian_json(records: List[Dict], json_file: PathLike, image_root: Optional[PathLike] = None) -> None:
+    """Write ``records`` as a generic pedestrian JSON file (atomically)."""
+    data = records_to_coco(records, image_root)
+    with atomic_output(json_file) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+    logger.info("Wrote %d images, %d annotations to %s", len(data["images"]), len(data["annotations"]), json_file)

@@ -1,0 +1,163 @@
+"""The frozen teacher: a detector built from its own config and weights, never trained.
+
+The teacher is a complete Detectron2 detector (normally a ``GeneralizedRCNN`` R50-FPN with
+:class:`~hkd_d2.modeling.roi_heads.PedestrianROIHeads`) described by
+``MODEL.TEACHER.CONFIG_FILE`` and loaded from ``MODEL.TEACHER.WEIGHTS``. It keeps its own
+pixel mean/std, anchors and heads; only ``MODEL.DEVICE`` is taken from the student.
+
+Relative paths in ``MODEL.TEACHER.CONFIG_FILE`` / ``MODEL.TEACHER.WEIGHTS`` are looked up in
+the current directory first, then in the repository root (the folder holding ``hkd_d2/``), so
+the shipped configs (``configs/<dataset>/hkd_R50_to_R18.yaml``) work from either place.
+"""
+import logging
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, ImageList, Instances
+
+from ..config import add_hkd_config
+
+__all__ = [
+    "FrozenTeacher",
+    "TeacherWeightsError",
+    "build_teacher",
+    "load_teacher_config",
+    "load_teacher_weights",
+    "resolve_path",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class TeacherWeightsError(RuntimeError):
+    """The teacher checkpoint does not match the teacher architecture."""
+
+
+def resolve_path(path: str, what: str) -> str:
+    """Return ``path`` as an existing local file: as given, else relative to the repository root.
+
+    URLs (``scheme://...``) are returned unchanged for Detectron2's PathManager. Raises
+    ``FileNotFoundError`` naming ``what`` and every place looked in.
+    """
+    if not path:
+        raise FileNotFoundError(f"{what} is empty; set it to a file")
+    if "://" in path:
+        return path
+    candidates = [Path(path)] if Path(path).is_absolute() else [Path(path), REPO_ROOT / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate.resolve())
+    tried = ", ".join(str(c.resolve()) for c in candidates)
+    raise FileNotFoundError(f"{what} '{path}' not found (looked at: {tried})")
+
+
+def load_teacher_config(cfg: CfgNode) -> CfgNode:
+    """The teacher's own config from ``cfg.MODEL.TEACHER.CONFIG_FILE``, on the student's device."""
+    config_file = resolve_path(cfg.MODEL.TEACHER.CONFIG_FILE, "MODEL.TEACHER.CONFIG_FILE")
+    teacher_cfg = add_hkd_config(get_cfg())
+    teacher_cfg.merge_from_file(config_file)
+    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    teacher_cfg.MODEL.WEIGHTS = ""
+    teacher_cfg.freeze()
+    return teacher_cfg
+
+
+class _StrictCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that raises instead of logging mismatched keys."""
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        problems = []
+        if incompatible.missing_keys:
+            problems.append(f"missing keys: {sorted(incompatible.missing_keys)}")
+        if incompatible.unexpected_keys:
+            problems.append(f"unexpected keys: {sorted(incompatible.unexpected_keys)}")
+        if incompatible.incorrect_shapes:
+            shapes = [f"{k} {tuple(c)} vs model {tuple(m)}" for k, c, m in incompatible.incorrect_shapes]
+            problems.append(f"wrong shapes: {shapes}")
+        if problems:
+            raise TeacherWeightsError("; ".join(problems))
+
+
+def load_teacher_weights(model: nn.Module, path: str) -> None:
+    """Load ``path`` into ``model``; raise :class:`TeacherWeightsError` naming the file on any
+    missing, unexpected or wrongly shaped key."""
+    try:
+        _StrictCheckpointer(model).load(path, checkpointables=[])
+    except TeacherWeightsError as e:
+        raise TeacherWeightsError(
+            f"MODEL.TEACHER.WEIGHTS '{path}' does not match the teacher built from "
+            f"MODEL.TEACHER.CONFIG_FILE: {e}"
+        ) from None
+
+
+class FrozenTeacher(nn.Module):
+    """A detector that stays in eval mode with gradients off; exposes the pieces distillation reads.
+
+    Every method runs under ``torch.no_grad()``. Shapes: N images, R RoIs, C channels.
+    """
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        if not callable(getattr(detector.roi_heads, "pool_and_predict", None)):
+            raise TypeError(
+                f"The teacher's ROI heads ({type(detector.roi_heads).__name__}) have no "
+                "pool_and_predict(); set MODEL.ROI_HEADS.NAME to 'PedestrianROIHeads' in "
+                "the teacher config (MODEL.TEACHER.CONFIG_FILE)"
+            )
+        self.detector = detector
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        """Always eval mode: BatchNorm statistics and dropout of the teacher never change."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.detector.device
+
+    @torch.no_grad()
+    def features(self, batched_inputs: List[Dict]) -> Tuple[ImageList, Dict[str, torch.Tensor]]:
+        """Normalise with the teacher's own pixel mean/std and run its backbone.
+
+        Returns the padded images (N, 3, H, W) and the backbone maps, e.g. ``p2``: (N, C, H/4, W/4).
+        """
+        images = self.detector.preprocess_image(batched_inputs)
+        return images, self.detector.backbone(images.tensor)
+
+    @torch.no_grad()
+    def rpn_head(self, features: Dict[str, torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """RPN head outputs per level of ``RPN.IN_FEATURES``: objectness (N, A, Hl, Wl) and
+        anchor deltas (N, A*4, Hl, Wl)."""
+        rpn = self.detector.proposal_generator
+        return rpn.rpn_head([features[f] for f in rpn.in_features])
+
+    @torch.no_grad()
+    def anchors(self, features: Dict[str, torch.Tensor]) -> List[Boxes]:
+        """The teacher's anchors per RPN level, (Hl*Wl*A, 4) each."""
+        rpn = self.detector.proposal_generator
+        return rpn.anchor_generator([features[f] for f in rpn.in_features])
+
+    @torch.no_grad()
+    def pool_and_predict(
+        self, features: Dict[str, torch.Tensor], proposals: List[Instances]
+    ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Pooled RoI features (R, C, S, S) and box-head (scores (R, K+1), deltas (R, 4K))."""
+        return self.detector.roi_heads.pool_and_predict(features, proposals)
+
+
+def build_teacher(cfg: CfgNode) -> FrozenTeacher:
+    """Build the frozen teacher named by ``cfg.MODEL.TEACHER`` on ``cfg.MODEL.DEVICE``."""
+    teacher_cfg = load_teacher_config(cfg)
+    weights = resolve_path(cfg.MODEL.TEACHER.WEIGHTS, "MODEL.TEACHER.WEIGHTS")
+    detector = build_model(teacher_cfg)
+    load_teacher_weights(detector, weights)
+    logger.info(f"Teacher {type(detector).__name__} loaded from {weights}")
+    return FrozenTeacher(detector)
