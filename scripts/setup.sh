@@ -42,6 +42,7 @@ if ! "$VPY" -c "import detectron2" 2>/dev/null; then
     --implementation cp --target "$D2_DIR" "$D2_PIN"
   SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "$D2_DIR" > "$SITE/hkd_detectron2.pth"
+  pip_install black  # detectron2 needs it to dump lazy configs
 fi
 
 echo "[setup] installing hkd_d2 (editable) with test extras"

@@ -11,3 +11,4 @@ __all__ = [
     "PedestrianROIHeads",
     "PedestrianRPN",
 ]
+from . import distiller, teacher  # noqa: F401  (registers HKDDistiller)

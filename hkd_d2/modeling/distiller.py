@@ -62,6 +62,9 @@ def _record_outputs(module: nn.Module, enabled: bool) -> Iterator[list]:
 class HKDDistiller(GeneralizedRCNN):
     """A ``GeneralizedRCNN`` student plus distillation terms and a frozen teacher."""
 
+    # Student weights (MODEL.WEIGHTS) need not hold these; read by HKDCheckpointer.
+    checkpoint_optional_prefixes = DISTILL_ONLY_PREFIXES
+
     @configurable
     def __init__(
         self,

@@ -15,29 +15,23 @@ from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
 
+from ..checkpoint import load_detector_weights
 from ..config import add_hkd_config
 
 __all__ = [
     "FrozenTeacher",
-    "TeacherWeightsError",
     "build_teacher",
     "load_teacher_config",
-    "load_teacher_weights",
     "resolve_path",
 ]
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class TeacherWeightsError(RuntimeError):
-    """The teacher checkpoint does not match the teacher architecture."""
 
 
 def resolve_path(path: str, what: str) -> str:
@@ -67,34 +61,6 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
     teacher_cfg.MODEL.WEIGHTS = ""
     teacher_cfg.freeze()
     return teacher_cfg
-
-
-class _StrictCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that raises instead of logging mismatched keys."""
-
-    def _log_incompatible_keys(self, incompatible) -> None:
-        problems = []
-        if incompatible.missing_keys:
-            problems.append(f"missing keys: {sorted(incompatible.missing_keys)}")
-        if incompatible.unexpected_keys:
-            problems.append(f"unexpected keys: {sorted(incompatible.unexpected_keys)}")
-        if incompatible.incorrect_shapes:
-            shapes = [f"{k} {tuple(c)} vs model {tuple(m)}" for k, c, m in incompatible.incorrect_shapes]
-            problems.append(f"wrong shapes: {shapes}")
-        if problems:
-            raise TeacherWeightsError("; ".join(problems))
-
-
-def load_teacher_weights(model: nn.Module, path: str) -> None:
-    """Load ``path`` into ``model``; raise :class:`TeacherWeightsError` naming the file on any
-    missing, unexpected or wrongly shaped key."""
-    try:
-        _StrictCheckpointer(model).load(path, checkpointables=[])
-    except TeacherWeightsError as e:
-        raise TeacherWeightsError(
-            f"MODEL.TEACHER.WEIGHTS '{path}' does not match the teacher built from "
-            f"MODEL.TEACHER.CONFIG_FILE: {e}"
-        ) from None
 
 
 class FrozenTeacher(nn.Module):
@@ -158,6 +124,6 @@ def build_teacher(cfg: CfgNode) -> FrozenTeacher:
     teacher_cfg = load_teacher_config(cfg)
     weights = resolve_path(cfg.MODEL.TEACHER.WEIGHTS, "MODEL.TEACHER.WEIGHTS")
     detector = build_model(teacher_cfg)
-    load_teacher_weights(detector, weights)
+    load_detector_weights(detector, weights)
     logger.info(f"Teacher {type(detector).__name__} loaded from {weights}")
     return FrozenTeacher(detector)

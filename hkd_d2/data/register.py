@@ -1,0 +1,184 @@
+"""Register pedestrian data sets with Detectron2's DatasetCatalog / MetadataCatalog.
+
+:func:`register_pedestrian_dataset` registers any supported source in one call; the
+built-in names below resolve under ``$DETECTRON2_DATASETS`` (default ``./datasets``) when
+``DatasetCatalog.get`` is called, so a data set that is not on disk costs nothing until used
+(see ``datasets/README.md`` for the layouts and how to prepare each one).
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .caltech import prepare_caltech
+from .citypersons import load_citypersons
+from .pedestrian_json import PathLike, load_pedestrian_json
+from .synthetic import SyntheticConfig, generate_synthetic
+
+__all__ = ["register_pedestrian_dataset", "register_all_pedestrian", "datasets_root", "ensure_synthetic"]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("citypersons", "caltech")
+# Size of the synthetic data generated on first use of a synthetic_* name (small enough for CPU training).
+SYNTHETIC_DEFAULTS = {"num_train": 400, "num_val": 100, "width": 640, "height": 480, "seed": 0}
+
+
+def datasets_root() -> Path:
+    """``$DETECTRON2_DATASETS`` (default ``./datasets``), read at call time."""
+    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+
+
+def _json_loader(source, image_root, **kw) -> Callable[[], List[Dict]]:
+    return lambda: load_pedestrian_json(source, image_root)
+
+
+def _mat_loader(source, image_root, **kw) -> Callable[[], List[Dict]]:
+    return lambda: load_citypersons(source, image_root)
+
+
+def _caltech_loader(source, image_root, split: Optional[str] = None, new_annotations=None, step=None, **kw):
+    """A Caltech root: prepared (frames extracted to ``image_root``) on first use."""
+    if split is None:
+        raise ValueError(f"Caltech source {source}: pass split= (one of the CALTECH_SPLITS names)")
+
+    def load() -> List[Dict]:
+        json_file = Path(image_root) / (f"{split}_new.json" if new_annotations else f"{split}.json")
+        if not json_file.is_file():
+            logger.info("Preparing Caltech %s from %s into %s", split, source, image_root)
+            prepare_caltech(source, split, image_root, new_annotations=new_annotations, step=step)
+        return load_pedestrian_json(json_file, Path(image_root) / "images")
+
+    return load
+
+
+# source kind -> (loader factory, protocol implied by the source or None)
+_SOURCE_KINDS = {
+    "json": (_json_loader, None),
+    "citypersons_mat": (_mat_loader, "citypersons"),
+    "caltech_root": (_caltech_loader, "caltech"),
+}
+_SUFFIX_KINDS = {".json": "json", ".mat": "citypersons_mat"}
+
+
+def _source_kind(source: PathLike) -> str:
+    path = Path(source)
+    if path.suffix in _SUFFIX_KINDS:
+        return _SUFFIX_KINDS[path.suffix]
+    if path.is_dir() or not path.suffix:
+        return "caltech_root"
+    raise ValueError(f"cannot tell the format of data source {source} (expected .json, .mat or a Caltech root folder)")
+
+
+def register_pedestrian_dataset(
+    name: str,
+    source: Union[PathLike, Callable[[], List[Dict]]],
+    protocol: Optional[str] = None,
+    image_root: Optional[PathLike] = None,
+    **kw,
+) -> None:
+    """Register a pedestrian data set: records in the contract's format, metadata for evaluation.
+
+    Args:
+        name: data set name.
+        source: a generic pedestrian ``.json``, a CityPersons ``anno_*.mat``, a Caltech root
+            folder (then ``split=`` and optionally ``new_annotations=``/``step=`` in ``kw``;
+            frames are extracted into ``image_root`` on first use), or a callable returning
+            records. Nothing is read before ``DatasetCatalog.get(name)``.
+        protocol: "citypersons" or "caltech" (the evaluator's rules); implied by .mat and
+            Caltech sources, required otherwise.
+        image_root: folder the images are relative to (``leftImg8bit/<split>`` for CityPersons).
+        kw: extra source options (Caltech) and extra metadata.
+    """
+    source_opts = {k: kw.pop(k) for k in ("split", "new_annotations", "step") if k in kw}
+    if callable(source):
+        loader, implied = source, None
+    else:
+        kind = _source_kind(source)
+        factory, implied = _SOURCE_KINDS[kind]
+        if image_root is None:
+            raise ValueError(f"register_pedestrian_dataset({name!r}): image_root is required for {source}")
+        loader = factory(source, image_root, **source_opts)
+        if kind == "json":
+            kw.setdefault("json_file", str(source))
+    protocol = protocol or implied
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"register_pedestrian_dataset({name!r}): protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    DatasetCatalog.register(name, loader)
+    metadata = {"thing_classes": ["person"], "evaluator_type": "miss_rate", "protocol": protocol, **kw}
+    if image_root is not None:
+        metadata["image_root"] = str(image_root)
+    MetadataCatalog.get(name).set(**metadata)
+
+
+# ------------------------------------------------------------------ built-in names
+def ensure_synthetic(root: Optional[Path] = None) -> Path:
+    """``<root>/synthetic``, generated (atomically, logged) with SYNTHETIC_DEFAULTS if absent."""
+    dest = (root or datasets_root()) / "synthetic"
+    if not dest.is_dir():
+        opts = dict(SYNTHETIC_DEFAULTS)
+        logger.info("Generating synthetic pedestrian data %s into %s (first use)", opts, dest)
+        cfg = SyntheticConfig(width=opts["width"], height=opts["height"], seed=opts["seed"])
+        try:
+            generate_synthetic(dest, opts["num_train"], opts["num_val"], cfg, extract_caltech=True)
+        except (FileExistsError, OSError):
+            if not dest.is_dir():  # not another process having finished first
+                raise
+    return dest
+
+
+def _require(path: Path, how: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found. {how} (see datasets/README.md)")
+    return path
+
+
+def _citypersons(split: str, synthetic: bool) -> Callable[[], List[Dict]]:
+    def load() -> List[Dict]:
+        root = ensure_synthetic() / "citypersons" if synthetic else datasets_root() / "citypersons"
+        how = "Put the official anno_*.mat files in citypersons/annotations/ and Cityscapes' leftImg8bit/ beside"
+        mat = _require(root / "annotations" / f"anno_{split}.mat", how)
+        return load_citypersons(mat, _require(root / "leftImg8bit" / split, how))
+
+    return load
+
+
+def _caltech(split: str, synthetic: bool, new: bool = False) -> Callable[[], List[Dict]]:
+    def load() -> List[Dict]:
+        root = ensure_synthetic() / "caltech" if synthetic else datasets_root() / "caltech"
+        out = root / "prepared"
+        json_name = f"{split}_new.json" if new else f"{split}.json"
+        extra = f" --new-annotations {root}/anno_test_1xnew" if new else ""
+        how = f"Prepare it with: python datasets/prepare_caltech.py {root} --split {split} --out-dir {out}{extra}"
+        return load_pedestrian_json(_require(out / json_name, how), out / "images")
+
+    return load
+
+
+def _builtin_loaders() -> Dict[str, Callable[[], List[Dict]]]:
+    return {
+        "caltech_train_10x": _caltech("train_10x", False),
+        "caltech_train_1x": _caltech("train_1x", False),
+        "caltech_test": _caltech("test", False),
+        "caltech_test_new": _caltech("test", False, new=True),
+        "citypersons_train": _citypersons("train", False),
+        "citypersons_val": _citypersons("val", False),
+        "synthetic_citypersons_train": _citypersons("train", True),
+        "synthetic_citypersons_val": _citypersons("val", True),
+        "synthetic_caltech_train": _caltech("train", True),
+        "synthetic_caltech_test": _caltech("test", True),
+    }
+
+
+def register_all_pedestrian() -> None:
+    """Register every built-in name (lazy: nothing is read or generated until used)."""
+    for name, loader in _builtin_loaders().items():
+        if name in DatasetCatalog.list():
+            continue
+        protocol = "caltech" if "caltech" in name else "citypersons"
+        register_pedestrian_dataset(name, loader, protocol=protocol)
+
+
+register_all_pedestrian()

@@ -1,0 +1,164 @@
+"""Detectron2 evaluator for the miss-rate protocols, and the registry the trainer picks it from."""
+import copy
+import itertools
+import json
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import BoxMode
+from detectron2.utils import comm
+from detectron2.utils.logger import create_small_table
+from detectron2.utils.registry import Registry
+
+from .miss_rate import Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
+
+__all__ = ["MissRateEvaluator", "EVALUATOR_REGISTRY", "build_evaluator"]
+
+logger = logging.getLogger(__name__)
+
+EVALUATOR_REGISTRY = Registry("EVALUATOR")
+EVALUATOR_REGISTRY.__doc__ = """
+Evaluator builders keyed by a dataset's ``MetadataCatalog`` field ``evaluator_type``.
+Each is called as ``builder(cfg, dataset_name, output_dir)`` and returns a DatasetEvaluator.
+"""
+
+# COCO category id written for detections (the "pedestrian" id of CityPersons' val_gt.json).
+RESULTS_CATEGORY_ID = 1
+DETECTIONS_FILE = "miss_rate_detections.json"
+PLOT_FILE = "mr_fppi.png"
+
+
+def ground_truth_from_records(records: Sequence[Dict[str, Any]], protocol: Protocol, source: str) -> GroundTruth:
+    """GroundTruth of Detectron2 dataset records (annotation format of the project contract).
+
+    Every record annotation is a person (contiguous class 0), so no category is filtered.
+    """
+    annotations = []
+    for record in records:
+        for ann in record.get("annotations", ()):
+            ann = dict(ann, image_id=record["image_id"])
+            mode = ann.get("bbox_mode", BoxMode.XYWH_ABS)
+            if mode != BoxMode.XYWH_ABS:
+                ann["bbox"] = BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYWH_ABS)
+            annotations.append(ann)
+    image_ids = sorted(r["image_id"] for r in records)
+    return GroundTruth.from_annotations(image_ids, annotations, replace(protocol, category_id=None), source=source)
+
+
+def _atomic_write_json(obj: Any, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class MissRateEvaluator(DatasetEvaluator):
+    """Log-average miss rate (MR^-2, %) of a pedestrian dataset's detections, per setup.
+
+    Ground truth comes from ``DatasetCatalog.get(dataset_name)`` and the protocol from
+    ``MetadataCatalog.get(dataset_name).protocol`` ("citypersons" or "caltech"). Detections of
+    all processes are gathered on the main one, written to ``output_dir`` as a COCO results JSON
+    (plus an MR-FPPI plot when ``plot``), and scored.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: Optional[str] = None,
+        setups: Optional[Sequence[str]] = None,
+        plot: bool = True,
+    ):
+        """
+        Args:
+            dataset_name: a registered dataset whose metadata has ``protocol``.
+            output_dir: where the detections JSON and the plot go (None = nowhere).
+            setups: setups to report (None/empty = the protocol's standard ones).
+            plot: write ``mr_fppi.png`` into ``output_dir``.
+        """
+        self._dataset_name = dataset_name
+        protocol = MetadataCatalog.get(dataset_name).get("protocol")
+        if protocol is None:
+            raise ValueError(f"Dataset {dataset_name!r} has no 'protocol' in its metadata (citypersons|caltech)")
+        self._protocol = get_protocol(protocol)
+        self._setups = list(setups) if setups else list(self._protocol.default_setups)
+        unknown = [s for s in self._setups if s not in self._protocol.setups]
+        if unknown:
+            raise ValueError(f"Unknown setups {unknown} for protocol {protocol!r}; known: {list(self._protocol.setups)}")
+        self._output_dir = output_dir
+        self._plot = plot
+        self._predictions: List[Dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self._predictions = []
+
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+        """Collect ``outputs[i]["instances"]`` (pred_boxes XYXY (R, 4), scores (R,)) per image."""
+        for inp, out in zip(inputs, outputs):
+            instances = out["instances"].to("cpu")
+            boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
+            xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+            scores = instances.scores.numpy().astype(np.float64)
+            self._predictions.extend(
+                {"image_id": inp["image_id"], "category_id": RESULTS_CATEGORY_ID, "bbox": b, "score": s}
+                for b, s in zip(xywh.tolist(), scores.tolist())
+            )
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        """{"MR": {setup: miss rate in percent}} on the main process, {} elsewhere."""
+        comm.synchronize()
+        gathered = comm.gather(self._predictions, dst=0)
+        if not comm.is_main_process():
+            return {}
+        predictions = list(itertools.chain.from_iterable(gathered))
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            _atomic_write_json(predictions, os.path.join(self._output_dir, DETECTIONS_FILE))
+        if not predictions:
+            logger.warning("%s: no detections; every miss rate is 100%%", self._dataset_name)
+
+        gt = ground_truth_from_records(
+            DatasetCatalog.get(self._dataset_name), self._protocol, source=self._dataset_name
+        )
+        dt = Detections.from_results(predictions, gt, self._protocol, source=self._dataset_name)
+        curves = miss_rate_curves(gt, dt, self._protocol, self._setups)
+        mr = OrderedDict((name, 100.0 * c.log_average) for name, c in curves.items())
+        logger.info("Miss rate (%%) on %s:\n%s", self._dataset_name, create_small_table(mr))
+        if self._plot and self._output_dir:
+            from .plots import plot_mr_fppi
+
+            plot_mr_fppi(curves, os.path.join(self._output_dir, PLOT_FILE),
+                         title=f"{self._dataset_name} ({self._protocol.name})")
+        return OrderedDict(MR=copy.deepcopy(mr))
+
+
+@EVALUATOR_REGISTRY.register()
+def miss_rate(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> DatasetEvaluator:
+    """Builder of :class:`MissRateEvaluator` for ``evaluator_type == "miss_rate"``."""
+    return MissRateEvaluator(
+        dataset_name, output_dir, setups=cfg.TEST.MISS_RATE.SETUPS or None, plot=cfg.TEST.MISS_RATE.PLOT
+    )
+
+
+def build_evaluator(cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None) -> DatasetEvaluator:
+    """The evaluator named by ``MetadataCatalog.get(dataset_name).evaluator_type``."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    if evaluator_type is None:
+        raise ValueError(f"Dataset {dataset_name!r} has no 'evaluator_type' in its metadata")
+    if evaluator_type not in EVALUATOR_REGISTRY:
+        raise KeyError(
+            f"No evaluator registered for evaluator_type {evaluator_type!r} of dataset {dataset_name!r}; "
+            f"registered: {sorted(name for name, _ in EVALUATOR_REGISTRY)}"
+        )
+    return EVALUATOR_REGISTRY.get(evaluator_type)(cfg, dataset_name, output_dir)

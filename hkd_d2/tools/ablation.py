@@ -1,0 +1,181 @@
+"""Ablation runner: every config x seed, resumable, a table of mean and spread per config.
+
+A run is finished when its ``result.json`` exists (written atomically after its evaluation), so
+an interrupted ablation continues where it stopped. Configs whose meta-architecture distills
+from a teacher get ``MODEL.TEACHER.WEIGHTS``: the teacher (``MODEL.TEACHER.CONFIG_FILE`` of
+those configs) is trained once into ``OUT/teacher`` with the same overrides, unless
+``--teacher-weights`` is given.
+"""
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from detectron2.utils.logger import setup_logger
+
+from ..engine.setup import load_config
+from ..modeling.teacher import resolve_path
+from .progress import format_duration
+from .report import format_mean_spread, markdown_table, mean_and_spread, write_json, write_text
+from .runs import build_run_config, evaluate, train
+
+__all__ = ["AblationRun", "plan_runs", "run_ablation", "summarize_ablation", "ablation_table", "main"]
+
+logger = logging.getLogger("hkd_d2.ablation")
+
+RESULT_FILE = "result.json"
+TEACHER_DIR = "teacher"
+# Setups reported in the table (CityPersons protocol names) -> column titles.
+TABLE_SETUPS = {"Reasonable": "MR Reasonable (%)", "Reasonable_small": "MR Small (%)"}
+# (config_file, opts, output_dir) -> {setup: MR %}
+RunFn = Callable[[str, List[str], str], Dict[str, float]]
+# (config_file, opts, output_dir) -> path of the trained teacher's weights
+TeacherFn = Callable[[str, List[str], str], str]
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    """One training run of the ablation: a config and a seed, with its own output folder."""
+
+    config_file: str
+    seed: int
+    output_dir: Path
+
+    @property
+    def name(self) -> str:
+        return Path(self.config_file).stem
+
+    @property
+    def result_path(self) -> Path:
+        return self.output_dir / RESULT_FILE
+
+    def finished(self) -> bool:
+        return self.result_path.is_file()
+
+
+def plan_runs(config_files: Sequence[str], num_seeds: int, out: Path) -> List[AblationRun]:
+    """Runs in table order (config by config, seeds 0..num_seeds-1), each in ``out/<config>/seed<k>``."""
+    if num_seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {num_seeds}")
+    stems = [Path(c).stem for c in config_files]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise ValueError(f"Config file names must differ (they name the output folders): {duplicates}")
+    return [AblationRun(c, seed, out / Path(c).stem / f"seed{seed}") for c in config_files for seed in range(num_seeds)]
+
+
+def teacher_config(config_file: str) -> Optional[str]:
+    """The teacher config a config distills from (None when it trains without a teacher)."""
+    cfg = load_config(config_file)
+    if cfg.MODEL.META_ARCHITECTURE != "HKDDistiller" or not cfg.MODEL.DISTILL.TERMS:
+        return None
+    return resolve_path(cfg.MODEL.TEACHER.CONFIG_FILE, f"MODEL.TEACHER.CONFIG_FILE of {config_file}")
+
+
+def train_and_evaluate(config_file: str, opts: List[str], output_dir: str) -> Dict[str, float]:
+    """The real run function: train ``config_file`` + ``opts`` and evaluate on its DATASETS.TEST."""
+    cfg = build_run_config(config_file, opts, output_dir)
+    model = train(cfg)
+    return evaluate(cfg, model, str(Path(output_dir) / "eval"))
+
+
+def train_teacher(config_file: str, opts: List[str], output_dir: str) -> str:
+    """The real teacher function: train once; reuse ``model_final.pth`` when it exists."""
+    final = Path(output_dir) / "model_final.pth"
+    if final.is_file():
+        logger.info(f"Teacher already trained: {final}")
+    else:
+        train(build_run_config(config_file, opts, output_dir))
+    return str(final)
+
+
+def run_ablation(
+    runs: Sequence[AblationRun],
+    opts: Sequence[str],
+    out: Path,
+    run_fn: RunFn = train_and_evaluate,
+    teacher_fn: TeacherFn = train_teacher,
+    teacher_weights: Optional[str] = None,
+    teacher_opts: Sequence[str] = (),
+    teacher_of: Callable[[str], Optional[str]] = teacher_config,
+) -> List[Dict]:
+    """Run every unfinished run (in order) and return all results (finished ones read back).
+
+    Each result is ``{"config", "name", "seed", "mr": {setup: MR %}}``. The teacher is trained
+    (``teacher_fn``) only when some unfinished run needs it and no ``teacher_weights`` are given.
+    """
+    todo = [r for r in runs if not r.finished()]
+    logger.info(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to do")
+    start, done = time.monotonic(), 0
+    for index, run in enumerate(runs, start=1):
+        if run.finished():
+            continue
+        run_opts = list(opts) + ["SEED", str(run.seed)]
+        teacher_cfg = teacher_of(run.config_file)
+        if teacher_cfg is not None:
+            if teacher_weights is None:
+                teacher_weights = teacher_fn(teacher_cfg, list(opts) + list(teacher_opts), str(out / TEACHER_DIR))
+            run_opts += ["MODEL.TEACHER.CONFIG_FILE", teacher_cfg, "MODEL.TEACHER.WEIGHTS", teacher_weights]
+        eta = (time.monotonic() - start) / done * (len(todo) - done) if done else float("nan")
+        logger.info(f"==== run {index}/{len(runs)}: {run.name} seed {run.seed} | {done}/{len(todo)} done this "
+                    f"session | elapsed {format_duration(time.monotonic() - start)}"
+                    + (f" | ETA {format_duration(eta)}" if done else "") + " ====")
+        mr = run_fn(run.config_file, run_opts, str(run.output_dir))
+        write_json(run.result_path, {"config": run.config_file, "name": run.name, "seed": run.seed, "mr": mr})
+        done += 1
+    return [json.loads(r.result_path.read_text()) for r in runs]
+
+
+def summarize_ablation(results: Sequence[Dict]) -> List[Dict]:
+    """One row per config (first-seen order): {"name", "config", "seeds", setup: mean_and_spread}."""
+    rows: Dict[str, Dict] = {}
+    for result in results:
+        row = rows.setdefault(result["name"], {"name": result["name"], "config": result["config"], "seeds": [],
+                                                "values": {s: [] for s in TABLE_SETUPS}})
+        row["seeds"].append(result["seed"])
+        for setup in TABLE_SETUPS:
+            row["values"][setup].append(result["mr"].get(setup, float("nan")))
+    return [{"name": r["name"], "config": r["config"], "seeds": r["seeds"],
+             **{s: mean_and_spread(v) for s, v in r["values"].items()}} for r in rows.values()]
+
+
+def ablation_table(rows: Sequence[Dict]) -> str:
+    """Markdown table: config, seeds, MR mean ± std [min-max] per reported setup."""
+    def cell(stats: Dict[str, float]) -> str:
+        text = format_mean_spread(stats)
+        return text + (f" [{stats['min']:.2f}-{stats['max']:.2f}]" if stats["n"] > 1 else "")
+
+    headers = ["Config", "Seeds"] + list(TABLE_SETUPS.values())
+    return markdown_table(headers, [[r["name"], len(r["seeds"])] + [cell(r[s]) for s in TABLE_SETUPS] for r in rows])
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", nargs="+", required=True, help="config files, one table row each")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per config (0..N-1)")
+    p.add_argument("--out", default="ablation_output", help="output folder (runs, table.md, table.json)")
+    p.add_argument("--teacher-weights", default=None, help="trained teacher for the distillation rows (default: train one)")
+    p.add_argument("--teacher-opts", nargs="*", default=[], help="extra KEY VALUE overrides of the teacher training only")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("detectron2", "hkd_d2"):
+        setup_logger(output=str(out / "log.txt"), name=name, abbrev_name=name[:3])
+    if args.teacher_weights:
+        args.teacher_weights = resolve_path(args.teacher_weights, "--teacher-weights")
+    runs = plan_runs(args.configs, args.seeds, out)
+    results = run_ablation(runs, args.opts, out, teacher_weights=args.teacher_weights, teacher_opts=args.teacher_opts)
+    rows = summarize_ablation(results)
+    table = ablation_table(rows)
+    write_json(out / "table.json", {"overrides": args.opts, "rows": rows, "runs": results})
+    write_text(out / "table.md", table + "\n\nMR: log-average miss rate (%), mean ± std [min-max] over seeds.\n")
+    print(table)
+    return rows

@@ -1,0 +1,33 @@
+"""Model size and compute: parameters (fvcore ``parameter_count``) and backbone GMACs
+(fvcore ``FlopCountAnalysis``, which counts one fused multiply-add as one operation)."""
+from typing import Sequence
+
+import torch
+from fvcore.nn import FlopCountAnalysis, parameter_count
+from torch import nn
+
+from ..modeling.distiller import DISTILL_ONLY_PREFIXES
+
+__all__ = ["count_parameters", "backbone_gmacs"]
+
+
+def count_parameters(model: nn.Module, exclude_prefixes: Sequence[str] = DISTILL_ONLY_PREFIXES) -> int:
+    """Parameters of ``model``, leaving out modules under ``exclude_prefixes`` (distillation-only
+    adapters by default, so a distiller counts as its deployed student)."""
+    counts = parameter_count(model)
+    excluded = sum(counts.get(prefix.rstrip("."), 0) for prefix in exclude_prefixes)
+    return int(counts[""] - excluded)
+
+
+@torch.no_grad()
+def backbone_gmacs(model: nn.Module, height: int, width: int) -> float:
+    """GMACs of ``model.backbone`` (ResNet + FPN) on one (1, 3, height, width) input."""
+    device = next(model.parameters()).device
+    image = torch.zeros(1, 3, height, width, device=device)
+    was_training = model.backbone.training
+    analysis = FlopCountAnalysis(model.backbone.eval(), image)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    try:
+        return analysis.total() / 1e9
+    finally:
+        model.backbone.train(was_training)

@@ -1,0 +1,315 @@
+"""End-to-end demo on generated data: teacher, student, HKD-distilled student, Table-1-style report.
+
+Stages (one after another, in this process, with the project's configs and Trainer):
+
+1. generate a small synthetic CityPersons-format data set (unless present);
+2. train the R50-FPN teacher (``configs/synthetic/teacher_R50_FPN.yaml``) and evaluate it;
+3. per seed: train the R18-FPN student alone (``student_R18_FPN.yaml``) and evaluate it;
+4. per seed: train the R18-FPN student with HKD from that teacher (``hkd_R50_to_R18.yaml`` with
+   ``MODEL.TEACHER.WEIGHTS`` = the teacher's ``model_final.pth``), export and evaluate it;
+5. parameters, backbone GMACs and latency at 600x800 of each detector;
+6. ``report.md`` + ``report.json`` (the paper's Table 1 shape and the fraction of the
+   teacher-student gap that distillation closed), ``mr_fppi.png`` and ``detections.jpg``.
+
+Every knob (data size, image size, schedules, seeds) is a command-line option of ``tools/demo.py``.
+"""
+import argparse
+import logging
+import math
+import platform
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import cv2
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.utils.logger import setup_logger
+
+from ..data import SyntheticConfig, generate_synthetic, register_pedestrian_dataset
+from ..engine.setup import load_config
+from ..evaluation import plot_mr_fppi
+from ..export import export_student
+from .complexity import backbone_gmacs, count_parameters
+from .inference import build_predictor, model_inputs
+from .progress import StageClock, format_duration
+from .report import format_mean_spread, gap_closed, markdown_table, mean_and_spread, write_json, write_text
+from .runs import build_run_config, curves_from_output, evaluate, train
+from .timing import time_call
+from .visualize import draw_detections
+
+__all__ = ["parse_args", "run_demo", "main"]
+
+logger = logging.getLogger("hkd_d2.demo")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = {
+    "teacher": REPO_ROOT / "configs/synthetic/teacher_R50_FPN.yaml",
+    "student": REPO_ROOT / "configs/synthetic/student_R18_FPN.yaml",
+    "hkd": REPO_ROOT / "configs/synthetic/hkd_R50_to_R18.yaml",
+}
+ROW_NAMES = {"teacher": "Teacher R50-FPN", "student": "Student R18-FPN", "hkd": "Student R18-FPN + HKD"}
+# Miss-rate setups of the CityPersons protocol -> Table 1 column names.
+SETUP_COLUMNS = {"Reasonable": "Reasonable", "Reasonable_small": "Small", "Reasonable_occ=heavy": "Heavy", "All": "All"}
+TRAIN_SET, VAL_SET = "hkd_demo_train", "hkd_demo_val"
+# Rough training cost on a 2-core CPU, seconds per image per training iteration per megapixel
+# of network input (measured at the defaults on an idle machine); only used for the stage plan.
+TRAIN_COST = {"teacher": 24.0, "student": 13.0, "hkd": 21.0}
+# Rough fixed costs of the other stages on the same machine (seconds).
+OTHER_COST = {"data": 10.0, "complexity": 60.0, "report": 10.0}
+# Evaluation cost per validation image per megapixel, and per model (seconds).
+EVAL_COST = {"teacher": 3.0, "student": 1.5, "hkd": 1.5}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="demo_output", help="output folder")
+    p.add_argument("--data", default=None, help="synthetic data folder (default: OUT/data; generated if absent)")
+    p.add_argument("--num-train", type=int, default=240, help="generated training images")
+    p.add_argument("--num-val", type=int, default=60, help="generated validation images")
+    p.add_argument("--image-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
+                   help="size of the generated images")
+    p.add_argument("--person-scale", type=float, default=2.0,
+                   help="multiplier on generated person heights (2 keeps the Reasonable range (>= 50 px) populated at 240 px)")
+    p.add_argument("--input-size", type=int, default=240, help="short side of the network input (train and test)")
+    p.add_argument("--batch-size", type=int, default=2, help="images per training iteration")
+    p.add_argument("--lr", type=float, default=0.02, help="base learning rate")
+    p.add_argument("--teacher-iters", type=int, default=300, help="teacher training iterations")
+    p.add_argument("--student-iters", type=int, default=150, help="iterations of each student run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student and HKD runs")
+    p.add_argument("--latency-size", type=int, nargs=2, default=(600, 800), metavar=("H", "W"),
+                   help="network input of the latency and GMAC columns")
+    p.add_argument("--latency-repeats", type=int, default=3, help="timed runs per detector (median reported)")
+    p.add_argument("--budget-min", type=float, default=15.0, help="time budget shown in the stage banners")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--reuse-checkpoints", action="store_true",
+                   help="skip a training whose model_final.pth already exists in OUT (same knobs assumed)")
+    return p.parse_args(argv)
+
+
+def _stage_plan(args: argparse.Namespace) -> Dict[str, float]:
+    h, w = args.image_size
+    mpix = args.input_size * args.input_size * w / h / 1e6
+    plan = {"data": OTHER_COST["data"]}
+
+    def run_cost(kind: str, iters: int) -> float:
+        return (TRAIN_COST[kind] * iters * args.batch_size + EVAL_COST[kind] * args.num_val) * mpix
+
+    plan["teacher"] = run_cost("teacher", args.teacher_iters)
+    for seed in args.seeds:
+        plan[f"student seed {seed}"] = run_cost("student", args.student_iters)
+        plan[f"hkd seed {seed}"] = run_cost("hkd", args.student_iters)
+    plan["complexity"] = OTHER_COST["complexity"]
+    plan["report"] = OTHER_COST["report"]
+    return plan
+
+
+def prepare_data(args: argparse.Namespace, data_dir: Path) -> None:
+    """Generate the demo data (unless ``data_dir`` exists) and register its two splits."""
+    if not data_dir.is_dir():
+        h, w = args.image_size
+        cfg = SyntheticConfig(width=w, height=h, seed=0, scale=args.person_scale)
+        generate_synthetic(data_dir, args.num_train, args.num_val, cfg, formats=("citypersons",))
+    else:
+        logger.info(f"Using existing data in {data_dir}")
+    root = data_dir / "citypersons"
+    for name, split in ((TRAIN_SET, "train"), (VAL_SET, "val")):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        register_pedestrian_dataset(name, root / "annotations" / f"anno_{split}.mat",
+                                    image_root=root / "leftImg8bit" / split)
+
+
+def _run_opts(args: argparse.Namespace, iters: int, seed: int) -> List[str]:
+    h, w = args.image_size
+    max_size = int(math.ceil(args.input_size * w / h))
+    return [
+        "DATASETS.TRAIN", f"('{TRAIN_SET}',)", "DATASETS.TEST", f"('{VAL_SET}',)",
+        "INPUT.MIN_SIZE_TRAIN", f"({args.input_size},)", "INPUT.MAX_SIZE_TRAIN", str(max_size),
+        "INPUT.MIN_SIZE_TEST", str(args.input_size), "INPUT.MAX_SIZE_TEST", str(max_size),
+        "SOLVER.IMS_PER_BATCH", str(args.batch_size), "SOLVER.BASE_LR", str(args.lr),
+        "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.8 * iters)},)",
+        "SOLVER.WARMUP_ITERS", str(min(50, iters // 5)), "SOLVER.CHECKPOINT_PERIOD", str(iters + 1),
+        "TEST.MISS_RATE.PLOT", "False", "SEED", str(seed), "MODEL.DEVICE", args.device,
+    ]
+
+
+def train_and_evaluate(args: argparse.Namespace, kind: str, seed: int, out: Path,
+                       extra_opts: Sequence[str] = ()) -> Dict:
+    """Train one detector of ``kind`` (teacher/student/hkd) and evaluate it on the demo val set."""
+    iters = args.teacher_iters if kind == "teacher" else args.student_iters
+    run_dir = out / (kind if kind == "teacher" else f"{kind}_seed{seed}")
+    cfg = build_run_config(str(CONFIGS[kind]), _run_opts(args, iters, seed) + list(extra_opts), str(run_dir))
+    final = run_dir / "model_final.pth"
+    if args.reuse_checkpoints and final.is_file():
+        logger.info(f"Reusing {final}")
+        model = build_predictor(cfg, str(final)).model
+    else:
+        model = train(cfg)
+    mr = evaluate(cfg, model, str(run_dir / "eval"))
+    logger.info(f"{ROW_NAMES[kind]} (seed {seed}) MR: " + ", ".join(f"{k} {v:.2f}" for k, v in mr.items()))
+    return {"cfg": cfg, "weights": str(final), "mr": mr, "eval_dir": str(run_dir / "eval"), "seed": seed}
+
+
+def deployable(run: Dict, kind: str) -> Dict:
+    """Config and weights of the plain detector of a run (an HKD run's student is exported)."""
+    if kind != "hkd":
+        return {"cfg": run["cfg"], "weights": run["weights"]}
+    weights, config = export_student(run["cfg"], run["weights"], str(Path(run["weights"]).parent / "export"))
+    return {"cfg": load_config(config, ["MODEL.DEVICE", run["cfg"].MODEL.DEVICE]), "weights": weights}
+
+
+def measure_complexity(args: argparse.Namespace, detectors: Dict[str, Dict], image_bgr) -> Dict[str, Dict]:
+    """Parameters, backbone GMACs and latency (batch 1, ``--latency-size``) of each detector
+    (``detectors``: {kind: {"cfg", "weights"}})."""
+    h, w = args.latency_size
+    inputs = model_inputs(image_bgr, h, w)
+    figures = {}
+    for kind, detector in detectors.items():
+        model = build_predictor(detector["cfg"], detector["weights"]).model
+        with torch.no_grad():
+            timing = time_call(lambda: model(inputs), repeats=args.latency_repeats, warmup=1, device=model.device)
+        figures[kind] = {
+            "params_M": count_parameters(model) / 1e6,
+            "backbone_GMACs": backbone_gmacs(model, h, w),
+            "latency_ms": 1e3 * timing.median,
+            "latency": timing.to_dict(),
+        }
+        logger.info(f"{ROW_NAMES[kind]}: {figures[kind]['params_M']:.2f} M params, "
+                    f"{figures[kind]['backbone_GMACs']:.1f} GMACs, {timing.format_ms()} at {h}x{w}")
+    return figures
+
+
+def summarize(mr_runs: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{kind: {setup: mean_and_spread over seeds}}."""
+    return {kind: {s: mean_and_spread([r[s] for r in runs]) for s in SETUP_COLUMNS} for kind, runs in mr_runs.items()}
+
+
+def table1(summary: Dict[str, Dict], figures: Dict[str, Dict], latency_size: Sequence[int]) -> str:
+    """The paper's Table 1 shape: one row per detector, MR (%) per setup, size and speed."""
+    h, w = latency_size
+    headers = ["Method", "Params (M)", f"Backbone GMACs @{h}x{w}"] + [f"MR {c} (%)" for c in SETUP_COLUMNS.values()] \
+        + [f"ms / {h}x{w} image"]
+    rows = []
+    for kind in ("teacher", "student", "hkd"):
+        f = figures[kind]
+        rows.append([ROW_NAMES[kind], f"{f['params_M']:.2f}", f"{f['backbone_GMACs']:.1f}"]
+                    + [format_mean_spread(summary[kind][s]) for s in SETUP_COLUMNS] + [f"{f['latency_ms']:.0f}"])
+    return markdown_table(headers, rows)
+
+
+def gap_table(summary: Dict[str, Dict]) -> Dict[str, float]:
+    """{setup: fraction of the teacher-student MR gap closed by HKD} (mean MR over seeds)."""
+    return {s: gap_closed(summary["teacher"][s]["mean"], summary["student"][s]["mean"], summary["hkd"][s]["mean"])
+            for s in SETUP_COLUMNS}
+
+
+def render_report(args, summary, figures, gaps, per_seed, durations, total_s) -> str:
+    lines = [
+        "# hkd_d2 demo report",
+        "",
+        f"Synthetic CityPersons-format data: {args.num_train} train / {args.num_val} val images of "
+        f"{args.image_size[0]}x{args.image_size[1]} px, network input short side {args.input_size} px. "
+        f"Everything trained from scratch on `{args.device}`: teacher {args.teacher_iters} iterations, "
+        f"each student {args.student_iters} iterations, batch {args.batch_size}; seeds {list(args.seeds)}.",
+        "",
+        table1(summary, figures, args.latency_size),
+        "",
+        "MR: log-average miss rate (%, lower is better) on the demo's validation images; mean ± std over seeds.",
+        "Params count the deployed detector (distillation adapters left out); GMACs of the backbone "
+        "(ResNet + FPN) from fvcore; latency: median of "
+        f"{args.latency_repeats} runs, batch 1, on this machine ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads).",
+        "",
+        "## Teacher-student gap closed by distillation",
+        "",
+        markdown_table(["Setup", "gap closed"], [[SETUP_COLUMNS[s], _percent(v)] for s, v in gaps.items()]),
+        "",
+        "gap closed = (MR student - MR distilled) / (MR student - MR teacher); n/a where the teacher is not better.",
+        "",
+        "## Per seed (MR Reasonable, %)",
+        "",
+        markdown_table(["Seed", "student", "student + HKD", "HKD better"],
+                       [[s["seed"], f"{s['student']:.2f}", f"{s['hkd']:.2f}", "yes" if s["hkd"] < s["student"] else "no"]
+                        for s in per_seed]),
+        "",
+        "## Time",
+        "",
+        markdown_table(["Stage", "time"], [[k, format_duration(v)] for k, v in durations.items()]
+                       + [["total", format_duration(total_s)]]),
+        "",
+        "Files: `mr_fppi.png` (MR-FPPI, Reasonable), `detections.jpg` (distilled student, score >= 0.5), "
+        "`report.json`, and one folder per training run (config, log, `model_final.pth`, detections).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{100 * value:.0f}%"
+
+
+def run_demo(args: argparse.Namespace) -> Dict:
+    """Run every stage; return the content of ``report.json``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = StageClock(_stage_plan(args), budget_s=60 * args.budget_min)
+    logger.info("Plan: " + ", ".join(f"{k} ~{format_duration(v)}" for k, v in clock.plan.items())
+                + f" | total ~{format_duration(sum(clock.plan.values()))}")
+
+    clock.start("data")
+    prepare_data(args, Path(args.data) if args.data else out / "data")
+
+    clock.start("teacher")
+    teacher = train_and_evaluate(args, "teacher", args.seeds[0], out)
+    teacher_opts = ["MODEL.TEACHER.CONFIG_FILE", str(CONFIGS["teacher"]), "MODEL.TEACHER.WEIGHTS", teacher["weights"]]
+    runs = {"teacher": [teacher], "student": [], "hkd": []}
+    for seed in args.seeds:
+        clock.start(f"student seed {seed}")
+        runs["student"].append(train_and_evaluate(args, "student", seed, out))
+        clock.start(f"hkd seed {seed}")
+        runs["hkd"].append(train_and_evaluate(args, "hkd", seed, out, teacher_opts))
+
+    clock.start("complexity")
+    val_image = cv2.imread(DatasetCatalog.get(VAL_SET)[0]["file_name"])
+    detectors = {k: deployable(v[0], k) for k, v in runs.items()}
+    figures = measure_complexity(args, detectors, val_image)
+
+    clock.start("report")
+    summary = summarize({k: [r["mr"] for r in v] for k, v in runs.items()})
+    gaps = gap_table(summary)
+    per_seed = [{"seed": s["seed"], "student": s["mr"]["Reasonable"], "hkd": d["mr"]["Reasonable"]}
+                for s, d in zip(runs["student"], runs["hkd"])]
+    curves = {ROW_NAMES[k]: curves_from_output(VAL_SET, v[0]["eval_dir"], ["Reasonable"])["Reasonable"]
+              for k, v in runs.items()}
+    plot_mr_fppi(curves, out / "mr_fppi.png", title="Demo validation set, Reasonable")
+    predictor = build_predictor(detectors["hkd"]["cfg"], detectors["hkd"]["weights"])
+    detections = draw_detections(val_image, predictor(val_image)["instances"])
+    cv2.imwrite(str(out / "detections.jpg"), detections)
+    clock.finish()
+
+    total_s = clock.elapsed()
+    result = {
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "mr": {k: [r["mr"] for r in v] for k, v in runs.items()},
+        "summary": summary,
+        "complexity": figures,
+        "gap_closed": gaps,
+        "hkd_better_per_seed": per_seed,
+        "stage_seconds": clock.durations(),
+        "total_seconds": total_s,
+    }
+    write_json(out / "report.json", result)
+    report = render_report(args, summary, figures, gaps, per_seed, clock.durations(), total_s)
+    write_text(out / "report.md", report)
+    print(report)
+    logger.info(f"Demo finished in {format_duration(total_s)}; report in {out / 'report.md'}")
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    args = parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for name in ("detectron2", "hkd_d2", "fvcore"):
+        setup_logger(output=str(Path(args.out) / "log.txt"), name=name, abbrev_name=name[:3])
+    return run_demo(args)

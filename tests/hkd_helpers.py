@@ -1,0 +1,111 @@
+"""Tiny HKD set-ups shared by the distillation tests: configs, a teacher checkpoint, a batch.
+
+Everything is sized for CPU tests: 64x96 images, FPN with 32 channels, a few RoIs.
+"""
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from hkd_d2.config import add_hkd_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+HKD_CONFIG = CONFIGS / "synthetic" / "hkd_R50_to_R18.yaml"
+TEACHER_BASE = CONFIGS / "synthetic" / "teacher_R50_FPN.yaml"
+IMAGE_HW = (64, 96)
+FPN_CHANNELS = 32
+
+# Keys that make a detector tiny; applied to the student and written into the teacher's YAML.
+TINY = {
+    "MODEL.DEVICE": "cpu",
+    "MODEL.FPN.OUT_CHANNELS": FPN_CHANNELS,
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 200,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 40,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 100,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 20,
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": 32,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 16,
+    "MODEL.ROI_BOX_HEAD.FC_DIM": 32,
+    # A random teacher's maps are large (BatchNorm eval with untrained statistics): clip.
+    "SOLVER.CLIP_GRADIENTS.ENABLED": True,
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "norm",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 1.0,
+}
+
+
+def _merge(cfg: CfgNode, overrides: Dict) -> CfgNode:
+    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
+    return cfg
+
+
+def teacher_cfg(depth: int = 18, norm: str = "BN", **overrides) -> CfgNode:
+    """A tiny teacher config (synthetic teacher config + TINY + overrides)."""
+    cfg = add_hkd_config(get_cfg())
+    cfg.merge_from_file(str(TEACHER_BASE))
+    return _merge(cfg, {**TINY, "MODEL.RESNETS.DEPTH": depth, "MODEL.RESNETS.NORM": norm,
+                        "MODEL.RESNETS.RES2_OUT_CHANNELS": 64 if depth in (18, 34) else 256,
+                        **overrides})
+
+
+def write_teacher(tmp_path: Path, depth: int = 18, norm: str = "BN", seed: int = 1,
+                  **overrides) -> Dict[str, str]:
+    """Write a teacher YAML and a randomly initialised checkpoint of it under ``tmp_path``."""
+    cfg = teacher_cfg(depth, norm, **overrides)
+    config_file = tmp_path / f"teacher_R{depth}.yaml"
+    config_file.write_text(cfg.dump())
+    torch.manual_seed(seed)
+    weights = tmp_path / f"teacher_R{depth}.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    return {"MODEL.TEACHER.CONFIG_FILE": str(config_file), "MODEL.TEACHER.WEIGHTS": str(weights)}
+
+
+def hkd_cfg(teacher: Dict[str, str], norm: str = "BN", **overrides) -> CfgNode:
+    """The synthetic HKD config made tiny, with the given teacher files."""
+    cfg = add_hkd_config(get_cfg())
+    cfg.merge_from_file(str(HKD_CONFIG))
+    return _merge(cfg, {**TINY, "MODEL.RESNETS.NORM": norm, **teacher, **overrides})
+
+
+def build_hkd(cfg: CfgNode, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def batch(seed: int = 0, with_ignore: bool = True) -> List[Dict]:
+    """Two images (uint8, 3x64x96) with one pedestrian each (and an ignore box in the first)."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for i in range(2):
+        boxes = [[10.0 + 20 * i, 8.0, 30.0 + 20 * i, 56.0]]
+        ignore = [False]
+        if with_ignore and i == 0:
+            boxes.append([60.0, 4.0, 90.0, 60.0])
+            ignore.append(True)
+        inst = Instances(IMAGE_HW)
+        inst.gt_boxes = Boxes(torch.tensor(boxes))
+        inst.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
+        inst.gt_ignore = torch.tensor(ignore)
+        image = torch.randint(0, 256, (3, *IMAGE_HW), generator=g, dtype=torch.uint8)
+        inputs.append({"image": image, "instances": inst, "height": IMAGE_HW[0], "width": IMAGE_HW[1]})
+    return inputs
+
+
+class CallCounter:
+    """Counts forward calls of a module through a forward hook."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.calls = 0
+        self.handle = module.register_forward_hook(self._count)
+
+    def _count(self, *_args) -> None:
+        self.calls += 1
+
+
+def student_keys(cfg: CfgNode, meta: Optional[str] = "GeneralizedRCNN") -> set:
+    """state_dict keys of the plain student detector of ``cfg``."""
+    plain = cfg.clone()
+    plain.MODEL.META_ARCHITECTURE = meta
+    return set(build_model(plain).state_dict())

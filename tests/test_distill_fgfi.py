@@ -1,0 +1,102 @@
+"""FGFI term: imitation mask from anchors and the masked imitation loss; values by hand."""
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, ImageList, Instances
+
+from hkd_d2 import add_hkd_config
+from hkd_d2.modeling.distill import DistillContext, build_distill_terms
+from hkd_d2.modeling.distill.fgfi import FGFIDistill, imitation_masks
+
+SHAPES = {"p2": ShapeSpec(channels=1, stride=4)}
+
+
+def make_cfg(psi=0.5):
+    cfg = add_hkd_config(get_cfg())
+    cfg.MODEL.RPN.IN_FEATURES = ["p2"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[8]]
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]]
+    cfg.MODEL.DISTILL.FGFI.IN_FEATURES = ["p2"]
+    cfg.MODEL.DISTILL.FGFI.THRESHOLD_RATIO = psi
+    return cfg
+
+
+def make_term(psi=0.5):
+    term = FGFIDistill(make_cfg(psi), SHAPES, SHAPES)
+    with torch.no_grad():
+        term.adapters["p2"].weight.fill_(1.0)
+        term.adapters["p2"].bias.zero_()
+    return term
+
+
+def make_ctx(boxes, student, teacher):
+    gt = Instances((8, 8), gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4)),
+                   gt_classes=torch.zeros(len(boxes), dtype=torch.long))
+    return DistillContext(
+        images=ImageList(torch.zeros(1, 3, 8, 8), [(8, 8)]),
+        gt_instances=[gt],
+        student_features={"p2": student},
+        proposals=[],
+        student_roi_features=torch.zeros(0, 1, 1, 1),
+        student_predictions=(torch.zeros(0, 2), torch.zeros(0, 4)),
+        teacher_features={"p2": teacher},
+    )
+
+
+# 2x2 map, stride 4, one 8x8 anchor per location centred at (0|4, 0|4):
+# anchors [-4,-4,4,4], [0,-4,8,4], [-4,0,4,8], [0,0,8,8]. For gt [0,0,8,8] their IoUs are
+# 16/112 = 1/7, 32/96 = 1/3, 1/3 and 1.
+STUDENT = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+TEACHER = torch.tensor([[[[0.0, 0.0], [0.0, 1.0]]]])
+
+
+def test_mask_keeps_only_the_best_anchor_at_psi_half():
+    term = make_term(0.5)
+    losses = term(make_ctx([[0, 0, 8, 8]], STUDENT, TEACHER))
+    # Only location (1, 1): (4 - 1)^2 / (2 * 1), weight 0.01.
+    assert losses["loss_fgfi"].item() == pytest.approx(0.01 * 9 / 2)
+
+
+def test_lower_psi_adds_the_one_third_iou_anchors():
+    term = make_term(0.3)
+    losses = term(make_ctx([[0, 0, 8, 8]], STUDENT, TEACHER))
+    # Locations (0, 1), (1, 0), (1, 1): (4 + 9 + 9) / (2 * 3).
+    assert losses["loss_fgfi"].item() == pytest.approx(0.01 * 22 / 6)
+
+
+def test_mask_function_on_hand_built_anchors():
+    anchors = [Boxes(torch.tensor([[-4.0, -4, 4, 4], [0, -4, 8, 4], [-4, 0, 4, 8], [0, 0, 8, 8]]))]
+    gt = [Boxes(torch.tensor([[0.0, 0, 8, 8]])), Boxes(torch.zeros(0, 4))]
+    masks = imitation_masks(gt, anchors, [(2, 2)], threshold_ratio=0.3)
+    expected = torch.tensor([[[False, True], [True, True]], [[False, False], [False, False]]])
+    assert torch.equal(masks[0], expected)
+
+
+def test_empty_mask_gives_exact_zero_with_gradients():
+    term = make_term(0.5)
+    student = STUDENT.clone().requires_grad_(True)
+    losses = term(make_ctx([], student, TEACHER))
+    assert losses["loss_fgfi"].item() == 0.0
+    losses["loss_fgfi"].backward()
+    assert student.grad is not None and torch.equal(student.grad, torch.zeros_like(student))
+    assert torch.equal(term.adapters["p2"].weight.grad, torch.zeros(1, 1, 1, 1))
+
+
+def test_ignore_boxes_make_no_mask():
+    term = make_term(0.5)
+    ctx = make_ctx([[0, 0, 8, 8]], STUDENT, TEACHER)
+    ctx.gt_instances[0].gt_ignore = torch.tensor([True])
+    assert term(ctx)["loss_fgfi"].item() == 0.0
+
+
+def test_built_from_terms_list_and_level_check():
+    cfg = make_cfg()
+    cfg.MODEL.DISTILL.TERMS = ["FGFIDistill"]
+    terms = build_distill_terms(cfg, SHAPES, SHAPES)
+    assert len(terms) == 1 and terms[0].teacher_needs == frozenset({"features"})
+    cfg.MODEL.DISTILL.FGFI.WEIGHT = 0.0
+    assert len(build_distill_terms(cfg, SHAPES, SHAPES)) == 0
+    cfg.MODEL.DISTILL.FGFI.IN_FEATURES = ["p3"]
+    with pytest.raises(ValueError, match="FGFI.IN_FEATURES"):
+        FGFIDistill(cfg, SHAPES, SHAPES)
