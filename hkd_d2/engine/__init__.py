@@ -1,4 +1,13 @@
-"""Training machinery of hkd_d2: the distillation hook (and the lead's Trainer)."""
+"""Training machinery of hkd_d2: config set-up, the Trainer, the distillation hooks."""
 from .hooks import DistillationHook, build_distillation_hooks
+from .setup import load_config, resolve_device, setup_config
+from .trainer import Trainer
 
-__all__ = ["DistillationHook", "build_distillation_hooks"]
+__all__ = [
+    "DistillationHook",
+    "Trainer",
+    "build_distillation_hooks",
+    "load_config",
+    "resolve_device",
+    "setup_config",
+]

@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -707,4 +707,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's copy of this module, so its classes are the ones the rest of hkd_d2 uses.
+    from hkd_d2.evaluation.miss_rate import main as _package_main
+
+    sys.exit(_package_main())

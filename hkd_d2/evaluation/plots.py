@@ -22,7 +22,7 @@ CurveLike = Union[MissRateCurve, Tuple[Sequence[float], Sequence[float]]]
 
 def _as_curve(curve: CurveLike) -> MissRateCurve:
     """A (fppi, miss_rate) pair becomes a MissRateCurve with its MR over the toolbox's points."""
-    if isinstance(curve, MissRateCurve):
+    if hasattr(curve, "log_average"):
         return curve
     fppi, miss = (np.asarray(v, dtype=np.float64) for v in curve)
     if fppi.shape != miss.shape or fppi.ndim != 1:
@@ -64,7 +64,7 @@ def plot_mr_fppi(
     fig, ax = plt.subplots(figsize=(6.0, 5.0))
     try:
         for label, curve in entries:
-            x = np.concatenate(([fppi_range[0]], curve.fppi, [fppi_range[1]]))
+            x = np.concatenate(([fppi_range[0]], np.maximum(curve.fppi, fppi_range[0]), [fppi_range[1]]))
             y = np.concatenate(([1.0], curve.miss_rate, [curve.miss_rate[-1] if len(curve.miss_rate) else 1.0]))
             ax.plot(x, np.clip(y, miss_rate_range[0], 1.0), drawstyle="steps-post", linewidth=2,
                     label=f"{100 * curve.log_average:.2f}% {label}")

@@ -10,7 +10,7 @@ meta-architecture runs only the teacher work some term needs (none at all when n
 needs the teacher).
 """
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -58,13 +58,17 @@ class DistillContext:
     teacher_features: Optional[Dict[str, torch.Tensor]] = None
     teacher_roi_features: Optional[torch.Tensor] = None
     teacher_predictions: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-    # RPN outputs per level: objectness (N, A, H, W) and deltas (N, A*4, H, W), and the anchors.
+    # RPN head outputs (only when some term needs "rpn"): {"objectness_logits": per level
+    # (N, A, Hl, Wl), "anchor_deltas": per level (N, A*4, Hl, Wl), "anchors": per level Boxes
+    # (Hl*Wl*A, 4)}; the teacher's are computed on the student's anchors (same "anchors" list).
     student_rpn: Optional[Dict[str, list]] = None
     teacher_rpn: Optional[Dict[str, list]] = None
-    # Weight multiplier set by the schedule (warm-up / attenuation), in [0, 1].
+    # Weight multiplier set by the schedule (warm-up), in [0, 1]; informative only: the
+    # meta-architecture multiplies the returned losses by it, terms must not apply it again.
     scale: float = 1.0
-    # Unweighted per-term statistics a term wants logged (e.g. raw MSE), filled by the terms.
-    stats: Dict[str, float] = field(default_factory=dict)
+    # Unweighted per-term statistics a term wants logged (e.g. raw MSE), filled by the terms:
+    # floats or detached 0-dim tensors, named like "distill/pd"; written to the EventStorage.
+    stats: Dict[str, Union[float, torch.Tensor]] = field(default_factory=dict)
 
 
 class DistillTerm(nn.Module):

@@ -1,0 +1,260 @@
+"""Fast checks of the tools' library code: tables, statistics, progress, ablation resume, video."""
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from detectron2.structures import Boxes, Instances
+
+from hkd_d2.tools import ablation, demo
+from hkd_d2.tools.complexity import backbone_gmacs, count_parameters
+from hkd_d2.tools.progress import StageClock, format_duration
+from hkd_d2.tools.report import format_mean_spread, gap_closed, markdown_table, mean_and_spread, write_json
+from hkd_d2.tools.timing import TimingStats, time_call
+from hkd_d2.tools.video import annotate_video, open_video
+
+
+# ------------------------------------------------------------------ report / statistics
+def test_mean_and_spread_values():
+    stats = mean_and_spread([10.0, 12.0, 14.0, float("nan")])
+    assert stats["n"] == 3
+    assert stats["mean"] == pytest.approx(12.0)
+    assert stats["std"] == pytest.approx(2.0)
+    assert (stats["min"], stats["max"]) == (10.0, 14.0)
+    assert mean_and_spread([5.0])["std"] == 0.0
+    assert mean_and_spread([])["n"] == 0
+
+
+def test_format_mean_spread():
+    assert format_mean_spread(mean_and_spread([10.0, 12.0, 14.0])) == "12.00 ± 2.00"
+    assert format_mean_spread(mean_and_spread([7.125])) == "7.12"
+    assert format_mean_spread(mean_and_spread([])) == "n/a"
+
+
+def test_gap_closed():
+    assert gap_closed(teacher=20.0, student=40.0, distilled=30.0) == pytest.approx(0.5)
+    assert gap_closed(teacher=20.0, student=40.0, distilled=45.0) == pytest.approx(-0.25)
+    assert math.isnan(gap_closed(teacher=40.0, student=30.0, distilled=35.0))
+
+
+def test_markdown_table_keeps_text_cells():
+    text = markdown_table(["Method", "MR"], [["a", "01.50"], ["b", "2.00"]])
+    lines = text.splitlines()
+    assert lines[0].split("|")[1].strip() == "Method"
+    assert set(lines[1].replace("|", "").replace(":", "")) == {"-"}
+    assert "01.50" in lines[2]  # cells are not reparsed as numbers
+
+
+def test_write_json_atomic_and_nan(tmp_path):
+    path = write_json(tmp_path / "sub" / "r.json", {"a": float("nan"), "b": [1.5, float("inf")]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None]}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temporary file left
+
+
+# ------------------------------------------------------------------ timing / progress
+def test_timing_stats_from_samples():
+    s = TimingStats.from_samples([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (s.median, s.q1, s.q3, s.min, s.max, s.repeats) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+    assert s.format_ms() == "3000.0 ms [IQR 2000.0-4000.0]"
+    with pytest.raises(ValueError):
+        TimingStats.from_samples([])
+
+
+def test_time_call_counts_calls():
+    calls = []
+    stats = time_call(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and stats.repeats == 4
+    assert stats.min <= stats.median <= stats.max
+
+
+def test_format_duration():
+    assert format_duration(3) == "3s"
+    assert format_duration(125) == "2m05s"
+    assert format_duration(3723) == "1h02m03s"
+    assert format_duration(-65) == "-1m05s"
+
+
+def test_stage_clock_eta_scales_with_observed_speed():
+    now = [0.0]
+    clock = StageClock({"a": 10.0, "b": 20.0, "c": 30.0}, budget_s=100.0, clock=lambda: now[0])
+    assert clock.eta() == pytest.approx(60.0)
+    clock.start("a")
+    now[0] = 20.0  # stage a took twice its plan
+    clock.start("b")
+    assert clock.durations() == {"a": 20.0}
+    assert clock.eta() == pytest.approx(2 * (20.0 + 30.0))
+    banner = clock.banner("b")
+    assert "stage 2/3: b" in banner and "elapsed 20s" in banner and "budget left 1m20s" in banner
+    now[0] = 30.0
+    assert clock.eta() == pytest.approx(2 * 50.0 - 10.0)
+    with pytest.raises(KeyError):
+        clock.start("unknown")
+
+
+# ------------------------------------------------------------------ complexity
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 4, kernel_size=1, bias=False)
+        self.distill_terms = nn.Linear(10, 10)
+
+
+def test_count_parameters_excludes_distillation_adapters():
+    model = _Tiny()
+    assert count_parameters(model) == 12
+    assert count_parameters(model, exclude_prefixes=()) == 12 + 110
+
+
+def test_backbone_gmacs_of_a_1x1_conv():
+    model = _Tiny().train()
+    assert backbone_gmacs(model, 8, 8) == pytest.approx(8 * 8 * 4 * 3 / 1e9)
+    assert model.backbone.training  # mode restored
+
+
+# ------------------------------------------------------------------ ablation runner
+def _fake_run_fn(calls):
+    def run(config_file, opts, output_dir):
+        calls.append((Path(config_file).stem, opts, output_dir))
+        seed = int(opts[opts.index("SEED") + 1])
+        base = 30.0 if "hkd" in config_file else 40.0
+        return {"Reasonable": base + seed, "Reasonable_small": base + 10 + seed, "All": 50.0}
+    return run
+
+
+def _fake_teacher_fn(calls):
+    def train_teacher(config_file, opts, output_dir):
+        calls.append((config_file, opts, output_dir))
+        return str(Path(output_dir) / "model_final.pth")
+    return train_teacher
+
+
+def test_ablation_runs_each_config_and_seed_once_and_resumes(tmp_path):
+    configs = ["cfgs/baseline.yaml", "cfgs/hkd.yaml"]
+    runs = ablation.plan_runs(configs, 2, tmp_path)
+    assert [(r.name, r.seed) for r in runs] == [("baseline", 0), ("baseline", 1), ("hkd", 0), ("hkd", 1)]
+    calls, teacher_calls = [], []
+    teacher_of = lambda c: "teacher.yaml" if "hkd" in c else None  # noqa: E731
+    kwargs = dict(run_fn=_fake_run_fn(calls), teacher_fn=_fake_teacher_fn(teacher_calls), teacher_of=teacher_of)
+    results = ablation.run_ablation(runs, ["SOLVER.MAX_ITER", "5"], tmp_path, **kwargs)
+    assert len(calls) == 4 and len(teacher_calls) == 1
+    assert teacher_calls[0][0] == "teacher.yaml" and teacher_calls[0][1] == ["SOLVER.MAX_ITER", "5"]
+    hkd_opts = calls[2][1]
+    assert hkd_opts[hkd_opts.index("MODEL.TEACHER.WEIGHTS") + 1] == str(tmp_path / "teacher" / "model_final.pth")
+    assert "MODEL.TEACHER.WEIGHTS" not in calls[0][1]
+    assert [r["mr"]["Reasonable"] for r in results] == [40.0, 41.0, 30.0, 31.0]
+
+    # a second invocation finds every result and runs nothing
+    results_again = ablation.run_ablation(runs, [], tmp_path, **kwargs)
+    assert len(calls) == 4 and len(teacher_calls) == 1 and results_again == results
+
+    # a lost result reruns only that run, with given teacher weights (no teacher training)
+    runs[3].result_path.unlink()
+    ablation.run_ablation(runs, [], tmp_path, teacher_weights="given.pth", **kwargs)
+    assert len(calls) == 5 and calls[-1][0] == "hkd" and len(teacher_calls) == 1
+    assert calls[-1][1][calls[-1][1].index("MODEL.TEACHER.WEIGHTS") + 1] == "given.pth"
+
+
+def test_ablation_rejects_bad_plans(tmp_path):
+    with pytest.raises(ValueError, match="seeds"):
+        ablation.plan_runs(["a.yaml"], 0, tmp_path)
+    with pytest.raises(ValueError, match="differ"):
+        ablation.plan_runs(["x/a.yaml", "y/a.yaml"], 1, tmp_path)
+
+
+def test_ablation_summary_and_table():
+    results = [
+        {"name": "base", "config": "base.yaml", "seed": s, "mr": {"Reasonable": r, "Reasonable_small": r + 10}}
+        for s, r in enumerate([40.0, 42.0, 44.0])
+    ] + [{"name": "hkd", "config": "hkd.yaml", "seed": 0, "mr": {"Reasonable": 30.0, "Reasonable_small": 35.0}}]
+    rows = ablation.summarize_ablation(results)
+    assert [r["name"] for r in rows] == ["base", "hkd"]
+    assert rows[0]["Reasonable"]["mean"] == pytest.approx(42.0) and rows[0]["Reasonable"]["std"] == pytest.approx(2.0)
+    table = ablation.ablation_table(rows).splitlines()
+    assert "42.00 ± 2.00 [40.00-44.00]" in table[2] and "52.00 ± 2.00 [50.00-54.00]" in table[2]
+    assert "| 30.00" in table[3].replace("  ", " ") or "30.00 " in table[3]
+
+
+# ------------------------------------------------------------------ demo report
+def test_demo_table_and_gap():
+    mr = {
+        "teacher": [{"Reasonable": 20.0, "Reasonable_small": 30.0, "Reasonable_occ=heavy": 60.0, "All": 40.0}],
+        "student": [{"Reasonable": 40.0, "Reasonable_small": 50.0, "Reasonable_occ=heavy": 70.0, "All": 60.0}] * 2,
+        "hkd": [{"Reasonable": 30.0, "Reasonable_small": 45.0, "Reasonable_occ=heavy": 80.0, "All": 50.0},
+                {"Reasonable": 34.0, "Reasonable_small": 45.0, "Reasonable_occ=heavy": 80.0, "All": 50.0}],
+    }
+    summary = demo.summarize(mr)
+    gaps = demo.gap_table(summary)
+    assert gaps["Reasonable"] == pytest.approx((40 - 32) / 20)
+    assert gaps["Reasonable_small"] == pytest.approx(0.25)
+    assert gaps["Reasonable_occ=heavy"] == pytest.approx(-1.0)
+    figures = {k: {"params_M": p, "backbone_GMACs": g, "latency_ms": t}
+               for k, p, g, t in (("teacher", 41.3, 80.0, 2500.0), ("student", 20.1, 40.0, 1200.0), ("hkd", 20.2, 40.0, 1210.0))}
+    lines = demo.table1(summary, figures, (600, 800)).splitlines()
+    assert "Backbone GMACs @600x800" in lines[0] and "MR Small (%)" in lines[0]
+    assert "Student R18-FPN + HKD" in lines[4] and "32.00 ± 2.83" in lines[4] and "1210" in lines[4]
+
+
+def test_demo_stage_plan_covers_every_run():
+    args = demo.parse_args(["--seeds", "0", "1", "--teacher-iters", "10", "--student-iters", "5"])
+    plan = demo._stage_plan(args)
+    assert list(plan) == ["data", "teacher", "student seed 0", "hkd seed 0", "student seed 1", "hkd seed 1",
+                          "complexity", "report"]
+    assert plan["teacher"] > plan["student seed 0"] > 0
+
+
+# ------------------------------------------------------------------ video
+def _write_video(path: Path, frames: int, size=(64, 48)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 20 * i, np.uint8))
+    writer.release()
+
+
+class _StubPredictor:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, frame):
+        self.calls += 1
+        h, w = frame.shape[:2]
+        inst = Instances((h, w))
+        inst.pred_boxes = Boxes(torch.tensor([[5.0, 5.0, 20.0, 40.0], [30.0, 5.0, 40.0, 30.0]]))
+        inst.scores = torch.tensor([0.9, 0.2])
+        inst.pred_classes = torch.zeros(2, dtype=torch.int64)
+        return {"instances": inst}
+
+
+def test_annotate_video_writes_frames_and_fps(tmp_path):
+    src, dst = tmp_path / "in.avi", tmp_path / "out" / "annotated.avi"
+    _write_video(src, 5)
+    predictor = _StubPredictor()
+    figures = annotate_video(predictor, str(src), str(dst), max_frames=4)
+    assert predictor.calls == 4 and figures["frames"] == 4
+    assert figures["detections_per_frame"] == 1.0 and figures["size"] == [48, 64]
+    assert figures["detector_fps"] > 0 and figures["end_to_end_fps"] > 0
+    capture = cv2.VideoCapture(str(dst))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    ok, frame = capture.read()
+    capture.release()
+    assert ok and frame.shape == (48, 64, 3)
+    assert json.loads(Path(f"{dst}.json").read_text())["frames"] == 4
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["annotated.avi", "annotated.avi.json"]
+
+
+def test_video_errors_name_the_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.avi"):
+        open_video(str(tmp_path / "missing.avi"))
+    bad = tmp_path / "notavideo.avi"
+    bad.write_text("hello")
+    with pytest.raises(ValueError, match="notavideo.avi"):
+        open_video(str(bad))
+    src = tmp_path / "in.avi"
+    _write_video(src, 2)
+    with pytest.raises(ValueError, match="suffix"):
+        annotate_video(_StubPredictor(), str(src), str(tmp_path / "out.gif"))
+    assert not (tmp_path / "out.gif").exists()
