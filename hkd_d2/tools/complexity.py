@@ -21,8 +21,11 @@ def count_parameters(model: nn.Module, exclude_prefixes: Sequence[str] = DISTILL
 
 @torch.no_grad()
 def backbone_gmacs(model: nn.Module, height: int, width: int) -> float:
-    """GMACs of ``model.backbone`` (ResNet + FPN) on one (1, 3, height, width) input."""
+    """GMACs of ``model.backbone`` (ResNet + FPN) on one (1, 3, height, width) input, padded
+    (as the detector pads it) to a multiple of ``backbone.size_divisibility``, e.g. 608x800."""
     device = next(model.parameters()).device
+    divisor = max(getattr(model.backbone, "size_divisibility", 1), 1)
+    height, width = (-(-v // divisor) * divisor for v in (height, width))
     image = torch.zeros(1, 3, height, width, device=device)
     was_training = model.backbone.training
     analysis = FlopCountAnalysis(model.backbone.eval(), image)

@@ -53,11 +53,11 @@ SETUP_COLUMNS = {"Reasonable": "Reasonable", "Reasonable_small": "Small", "Reaso
 TRAIN_SET, VAL_SET = "hkd_demo_train", "hkd_demo_val"
 # Rough training cost on a 2-core CPU, seconds per image per training iteration per megapixel
 # of network input (measured at the defaults on an idle machine); only used for the stage plan.
-TRAIN_COST = {"teacher": 24.0, "student": 13.0, "hkd": 21.0}
+TRAIN_COST = {"teacher": 20.0, "student": 10.0, "hkd": 18.0}
 # Rough fixed costs of the other stages on the same machine (seconds).
-OTHER_COST = {"data": 10.0, "complexity": 60.0, "report": 10.0}
-# Evaluation cost per validation image per megapixel, and per model (seconds).
-EVAL_COST = {"teacher": 3.0, "student": 1.5, "hkd": 1.5}
+OTHER_COST = {"data": 15.0, "complexity": 60.0, "report": 10.0}
+# Evaluation cost per validation image per megapixel of network input (seconds).
+EVAL_COST = {"teacher": 8.0, "student": 4.0, "hkd": 4.0}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -71,10 +71,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="size of the generated images")
     p.add_argument("--person-scale", type=float, default=2.0,
                    help="multiplier on generated person heights (2 keeps the Reasonable range (>= 50 px) populated at 240 px)")
-    p.add_argument("--input-size", type=int, default=240, help="short side of the network input (train and test)")
+    p.add_argument("--input-size", type=int, default=160, help="short side of the network input (train and test)")
     p.add_argument("--batch-size", type=int, default=2, help="images per training iteration")
     p.add_argument("--lr", type=float, default=0.02, help="base learning rate")
-    p.add_argument("--teacher-iters", type=int, default=300, help="teacher training iterations")
+    p.add_argument("--teacher-iters", type=int, default=250, help="teacher training iterations")
     p.add_argument("--student-iters", type=int, default=150, help="iterations of each student run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student and HKD runs")
     p.add_argument("--latency-size", type=int, nargs=2, default=(600, 800), metavar=("H", "W"),

@@ -22,13 +22,16 @@ class StageClock:
     """Announces each stage of a planned run and keeps an overall estimate of the end.
 
     The plan gives each stage a duration estimate (seconds). The ETA of the remaining stages is
-    their planned time scaled by how fast the finished stages went against their plan.
+    their planned time scaled by how fast the finished stages went against their plan; the
+    ratio starts from 1 as if ``prior_s`` planned seconds had gone exactly to plan, so short
+    early stages do not swing it.
     """
 
     def __init__(self, plan: Dict[str, float], budget_s: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, prior_s: float = 60.0):
         self.plan = dict(plan)
         self.budget_s = budget_s
+        self.prior_s = prior_s
         self._clock = clock
         self._start = clock()
         self._done: Dict[str, float] = {}
@@ -41,7 +44,7 @@ class StageClock:
     def eta(self) -> float:
         """Estimated seconds until every planned stage has finished."""
         planned_done = sum(self.plan[s] for s in self._done)
-        speed = sum(self._done.values()) / planned_done if planned_done > 0 else 1.0
+        speed = (sum(self._done.values()) + self.prior_s) / (planned_done + self.prior_s)
         remaining = [s for s in self.plan if s not in self._done]
         eta = speed * sum(self.plan[s] for s in remaining)
         if self._current is not None:

@@ -32,6 +32,8 @@ logger = logging.getLogger("hkd_d2.video")
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 # Frame rate written when the input does not report one.
 DEFAULT_FPS = 25.0
+# Permissions of the written video (mkstemp creates files readable by the owner only).
+OUTPUT_FILE_MODE = 0o644
 
 Predictor = Callable[[np.ndarray], Dict[str, Instances]]
 
@@ -61,6 +63,7 @@ def _video_writer(path: Path, fps: float, size) -> Iterator[cv2.VideoWriter]:
             raise RuntimeError(f"cv2.VideoWriter cannot write {path} (codec {FOURCC[path.suffix.lower()]})")
         yield writer
         writer.release()
+        os.chmod(tmp, OUTPUT_FILE_MODE)
         os.replace(tmp, path)
     finally:
         writer.release()

@@ -16,12 +16,12 @@ When the student's channels differ from the teacher's, a trainable 1x1 conv on t
 """
 from typing import Dict
 
+import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
 from torch import nn
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
-import fvcore.nn.weight_init as weight_init
 
 from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
 
