@@ -93,12 +93,23 @@ class HKDCheckpointer(DetectionCheckpointer):
     Args:
         allow_new_classes: accept another class count in the box predictor (fine-tuning a
             detector trained on other classes); those layers keep their fresh initialisation.
+        allow_backbone_only: accept a backbone-only file (ImageNet weights), leaving the FPN
+            and heads as initialised; off for a teacher, which must be loaded whole.
         Other arguments as ``DetectionCheckpointer``.
     """
 
-    def __init__(self, model, save_dir: str = "", *, allow_new_classes: bool = True, **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        allow_new_classes: bool = True,
+        allow_backbone_only: bool = True,
+        **kwargs,
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.allow_new_classes = allow_new_classes
+        self.allow_backbone_only = allow_backbone_only
         self._path_being_loaded = ""
 
     def load(self, path: str, *args, **kwargs):
@@ -120,8 +131,9 @@ class HKDCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint):
         file_keys = list(checkpoint["model"].keys())
         incompatible = super()._load_model(checkpoint)
-        backbone_only = checkpoint.get("backbone_only", False) or all(
-            k.startswith(BACKBONE_PREFIX) for k in file_keys
+        backbone_only = self.allow_backbone_only and (
+            checkpoint.get("backbone_only", False)
+            or all(k.startswith(BACKBONE_PREFIX) for k in file_keys)
         )
         self._raise_if_mismatched(incompatible, backbone_only)
         return incompatible
@@ -141,7 +153,8 @@ class HKDCheckpointer(DetectionCheckpointer):
             raise WeightsMismatchError(self._path_being_loaded, missing, unexpected, shapes)
 
 
-def load_detector_weights(model: torch.nn.Module, path: str, strict_classes: bool = True) -> None:
-    """Load ``path`` into ``model`` (no optimizer state); raise on a missing file or mismatch."""
-    HKDCheckpointer(model, allow_new_classes=not strict_classes).load(path)
+def load_detector_weights(model: torch.nn.Module, path: str) -> None:
+    """Load a whole detector from ``path`` (no optimizer state): every key must fit, else
+    ``FileNotFoundError`` / :class:`WeightsMismatchError` naming the file."""
+    HKDCheckpointer(model, allow_new_classes=False, allow_backbone_only=False).load(path)
 

@@ -88,3 +88,12 @@ def test_detector_file_missing_head_keys_is_refused(tmp_path):
     with pytest.raises(WeightsMismatchError, match="missing") as err:
         load_detector_weights(standard_rcnn(18), str(path))
     assert all(k.startswith("roi_heads.box_head") for k in err.value.missing)
+
+
+def test_whole_detector_loader_refuses_backbone_only_file(tmp_path):
+    """A teacher must be loaded whole: ImageNet weights would leave its heads random."""
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(WeightsMismatchError, match="resnet18.pth") as err:
+        load_detector_weights(standard_rcnn(18), str(path))
+    assert any(k.startswith("roi_heads.") for k in err.value.missing)

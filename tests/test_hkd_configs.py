@@ -35,6 +35,7 @@ def test_hkd_config_names_its_teacher(dataset):
     assert cfg.MODEL.RESNETS.DEPTH == 18 and cfg.MODEL.ROI_BOX_HEAD.POOLER_NAME == "PyRoIAlign"
     teacher = load_teacher_config(cfg)
     assert teacher.MODEL.RESNETS.DEPTH == 50 and teacher.DATASETS.TRAIN == cfg.DATASETS.TRAIN
+    assert teacher.MODEL.ROI_BOX_HEAD.POOLER_NAME == "PyRoIAlign"  # both models use it
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "caltech"])
@@ -49,3 +50,5 @@ def test_table3_rows(dataset, stem, terms, pooler):
     else:
         assert cfg.MODEL.META_ARCHITECTURE == "HKDDistiller"
         assert list(cfg.MODEL.DISTILL.TERMS) == terms
+        # teacher and student pool alike: PyRoIAlign in both, or level-assigned in both
+        assert load_teacher_config(cfg).MODEL.ROI_BOX_HEAD.POOLER_NAME == pooler

@@ -6,7 +6,7 @@ scale and the model's ``distill_stats`` (raw, unweighted term values such as ``d
 go to the EventStorage, hence to metrics.json and TensorBoard. The trainer must register it
 before its writers so each iteration's values are written.
 """
-from typing import List
+from typing import Callable, Dict, List
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from detectron2.engine import HookBase
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..modeling.distiller import HKDDistiller
+from .prototype_hook import PrototypeHook
 
 __all__ = ["DistillationHook", "build_distillation_hooks", "linear_warmup"]
 
@@ -52,8 +53,14 @@ class DistillationHook(HookBase):
         self.trainer.storage.put_scalars(**{"distill/scale": model.distill_scale}, **stats)
 
 
+# Distillation terms that need a hook of their own during training: term name -> hook builder.
+TERM_HOOKS: Dict[str, Callable[[CfgNode], HookBase]] = {"GKDDistill": PrototypeHook}
+
+
 def build_distillation_hooks(cfg: CfgNode) -> List[HookBase]:
-    """The hooks a distilling model needs (none when ``MODEL.META_ARCHITECTURE`` does not distill)."""
+    """The hooks a distilling model needs (none when ``MODEL.META_ARCHITECTURE`` does not distill):
+    the schedule/metrics hook, plus the hooks of the listed terms that have one."""
     if not issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), HKDDistiller):
         return []
-    return [DistillationHook(cfg.MODEL.DISTILL.WARMUP_ITERS)]
+    term_hooks = [TERM_HOOKS[name](cfg) for name in cfg.MODEL.DISTILL.TERMS if name in TERM_HOOKS]
+    return [DistillationHook(cfg.MODEL.DISTILL.WARMUP_ITERS), *term_hooks]

@@ -6,14 +6,20 @@ Differences from ``DefaultTrainer``:
 * the evaluator is the one the dataset's metadata names (``evaluator_type``);
 * checkpoints go through :class:`~hkd_d2.checkpoint.HKDCheckpointer` (torchvision ResNet
   weights converted, mismatched weights refused with the offending keys);
-* distillation hooks (schedule, per-term metrics) are added when the model distills.
+* distillation hooks (schedule, per-term metrics) are added when the model distills;
+* several processes work on CPU too (Detectron2's DDP wrapper always passes CUDA device ids).
 """
+import logging
 import weakref
 from typing import List, Optional
 
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from detectron2.evaluation import DatasetEvaluator
 
 from ..checkpoint import HKDCheckpointer
@@ -21,19 +27,37 @@ from ..data import PedestrianDatasetMapper
 from ..evaluation import build_evaluator
 from .hooks import build_distillation_hooks
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "wrap_distributed"]
+
+
+def wrap_distributed(model: nn.Module) -> nn.Module:
+    """DDP-wrap ``model`` when several processes train; CUDA device ids only for CUDA models."""
+    if comm.get_world_size() == 1:
+        return model
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    device_ids = [comm.get_local_rank()] if on_cuda else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
-        super().__init__(cfg)
-        self.checkpointer = HKDCheckpointer(
-            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        # The periodic checkpointer built in build_hooks still holds the default checkpointer.
-        for hook in self._hooks:
-            if isinstance(hook, hooks.PeriodicCheckpointer):
-                hook.checkpointer = self.checkpointer
+        # The steps of DefaultTrainer.__init__, with our DDP wrapper and checkpointer.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_distributed(model)
+        step_runner = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = step_runner(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = HKDCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

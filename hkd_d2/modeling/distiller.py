@@ -158,8 +158,16 @@ class HKDDistiller(GeneralizedRCNN):
         if "rpn" in self.teacher_needs:
             ctx.student_rpn = self._student_rpn(features, rpn_outputs)
         self._fill_teacher(ctx, batched_inputs)
+        self._scale_detector_losses(losses)
         losses.update(self._distill_losses(ctx))
         return losses
+
+    def _scale_detector_losses(self, losses: Dict[str, torch.Tensor]) -> None:
+        """Apply the terms' factors on detection losses, following the schedule: a factor f
+        becomes ``1 - scale * (1 - f)`` (the plain detector at scale 0, the term's at 1)."""
+        for term in self.distill_terms:
+            for name, factor in term.detector_loss_scales.items():
+                losses[name] = losses[name] * (1.0 - self.distill_scale * (1.0 - factor))
 
     def _student_rpn(self, features: Dict[str, torch.Tensor], rpn_outputs: list) -> Dict[str, list]:
         """The student's RPN head outputs recorded during its RPN forward, and its anchors."""

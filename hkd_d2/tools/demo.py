@@ -73,7 +73,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="multiplier on generated person heights (2 keeps the Reasonable range (>= 50 px) populated at 240 px)")
     p.add_argument("--input-size", type=int, default=160, help="short side of the network input (train and test)")
     p.add_argument("--batch-size", type=int, default=2, help="images per training iteration")
-    p.add_argument("--lr", type=float, default=0.02, help="base learning rate")
+    p.add_argument("--lr", type=float, default=0.01, help="base learning rate")
+    p.add_argument("--clip-grad-norm", type=float, default=5.0,
+                   help="clip the gradient norm of each parameter group to this (0 = off); keeps from-scratch training stable")
     p.add_argument("--teacher-iters", type=int, default=250, help="teacher training iterations")
     p.add_argument("--student-iters", type=int, default=150, help="iterations of each student run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student and HKD runs")
@@ -131,6 +133,8 @@ def _run_opts(args: argparse.Namespace, iters: int, seed: int) -> List[str]:
         "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.8 * iters)},)",
         "SOLVER.WARMUP_ITERS", str(min(50, iters // 5)), "SOLVER.CHECKPOINT_PERIOD", str(iters + 1),
         "TEST.MISS_RATE.PLOT", "False", "SEED", str(seed), "MODEL.DEVICE", args.device,
+        "SOLVER.CLIP_GRADIENTS.ENABLED", str(args.clip_grad_norm > 0),
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", str(args.clip_grad_norm),
     ]
 
 

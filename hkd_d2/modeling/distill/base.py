@@ -80,6 +80,12 @@ class DistillTerm(nn.Module):
         super().__init__()
         self.weight = float(weight)
 
+    @property
+    def detector_loss_scales(self) -> Dict[str, float]:
+        """Factors for the student's own detection losses that this term replaces in part
+        (e.g. Chen et al.'s ``mu`` on ``loss_cls``); empty for most terms."""
+        return {}
+
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
