@@ -256,3 +256,17 @@ def test_ddp_two_processes_keep_students_identical(tmp_path):
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     init = build_hkd(cfg, seed=0).state_dict()
     assert not torch.equal(init["backbone.fpn_output2.weight"], ranks[0]["backbone.fpn_output2.weight"])
+
+
+def test_detector_loss_factors_follow_the_schedule():
+    """A term's factor f on a detection loss (Chen 2017's mu) becomes 1 - scale * (1 - f)."""
+    from types import SimpleNamespace
+
+    from hkd_d2.modeling.distiller import HKDDistiller
+
+    term = SimpleNamespace(detector_loss_scales={"loss_cls": 0.25})
+    for scale, expected in ((0.0, 2.0), (0.5, 1.25), (1.0, 0.5)):
+        losses = {"loss_cls": torch.tensor(2.0), "loss_box_reg": torch.tensor(3.0)}
+        HKDDistiller._scale_detector_losses(SimpleNamespace(distill_terms=[term], distill_scale=scale), losses)
+        assert losses["loss_cls"].item() == pytest.approx(expected)
+        assert losses["loss_box_reg"].item() == 3.0

@@ -46,3 +46,16 @@ def test_training_records_scale_and_term_statistics(tmp_path):
     # loss_* values are weighted and scaled: 0 at iteration 0, raw value times 1.0 at the end.
     assert history["loss_pd"].values()[0][0] == 0.0
     assert history["loss_pd"].latest() == pytest.approx(history["distill/pd"].latest(), rel=1e-5)
+
+
+def test_terms_with_a_hook_get_it(monkeypatch):
+    """A term listed in TERM_HOOKS (GKD's prototype hook) gets its hook after the schedule hook."""
+    from hkd_d2.engine import hooks as hooks_module
+
+    monkeypatch.setitem(hooks_module.TERM_HOOKS, "PKDDistill", lambda cfg: ("hook for", cfg.MODEL.DISTILL.PKD.WEIGHT))
+    cfg = add_hkd_config(get_cfg())
+    cfg.MODEL.META_ARCHITECTURE = "HKDDistiller"
+    cfg.MODEL.DISTILL.TERMS = ["PyramidDistill", "PKDDistill"]
+    built = build_distillation_hooks(cfg)
+    assert isinstance(built[0], DistillationHook)
+    assert built[1:] == [("hook for", 6.0)]
