@@ -146,13 +146,13 @@ def test_ablation_runs_each_config_and_seed_once_and_resumes(tmp_path):
     runs = ablation.plan_runs(configs, 2, tmp_path)
     assert [(r.name, r.seed) for r in runs] == [("baseline", 0), ("baseline", 1), ("hkd", 0), ("hkd", 1)]
     calls, teacher_calls = [], []
-    teacher_of = lambda c: "teacher.yaml" if "hkd" in c else None  # noqa: E731
+    teacher_of = lambda c: "cfgs/teacher.yaml" if "hkd" in c else None  # noqa: E731
     kwargs = dict(run_fn=_fake_run_fn(calls), teacher_fn=_fake_teacher_fn(teacher_calls), teacher_of=teacher_of)
     results = ablation.run_ablation(runs, ["SOLVER.MAX_ITER", "5"], tmp_path, **kwargs)
     assert len(calls) == 4 and len(teacher_calls) == 1
-    assert teacher_calls[0][0] == "teacher.yaml" and teacher_calls[0][1] == ["SOLVER.MAX_ITER", "5"]
+    assert teacher_calls[0][0] == "cfgs/teacher.yaml" and teacher_calls[0][1] == ["SOLVER.MAX_ITER", "5"]
     hkd_opts = calls[2][1]
-    assert hkd_opts[hkd_opts.index("MODEL.TEACHER.WEIGHTS") + 1] == str(tmp_path / "teacher" / "model_final.pth")
+    assert hkd_opts[hkd_opts.index("MODEL.TEACHER.WEIGHTS") + 1] == str(tmp_path / "teachers" / "teacher" / "model_final.pth")
     assert "MODEL.TEACHER.WEIGHTS" not in calls[0][1]
     assert [r["mr"]["Reasonable"] for r in results] == [40.0, 41.0, 30.0, 31.0]
 
@@ -162,9 +162,28 @@ def test_ablation_runs_each_config_and_seed_once_and_resumes(tmp_path):
 
     # a lost result reruns only that run, with given teacher weights (no teacher training)
     runs[3].result_path.unlink()
-    ablation.run_ablation(runs, [], tmp_path, teacher_weights="given.pth", **kwargs)
+    ablation.run_ablation(runs, [], tmp_path, teacher_weights={"teacher": "given.pth"}, **kwargs)
     assert len(calls) == 5 and calls[-1][0] == "hkd" and len(teacher_calls) == 1
     assert calls[-1][1][calls[-1][1].index("MODEL.TEACHER.WEIGHTS") + 1] == "given.pth"
+
+
+def test_ablation_trains_each_teacher_once(tmp_path):
+    configs = ["a_hkd.yaml", "b_hkd_pyroialign.yaml", "c_hkd.yaml"]
+    teacher_of = {"a_hkd.yaml": "t/plain.yaml", "b_hkd_pyroialign.yaml": "t/pyro.yaml", "c_hkd.yaml": "t/plain.yaml"}.get
+    calls, teacher_calls = [], []
+    ablation.run_ablation(ablation.plan_runs(configs, 1, tmp_path), [], tmp_path, run_fn=_fake_run_fn(calls),
+                          teacher_fn=_fake_teacher_fn(teacher_calls), teacher_of=teacher_of)
+    assert [c[0] for c in teacher_calls] == ["t/plain.yaml", "t/pyro.yaml"]
+    used = [c[1][c[1].index("MODEL.TEACHER.WEIGHTS") + 1] for c in calls]
+    assert used == [str(tmp_path / "teachers" / n / "model_final.pth") for n in ("plain", "pyro", "plain")]
+
+
+def test_parse_teacher_weights(tmp_path):
+    (tmp_path / "t.pth").write_bytes(b"x")
+    parsed = ablation.parse_teacher_weights([f"teacher_R50_FPN={tmp_path / 't.pth'}", str(tmp_path / "t.pth")])
+    assert parsed == {"teacher_R50_FPN": str(tmp_path / "t.pth"), "": str(tmp_path / "t.pth")}
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        ablation.parse_teacher_weights([str(tmp_path / "missing.pth")])
 
 
 def test_ablation_rejects_bad_plans(tmp_path):
@@ -205,6 +224,20 @@ def test_demo_table_and_gap():
     lines = demo.table1(summary, figures, (600, 800)).splitlines()
     assert "Backbone GMACs @600x800" in lines[0] and "MR Small (%)" in lines[0]
     assert "Student R18-FPN + HKD" in lines[4] and "32.00 ± 2.83" in lines[4] and "1210" in lines[4]
+
+
+def test_demo_report_counts_seeds_where_distillation_won():
+    args = demo.parse_args(["--seeds", "0", "1"])
+    mr = {k: [{s: v for s in demo.SETUP_COLUMNS}] for k, v in (("teacher", 20.0), ("student", 40.0), ("hkd", 30.0))}
+    summary = demo.summarize(mr)
+    figures = {k: {"params_M": 1.0, "backbone_GMACs": 2.0, "latency_ms": 3.0, "pooler": "PyRoIAlign"} for k in mr}
+    per_seed = [{"seed": 0, "student": 40.0, "hkd": 30.0}, {"seed": 1, "student": 40.0, "hkd": 41.0}]
+    text = demo.render_report(args, summary, figures, demo.gap_table(summary), per_seed, {"teacher": 65.0}, 70.0)
+    flat = " ".join(text.split())  # table cells are padded
+    assert "on 1 of 2 seed(s) of this run" in flat
+    assert "| Reasonable | 50% |" in flat
+    assert "| teacher | 1m05s |" in flat and "| total | 1m10s |" in flat
+    assert "| 1 | 40.00 | 41.00 | no |" in flat
 
 
 def test_demo_stage_plan_covers_every_run():

@@ -61,7 +61,7 @@ def test_train_resume_and_evaluate(datasets, tmp_path):
     run = train_net(datasets, "--config-file", TEACHER, "--resume", *TINY, "SOLVER.MAX_ITER", "26",
                     "OUTPUT_DIR", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "Starting training from iteration 20" in run.stderr
+    assert "Starting training from iteration 20" in run.stdout + run.stderr
     assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 25
 
     evaluated = tmp_path / "eval"

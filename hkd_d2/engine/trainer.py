@@ -10,6 +10,7 @@ Differences from ``DefaultTrainer``:
 * several processes work on CPU too (Detectron2's DDP wrapper always passes CUDA device ids).
 """
 import logging
+import os
 import weakref
 from typing import List, Optional
 
@@ -73,6 +74,7 @@ class Trainer(DefaultTrainer):
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
     ) -> DatasetEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_evaluator(cfg, dataset_name, output_folder)
 
     def build_hooks(self) -> List[hooks.HookBase]:

@@ -2,9 +2,10 @@
 
 A run is finished when its ``result.json`` exists (written atomically after its evaluation), so
 an interrupted ablation continues where it stopped. Configs whose meta-architecture distills
-from a teacher get ``MODEL.TEACHER.WEIGHTS``: the teacher (``MODEL.TEACHER.CONFIG_FILE`` of
-those configs) is trained once into ``OUT/teacher`` with the same overrides, unless
-``--teacher-weights`` is given.
+from a teacher get ``MODEL.TEACHER.WEIGHTS``: each teacher config they name
+(``MODEL.TEACHER.CONFIG_FILE``; Table 3 uses two, with and without PyRoIAlign) is trained once
+into ``OUT/teachers/<teacher config name>`` with the same overrides, unless
+``--teacher-weights`` gives its weights.
 """
 import argparse
 import json
@@ -16,18 +17,20 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.utils.logger import setup_logger
 
-from ..engine.setup import load_config
 from ..modeling.teacher import resolve_path
 from .progress import format_duration
 from .report import format_mean_spread, markdown_table, mean_and_spread, write_json, write_text
-from .runs import build_run_config, evaluate, train
+from .runs import build_run_config, evaluate, teacher_config, train
 
-__all__ = ["AblationRun", "plan_runs", "run_ablation", "summarize_ablation", "ablation_table", "main"]
+__all__ = ["AblationRun", "plan_runs", "run_ablation", "summarize_ablation", "ablation_table",
+           "parse_teacher_weights", "main"]
 
 logger = logging.getLogger("hkd_d2.ablation")
 
 RESULT_FILE = "result.json"
-TEACHER_DIR = "teacher"
+TEACHERS_DIR = "teachers"
+# Key of --teacher-weights given without a teacher config name: used for every teacher.
+ANY_TEACHER = ""
 # Setups reported in the table (CityPersons protocol names) -> column titles.
 TABLE_SETUPS = {"Reasonable": "MR Reasonable (%)", "Reasonable_small": "MR Small (%)"}
 # (config_file, opts, output_dir) -> {setup: MR %}
@@ -67,14 +70,6 @@ def plan_runs(config_files: Sequence[str], num_seeds: int, out: Path) -> List[Ab
     return [AblationRun(c, seed, out / Path(c).stem / f"seed{seed}") for c in config_files for seed in range(num_seeds)]
 
 
-def teacher_config(config_file: str) -> Optional[str]:
-    """The teacher config a config distills from (None when it trains without a teacher)."""
-    cfg = load_config(config_file)
-    if cfg.MODEL.META_ARCHITECTURE != "HKDDistiller" or not cfg.MODEL.DISTILL.TERMS:
-        return None
-    return resolve_path(cfg.MODEL.TEACHER.CONFIG_FILE, f"MODEL.TEACHER.CONFIG_FILE of {config_file}")
-
-
 def train_and_evaluate(config_file: str, opts: List[str], output_dir: str) -> Dict[str, float]:
     """The real run function: train ``config_file`` + ``opts`` and evaluate on its DATASETS.TEST."""
     cfg = build_run_config(config_file, opts, output_dir)
@@ -98,15 +93,17 @@ def run_ablation(
     out: Path,
     run_fn: RunFn = train_and_evaluate,
     teacher_fn: TeacherFn = train_teacher,
-    teacher_weights: Optional[str] = None,
+    teacher_weights: Optional[Dict[str, str]] = None,
     teacher_opts: Sequence[str] = (),
     teacher_of: Callable[[str], Optional[str]] = teacher_config,
 ) -> List[Dict]:
     """Run every unfinished run (in order) and return all results (finished ones read back).
 
-    Each result is ``{"config", "name", "seed", "mr": {setup: MR %}}``. The teacher is trained
-    (``teacher_fn``) only when some unfinished run needs it and no ``teacher_weights`` are given.
+    Each result is ``{"config", "name", "seed", "mr": {setup: MR %}}``. ``teacher_weights`` maps
+    a teacher config's name (file stem; ``""`` = any) to weights; another teacher is trained
+    (``teacher_fn``) once, when the first unfinished run that needs it comes.
     """
+    teacher_weights = dict(teacher_weights or {})
     todo = [r for r in runs if not r.finished()]
     logger.info(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to do")
     start, done = time.monotonic(), 0
@@ -116,9 +113,11 @@ def run_ablation(
         run_opts = list(opts) + ["SEED", str(run.seed)]
         teacher_cfg = teacher_of(run.config_file)
         if teacher_cfg is not None:
-            if teacher_weights is None:
-                teacher_weights = teacher_fn(teacher_cfg, list(opts) + list(teacher_opts), str(out / TEACHER_DIR))
-            run_opts += ["MODEL.TEACHER.CONFIG_FILE", teacher_cfg, "MODEL.TEACHER.WEIGHTS", teacher_weights]
+            stem = Path(teacher_cfg).stem
+            if stem not in teacher_weights:
+                teacher_weights[stem] = teacher_weights.get(ANY_TEACHER) or teacher_fn(
+                    teacher_cfg, list(opts) + list(teacher_opts), str(out / TEACHERS_DIR / stem))
+            run_opts += ["MODEL.TEACHER.CONFIG_FILE", teacher_cfg, "MODEL.TEACHER.WEIGHTS", teacher_weights[stem]]
         eta = (time.monotonic() - start) / done * (len(todo) - done) if done else float("nan")
         logger.info(f"==== run {index}/{len(runs)}: {run.name} seed {run.seed} | {done}/{len(todo)} done this "
                     f"session | elapsed {format_duration(time.monotonic() - start)}"
@@ -152,12 +151,24 @@ def ablation_table(rows: Sequence[Dict]) -> str:
     return markdown_table(headers, [[r["name"], len(r["seeds"])] + [cell(r[s]) for s in TABLE_SETUPS] for r in rows])
 
 
+def parse_teacher_weights(items: Sequence[str]) -> Dict[str, str]:
+    """``["teacher_R50_FPN=a.pth", "b.pth"]`` -> ``{"teacher_R50_FPN": abs a.pth, "": abs b.pth}``
+    (files checked)."""
+    weights = {}
+    for item in items:
+        name, _, path = item.rpartition("=")
+        weights[name] = resolve_path(path, f"--teacher-weights {item}")
+    return weights
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", required=True, help="config files, one table row each")
     p.add_argument("--seeds", type=int, default=3, help="seeds per config (0..N-1)")
     p.add_argument("--out", default="ablation_output", help="output folder (runs, table.md, table.json)")
-    p.add_argument("--teacher-weights", default=None, help="trained teacher for the distillation rows (default: train one)")
+    p.add_argument("--teacher-weights", nargs="+", default=[], metavar="[TEACHER=]WEIGHTS",
+                   help="trained teachers for the distillation rows, as TEACHER_CONFIG_NAME=PATH "
+                        "(e.g. teacher_R50_FPN=t.pth) or one PATH for every teacher (default: train them)")
     p.add_argument("--teacher-opts", nargs="*", default=[], help="extra KEY VALUE overrides of the teacher training only")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run")
     return p.parse_args(argv)
@@ -169,10 +180,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("detectron2", "hkd_d2"):
         setup_logger(output=str(out / "log.txt"), name=name, abbrev_name=name[:3])
-    if args.teacher_weights:
-        args.teacher_weights = resolve_path(args.teacher_weights, "--teacher-weights")
     runs = plan_runs(args.configs, args.seeds, out)
-    results = run_ablation(runs, args.opts, out, teacher_weights=args.teacher_weights, teacher_opts=args.teacher_opts)
+    results = run_ablation(runs, args.opts, out, teacher_weights=parse_teacher_weights(args.teacher_weights),
+                           teacher_opts=args.teacher_opts)
     rows = summarize_ablation(results)
     table = ablation_table(rows)
     write_json(out / "table.json", {"overrides": args.opts, "rows": rows, "runs": results})

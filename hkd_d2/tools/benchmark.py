@@ -6,8 +6,9 @@ Figures (written to ``OUT/benchmark.json`` and ``OUT/benchmark.md``):
   of ``--repeats`` runs, on every device (CPU, and CUDA when present), with the student/teacher
   ratio from the same run; detectors are randomly initialised (weights do not change the cost);
 * parameters and backbone GMACs;
-* training cost on generated scenes: student-only step, teacher no-grad forward (backbone +
-  box head on the step's RoIs, what HKD runs), HKD step, and
+* training cost on generated scenes, for ``configs/synthetic/hkd_R50_to_R18.yaml``: the same
+  student trained alone (step), its teacher's no-grad forward (backbone + box head on the step's
+  RoIs, what HKD runs), the HKD step, and
   ``HKD step / (student step + teacher forward)``; peak memory: ``torch.cuda.max_memory_allocated``
   on GPU; on CPU the growth of the process's peak resident set (``ru_maxrss``) during the
   steps, each measurement in its own fresh process so the peaks do not mask each other;
@@ -19,13 +20,11 @@ import importlib.util
 import logging
 import multiprocessing
 import resource
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
@@ -35,16 +34,17 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.synthetic import SyntheticConfig, render_scene
 from ..engine.setup import load_config
+from ..modeling.teacher import REPO_ROOT
 from .complexity import backbone_gmacs, count_parameters
 from .inference import build_predictor, model_inputs
 from .report import markdown_table, write_json, write_text
+from .runs import teacher_config
 from .timing import TimingStats, time_call
 
 __all__ = ["parse_args", "run_benchmark", "main"]
 
 logger = logging.getLogger("hkd_d2.benchmark")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
     "teacher R50-FPN": ("configs/synthetic/teacher_R50_FPN.yaml", []),
     "student R18-FPN": ("configs/synthetic/student_R18_FPN.yaml", []),
@@ -134,17 +134,21 @@ def _teacher_proposals(inputs: List[Dict], rois_per_image: int, device: torch.de
     return proposals
 
 
+def _training_configs(device: str, teacher_weights: str) -> Dict[str, CfgNode]:
+    """HKD (``HKD_CONFIG``), its teacher, and the same student trained alone (same RoI pooler)."""
+    hkd = _cfg(HKD_CONFIG, ["MODEL.TEACHER.WEIGHTS", teacher_weights], device)
+    student = _cfg(CONFIGS["student R18-FPN"][0], ["MODEL.ROI_BOX_HEAD.POOLER_NAME", hkd.MODEL.ROI_BOX_HEAD.POOLER_NAME],
+                   device)
+    return {"student": student, "teacher": load_config(teacher_config(str(REPO_ROOT / HKD_CONFIG)),
+                                                       ["MODEL.DEVICE", device]), "hkd": hkd}
+
+
 def training_cost_worker(kind: str, device: str, size: List[int], batch: int, repeats: int,
                          teacher_weights: str) -> Dict:
     """Time one kind of training work ("student", "teacher", "hkd") in this process; peak memory."""
     torch.manual_seed(0)
     dev = torch.device(device)
-    if kind == "teacher":
-        cfg = _cfg(CONFIGS["teacher R50-FPN"][0], [], device)
-    else:
-        config = CONFIGS["student R18-FPN"][0] if kind == "student" else HKD_CONFIG
-        cfg = _cfg(config, ["MODEL.TEACHER.CONFIG_FILE", str(REPO_ROOT / CONFIGS["teacher R50-FPN"][0]),
-                            "MODEL.TEACHER.WEIGHTS", teacher_weights], device)
+    cfg = _training_configs(device, teacher_weights)[kind]
     model = build_model(cfg)
     inputs = _training_batch(*size, batch)
     if kind == "teacher":
@@ -176,7 +180,7 @@ def training_cost_worker(kind: str, device: str, size: List[int], batch: int, re
 def training_cost(device: str, size: List[int], batch: int, repeats: int) -> Dict:
     """Student step, teacher forward, HKD step (each in a fresh process), and the HKD overhead ratio."""
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = build_model(_cfg(CONFIGS["teacher R50-FPN"][0], [], "cpu"))
+        teacher = build_model(load_config(teacher_config(str(REPO_ROOT / HKD_CONFIG)), ["MODEL.DEVICE", "cpu"]))
         weights = str(Path(tmp) / "teacher_random.pth")
         torch.save({"model": teacher.state_dict()}, weights)
         del teacher

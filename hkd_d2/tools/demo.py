@@ -3,7 +3,8 @@
 Stages (one after another, in this process, with the project's configs and Trainer):
 
 1. generate a small synthetic CityPersons-format data set (unless present);
-2. train the R50-FPN teacher (``configs/synthetic/teacher_R50_FPN.yaml``) and evaluate it;
+2. train the R50-FPN teacher that ``hkd_R50_to_R18.yaml`` names (``MODEL.TEACHER.CONFIG_FILE``)
+   and evaluate it;
 3. per seed: train the R18-FPN student alone (``student_R18_FPN.yaml``) and evaluate it;
 4. per seed: train the R18-FPN student with HKD from that teacher (``hkd_R50_to_R18.yaml`` with
    ``MODEL.TEACHER.WEIGHTS`` = the teacher's ``model_final.pth``), export and evaluate it;
@@ -29,11 +30,12 @@ from ..data import SyntheticConfig, generate_synthetic, register_pedestrian_data
 from ..engine.setup import load_config
 from ..evaluation import plot_mr_fppi
 from ..export import export_student
+from ..modeling.teacher import REPO_ROOT
 from .complexity import backbone_gmacs, count_parameters
 from .inference import build_predictor, model_inputs
 from .progress import StageClock, format_duration
 from .report import format_mean_spread, gap_closed, markdown_table, mean_and_spread, write_json, write_text
-from .runs import build_run_config, curves_from_output, evaluate, train
+from .runs import build_run_config, curves_from_output, evaluate, teacher_config, train
 from .timing import time_call
 from .visualize import draw_detections
 
@@ -41,9 +43,8 @@ __all__ = ["parse_args", "run_demo", "main"]
 
 logger = logging.getLogger("hkd_d2.demo")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The teacher's config is the one the HKD config names (MODEL.TEACHER.CONFIG_FILE).
 CONFIGS = {
-    "teacher": REPO_ROOT / "configs/synthetic/teacher_R50_FPN.yaml",
     "student": REPO_ROOT / "configs/synthetic/student_R18_FPN.yaml",
     "hkd": REPO_ROOT / "configs/synthetic/hkd_R50_to_R18.yaml",
 }
@@ -138,12 +139,13 @@ def _run_opts(args: argparse.Namespace, iters: int, seed: int) -> List[str]:
     ]
 
 
-def train_and_evaluate(args: argparse.Namespace, kind: str, seed: int, out: Path,
+def demo_run(args: argparse.Namespace, kind: str, seed: int, out: Path,
                        extra_opts: Sequence[str] = ()) -> Dict:
     """Train one detector of ``kind`` (teacher/student/hkd) and evaluate it on the demo val set."""
     iters = args.teacher_iters if kind == "teacher" else args.student_iters
     run_dir = out / (kind if kind == "teacher" else f"{kind}_seed{seed}")
-    cfg = build_run_config(str(CONFIGS[kind]), _run_opts(args, iters, seed) + list(extra_opts), str(run_dir))
+    config = teacher_config(str(CONFIGS["hkd"])) if kind == "teacher" else str(CONFIGS[kind])
+    cfg = build_run_config(config, _run_opts(args, iters, seed) + list(extra_opts), str(run_dir))
     final = run_dir / "model_final.pth"
     if args.reuse_checkpoints and final.is_file():
         logger.info(f"Reusing {final}")
@@ -177,6 +179,7 @@ def measure_complexity(args: argparse.Namespace, detectors: Dict[str, Dict], ima
             "params_M": count_parameters(model) / 1e6,
             "backbone_GMACs": backbone_gmacs(model, h, w),
             "latency_ms": 1e3 * timing.median,
+            "pooler": detector["cfg"].MODEL.ROI_BOX_HEAD.POOLER_NAME,
             "latency": timing.to_dict(),
         }
         logger.info(f"{ROW_NAMES[kind]}: {figures[kind]['params_M']:.2f} M params, "
@@ -223,7 +226,9 @@ def render_report(args, summary, figures, gaps, per_seed, durations, total_s) ->
         "Params count the deployed detector (distillation adapters left out); GMACs of the backbone "
         "(ResNet + FPN) from fvcore; latency: median of "
         f"{args.latency_repeats} runs, batch 1, on this machine ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads).",
+        f"torch threads: {torch.get_num_threads()}). The distilled student has the RoI pooler of "
+        f"`{CONFIGS['hkd'].name}` ({figures['hkd'].get('pooler', '?')}), the student alone that of "
+        f"`{CONFIGS['student'].name}` ({figures['student'].get('pooler', '?')}).",
         "",
         "## Teacher-student gap closed by distillation",
         "",
@@ -232,6 +237,9 @@ def render_report(args, summary, figures, gaps, per_seed, durations, total_s) ->
         "gap closed = (MR student - MR distilled) / (MR student - MR teacher); n/a where the teacher is not better.",
         "",
         "## Per seed (MR Reasonable, %)",
+        "",
+        f"The distilled student beats the student alone (lower MR Reasonable) on "
+        f"{sum(s['hkd'] < s['student'] for s in per_seed)} of {len(per_seed)} seed(s) of this run.",
         "",
         markdown_table(["Seed", "student", "student + HKD", "HKD better"],
                        [[s["seed"], f"{s['student']:.2f}", f"{s['hkd']:.2f}", "yes" if s["hkd"] < s["student"] else "no"]
@@ -265,14 +273,14 @@ def run_demo(args: argparse.Namespace) -> Dict:
     prepare_data(args, Path(args.data) if args.data else out / "data")
 
     clock.start("teacher")
-    teacher = train_and_evaluate(args, "teacher", args.seeds[0], out)
-    teacher_opts = ["MODEL.TEACHER.CONFIG_FILE", str(CONFIGS["teacher"]), "MODEL.TEACHER.WEIGHTS", teacher["weights"]]
+    teacher = demo_run(args, "teacher", args.seeds[0], out)
+    teacher_opts = ["MODEL.TEACHER.WEIGHTS", teacher["weights"]]
     runs = {"teacher": [teacher], "student": [], "hkd": []}
     for seed in args.seeds:
         clock.start(f"student seed {seed}")
-        runs["student"].append(train_and_evaluate(args, "student", seed, out))
+        runs["student"].append(demo_run(args, "student", seed, out))
         clock.start(f"hkd seed {seed}")
-        runs["hkd"].append(train_and_evaluate(args, "hkd", seed, out, teacher_opts))
+        runs["hkd"].append(demo_run(args, "hkd", seed, out, teacher_opts))
 
     clock.start("complexity")
     val_image = cv2.imread(DatasetCatalog.get(VAL_SET)[0]["file_name"])

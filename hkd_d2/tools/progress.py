@@ -43,8 +43,8 @@ class StageClock:
 
     def eta(self) -> float:
         """Estimated seconds until every planned stage has finished."""
-        planned_done = sum(self.plan[s] for s in self._done)
-        speed = (sum(self._done.values()) + self.prior_s) / (planned_done + self.prior_s)
+        planned_done = sum(self.plan[s] for s in self._done) + self.prior_s
+        speed = (sum(self._done.values()) + self.prior_s) / planned_done if planned_done > 0 else 1.0
         remaining = [s for s in self.plan if s not in self._done]
         eta = speed * sum(self.plan[s] for s in remaining)
         if self._current is not None:

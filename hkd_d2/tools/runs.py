@@ -16,8 +16,10 @@ from ..engine.trainer import Trainer
 from ..evaluation import MissRateCurve, MissRateEvaluator, miss_rate_curves
 from ..evaluation.evaluator import DETECTIONS_FILE, ground_truth_from_records
 from ..evaluation.miss_rate import get_protocol, load_detections
+from ..modeling.teacher import resolve_path
+from .report import write_text
 
-__all__ = ["build_run_config", "train", "evaluate", "curves_from_output"]
+__all__ = ["build_run_config", "teacher_config", "train", "evaluate", "curves_from_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +31,21 @@ def build_run_config(config_file: str, opts: Sequence[str], output_dir: str) -> 
     return cfg
 
 
+def teacher_config(config_file: str) -> Optional[str]:
+    """The teacher config file ``config_file`` distills from (None when it trains without one)."""
+    cfg = load_config(config_file)
+    if cfg.MODEL.META_ARCHITECTURE != "HKDDistiller" or not cfg.MODEL.DISTILL.TERMS:
+        return None
+    return resolve_path(cfg.MODEL.TEACHER.CONFIG_FILE, f"MODEL.TEACHER.CONFIG_FILE of {config_file}")
+
+
 def train(cfg: CfgNode) -> nn.Module:
     """Train ``cfg`` from scratch (or ``MODEL.WEIGHTS``) with :class:`Trainer`; return the model.
 
     ``OUTPUT_DIR/model_final.pth`` holds the result; the RNGs are seeded with ``cfg.SEED``.
     Nothing is evaluated during training (:func:`evaluate` does it after).
     """
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
+    write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     cfg = cfg.clone()
     cfg.defrost()
