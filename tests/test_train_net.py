@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
+from hkd_d2.engine.setup import load_config
 
 from .conftest import CONFIGS, REPO
 
@@ -21,6 +22,13 @@ TINY = [
     "DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
 ]
 TEACHER = str(CONFIGS / "synthetic" / "teacher_R50_FPN.yaml")
+HKD = str(CONFIGS / "synthetic" / "hkd_R50_to_R18.yaml")
+
+
+def tiny_config(path: Path, base: str) -> str:
+    """``base`` with the TINY settings, dumped whole (a teacher is loaded from its own file)."""
+    path.write_text(load_config(base, TINY).dump())
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +91,31 @@ def test_missing_weights_file_is_named(datasets, tmp_path):
                     "MODEL.WEIGHTS", str(tmp_path / "gone.pth"), "OUTPUT_DIR", str(tmp_path / "o"))
     assert run.returncode != 0
     assert "Weights file not found" in run.stderr and "gone.pth" in run.stderr
+
+
+@pytest.mark.slow
+def test_hkd_trains_resumes_and_keeps_the_teacher_out(datasets, tmp_path):
+    teacher_yaml = tiny_config(tmp_path / "teacher.yaml", TEACHER)
+    teacher = tmp_path / "teacher"
+    run = train_net(datasets, "--config-file", teacher_yaml, "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(teacher))
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    out = tmp_path / "hkd"
+    hkd = [*TINY, "MODEL.TEACHER.CONFIG_FILE", teacher_yaml,
+           "MODEL.TEACHER.WEIGHTS", str(teacher / "model_final.pth"), "OUTPUT_DIR", str(out)]
+    run = train_net(datasets, "--config-file", HKD, *hkd, "SOLVER.MAX_ITER", "4")
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    last_step = [m for m in metrics if "total_loss" in m][-1]
+    assert all(k in last_step for k in ("loss_pd", "loss_rd", "loss_ld", "distill/scale", "distill/pd"))
+
+    run = train_net(datasets, "--config-file", HKD, "--resume", *hkd, "SOLVER.MAX_ITER", "6")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Starting training from iteration 4" in run.stdout + run.stderr
+    checkpoint = torch.load(out / "model_final.pth", weights_only=False)
+    assert checkpoint["iteration"] == 5
+    teacher_state = torch.load(teacher / "model_final.pth", weights_only=False)["model"]
+    # the checkpoint is a student checkpoint: R18 backbone, no teacher tensor under any name
+    assert "backbone.bottom_up.res2.0.conv3.weight" in teacher_state
+    assert not any(k.endswith("res2.0.conv3.weight") for k in checkpoint["model"])
+    assert not any("teacher" in k for k in checkpoint["model"])
