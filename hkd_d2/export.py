@@ -11,7 +11,6 @@ parameters such as channel adapters are dropped). Load it with::
 """
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -19,6 +18,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 
+from .atomic import atomic_output
 from .config import add_hkd_config
 from .modeling.distiller import DISTILL_ONLY_PREFIXES
 
@@ -56,18 +56,6 @@ def student_state_dict(
     return kept
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def export_student(cfg: CfgNode, weights: str, out_dir: str) -> Tuple[str, str]:
     """Write ``student.pth`` and ``student.yaml`` for the student trained under ``cfg``.
 
@@ -92,8 +80,10 @@ def export_student(cfg: CfgNode, weights: str, out_dir: str) -> Tuple[str, str]:
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     weights_path, config_path = out / STUDENT_WEIGHTS, out / STUDENT_CONFIG
-    _atomic_write(weights_path, lambda tmp: torch.save({"model": state}, tmp))
+    with atomic_output(weights_path) as tmp:
+        torch.save({"model": state}, tmp)
     student_cfg.MODEL.WEIGHTS = str(weights_path)
-    _atomic_write(config_path, lambda tmp: Path(tmp).write_text(student_cfg.dump()))
+    with atomic_output(config_path) as tmp:
+        tmp.write_text(student_cfg.dump())
     logger.info(f"Student exported to {weights_path} and {config_path}")
     return str(weights_path), str(config_path)

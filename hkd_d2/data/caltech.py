@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 import scipy.io
 
+from ..atomic import atomic_output
 from .pedestrian_json import (
     PathLike,
     PedestrianDataError,
-    atomic_output,
     drop_degenerate,
     make_annotation,
     save_pedestrian_json,

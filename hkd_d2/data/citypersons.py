@@ -17,10 +17,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 import scipy.io
 
+from ..atomic import atomic_output
 from .pedestrian_json import (
     PathLike,
     PedestrianDataError,
-    atomic_output,
     drop_degenerate,
     image_size,
     make_annotation,

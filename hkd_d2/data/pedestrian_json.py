@@ -13,21 +13,19 @@ script under ``datasets/`` converts to. One JSON file looks like::
 when absent it is taken from the category name. This module is also the one home of the
 record/annotation format itself (:func:`make_annotation`) and of atomic output writing.
 """
-import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from ..atomic import atomic_output
+
 __all__ = [
     "PedestrianDataError",
-    "atomic_output",
     "make_annotation",
     "drop_degenerate",
     "image_size",
@@ -48,34 +46,6 @@ CROWD_LABELS = frozenset({"people group", "people"})
 
 class PedestrianDataError(ValueError):
     """A malformed annotation/image file; the message names the file."""
-
-
-@contextlib.contextmanager
-def atomic_output(path: PathLike, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
-
-    Args:
-        path: final file (or directory when ``is_dir``) to produce.
-        is_dir: produce a directory. It must not exist yet (a directory is never overwritten).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        if path.exists():
-            raise FileExistsError(f"{path} already exists; remove it or choose another output")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
 
 
 def make_annotation(

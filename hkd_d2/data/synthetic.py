@@ -36,7 +36,8 @@ import numpy as np
 
 from .caltech import CALTECH_SPLITS, VbbObject, caltech_image_name, prepare_caltech, write_seq, write_vbb
 from .citypersons import write_citypersons_mat
-from .pedestrian_json import atomic_output, make_annotation, save_pedestrian_json
+from ..atomic import atomic_output
+from .pedestrian_json import make_annotation, save_pedestrian_json
 
 __all__ = ["SyntheticConfig", "SceneObject", "render_scene", "generate_synthetic", "main"]
 

@@ -4,7 +4,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence
@@ -18,6 +17,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 from detectron2.utils.registry import Registry
 
+from ..atomic import atomic_output
 from .miss_rate import Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
 
 __all__ = ["MissRateEvaluator", "EVALUATOR_REGISTRY", "build_evaluator"]
@@ -51,17 +51,6 @@ def ground_truth_from_records(records: Sequence[Dict[str, Any]], protocol: Proto
             annotations.append(ann)
     image_ids = sorted(r["image_id"] for r in records)
     return GroundTruth.from_annotations(image_ids, annotations, replace(protocol, category_id=None), source=source)
-
-
-def _atomic_write_json(obj: Any, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class MissRateEvaluator(DatasetEvaluator):
@@ -124,7 +113,8 @@ class MissRateEvaluator(DatasetEvaluator):
         predictions = list(itertools.chain.from_iterable(gathered))
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
-            _atomic_write_json(predictions, os.path.join(self._output_dir, DETECTIONS_FILE))
+            with atomic_output(os.path.join(self._output_dir, DETECTIONS_FILE)) as tmp:
+                tmp.write_text(json.dumps(predictions))
         if not predictions:
             logger.warning("%s: no detections; every miss rate is 100%%", self._dataset_name)
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, Mapping, Sequence, Union
 import numpy as np
 from tabulate import tabulate
 
-from ..data.pedestrian_json import atomic_output
+from ..atomic import atomic_output
 
 __all__ = ["markdown_table", "mean_and_spread", "format_mean_spread", "gap_closed", "write_json", "write_text"]
 
