@@ -54,7 +54,7 @@ SETUP_COLUMNS = {"Reasonable": "Reasonable", "Reasonable_small": "Small", "Reaso
 TRAIN_SET, VAL_SET = "hkd_demo_train", "hkd_demo_val"
 # Training cost of the configs/synthetic/demo detectors on an idle 2-core CPU, seconds per
 # iteration (measured); only used for the stage plan and ETA banners.
-TRAIN_COST = {"teacher": 0.85, "student": 0.45, "hkd": 0.75}
+TRAIN_COST = {"teacher": 0.8, "student": 0.45, "hkd": 0.75}
 # Rough fixed costs of the other stages on the same machine (seconds).
 OTHER_COST = {"data": 15.0, "complexity": 60.0, "report": 10.0}
 # Evaluation cost per validation image (seconds).
@@ -72,8 +72,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="size of the generated images (the demo configs' input size)")
     p.add_argument("--person-scale", type=float, default=2.0,
                    help="multiplier on generated person heights (2 keeps the Reasonable range (>= 50 px) populated at 240 px)")
-    p.add_argument("--teacher-iters", type=int, default=400, help="teacher training iterations")
-    p.add_argument("--student-iters", type=int, default=300, help="iterations of each student run")
+    p.add_argument("--teacher-iters", type=int, default=500, help="teacher training iterations")
+    p.add_argument("--student-iters", type=int, default=250, help="iterations of each student run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student and HKD runs")
     p.add_argument("--latency-size", type=int, nargs=2, default=(600, 800), metavar=("H", "W"),
                    help="network input of the latency and GMAC columns")
