@@ -300,3 +300,14 @@ def test_video_errors_name_the_input(tmp_path):
     with pytest.raises(ValueError, match="suffix"):
         annotate_video(_StubPredictor(), str(src), str(tmp_path / "out.gif"))
     assert not (tmp_path / "out.gif").exists()
+
+
+def test_demo_shows_the_image_with_most_pedestrians():
+    from hkd_d2.tools.demo import busiest_image
+
+    records = [
+        {"file_name": "a.png", "annotations": [{"ignore": 0}, {"ignore": 1}, {"ignore": 1}]},
+        {"file_name": "b.png", "annotations": [{"ignore": 0}, {"ignore": 0}]},
+        {"file_name": "c.png", "annotations": []},
+    ]
+    assert busiest_image(records) == "b.png"

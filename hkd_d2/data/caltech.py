@@ -31,6 +31,7 @@ from .pedestrian_json import (
     PathLike,
     PedestrianDataError,
     drop_degenerate,
+    load_mat,
     make_annotation,
     save_pedestrian_json,
 )
@@ -216,12 +217,7 @@ def _scalar(value) -> float:
 
 def read_vbb(path: PathLike) -> List[List[VbbObject]]:
     """Objects of every frame of a ``.vbb`` file (``A.objLists``, labels from ``A.objLbl``)."""
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"vbb file {path} not found") from None
-    except (ValueError, TypeError, OSError) as e:
-        raise PedestrianDataError(f"{path}: not a readable MATLAB file: {e}") from e
+    mat = load_mat(path, "vbb file")
     if "A" not in mat:
         raise PedestrianDataError(f"{path}: no vbb structure 'A' (found {[k for k in mat if not k.startswith('__')]})")
     try:

@@ -22,6 +22,7 @@ from .pedestrian_json import (
     PathLike,
     PedestrianDataError,
     drop_degenerate,
+    load_mat,
     image_size,
     make_annotation,
 )
@@ -75,12 +76,7 @@ def read_citypersons_mat(anno_mat: PathLike) -> List[Tuple[str, str, np.ndarray]
         (``loadmat`` gives uint8/uint16/int16 depending on the image; we widen to int64 so that
         arithmetic cannot overflow, and keep negative x1.)
     """
-    try:
-        mat = scipy.io.loadmat(str(anno_mat))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"CityPersons annotation file {anno_mat} not found") from None
-    except (ValueError, TypeError, OSError) as e:
-        raise PedestrianDataError(f"{anno_mat}: not a readable MATLAB file: {e}") from e
+    mat = load_mat(anno_mat, "CityPersons annotation file")
     entries = []
     for cell in _variable(mat, anno_mat).reshape(-1):
         try:

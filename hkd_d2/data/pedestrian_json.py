@@ -19,12 +19,14 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+import scipy.io
 from detectron2.structures import BoxMode
 from PIL import Image
 
 from ..atomic import atomic_output
 
 __all__ = [
+    "load_mat",
     "PedestrianDataError",
     "make_annotation",
     "drop_degenerate",
@@ -46,6 +48,16 @@ CROWD_LABELS = frozenset({"people group", "people"})
 
 class PedestrianDataError(ValueError):
     """A malformed annotation/image file; the message names the file."""
+
+
+def load_mat(path: PathLike, what: str) -> Dict:
+    """``scipy.io.loadmat(path)``; a missing or unreadable file raises an error naming it and ``what`` it is."""
+    try:
+        return scipy.io.loadmat(str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} not found") from None
+    except (ValueError, TypeError, OSError) as e:
+        raise PedestrianDataError(f"{path}: not a readable MATLAB file: {e}") from e
 
 
 def make_annotation(
