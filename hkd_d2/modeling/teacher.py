@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 
 from ..checkpoint import load_detector_weights
 from ..config import add_hkd_config
@@ -104,12 +104,6 @@ class FrozenTeacher(nn.Module):
         anchor deltas (N, A*4, Hl, Wl)."""
         rpn = self.detector.proposal_generator
         return rpn.rpn_head([features[f] for f in rpn.in_features])
-
-    @torch.no_grad()
-    def anchors(self, features: Dict[str, torch.Tensor]) -> List[Boxes]:
-        """The teacher's anchors per RPN level, (Hl*Wl*A, 4) each."""
-        rpn = self.detector.proposal_generator
-        return rpn.anchor_generator([features[f] for f in rpn.in_features])
 
     @torch.no_grad()
     def pool_and_predict(
