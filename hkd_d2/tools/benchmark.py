@@ -94,7 +94,6 @@ def latency_table(configs: Dict[str, tuple], sizes: Sequence[List[int]], device:
             rows.append({"model": name, "device": device, "size": [h, w], "params_M": params / 1e6,
                          "backbone_GMACs": backbone_gmacs(model, h, w), "latency": stats.to_dict()})
             logger.info(f"{name} {device} {h}x{w}: {stats.format_ms()}")
-        del model
     return rows
 
 
