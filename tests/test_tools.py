@@ -186,6 +186,14 @@ def test_parse_teacher_weights(tmp_path):
         ablation.parse_teacher_weights([str(tmp_path / "missing.pth")])
 
 
+def test_ablation_arguments_split_teacher_and_run_overrides():
+    args = ablation.parse_args(["--configs", "a.yaml", "--teacher-opts", "SOLVER.MAX_ITER", "800", "--",
+                                "SOLVER.MAX_ITER", "150"])
+    assert args.teacher_opts == ["SOLVER.MAX_ITER", "800"]
+    assert args.opts == ["SOLVER.MAX_ITER", "150"]
+    assert ablation.parse_args(["--configs", "a.yaml", "--seeds", "2", "SEED", "1"]).opts == ["SEED", "1"]
+
+
 def test_ablation_rejects_bad_plans(tmp_path):
     with pytest.raises(ValueError, match="seeds"):
         ablation.plan_runs(["a.yaml"], 0, tmp_path)
@@ -238,6 +246,14 @@ def test_demo_report_counts_seeds_where_distillation_won():
     assert "| Reasonable | 50% |" in flat
     assert "| teacher | 1m05s |" in flat and "| total | 1m10s |" in flat
     assert "| 1 | 40.00 | 41.00 | no |" in flat
+
+
+def test_demo_checks_its_configs_before_training(tmp_path):
+    demo.check_configs(demo.parse_args([]))
+    with pytest.raises(FileNotFoundError, match="--student-config"):
+        demo.check_configs(demo.parse_args(["--student-config", str(tmp_path / "missing.yaml")]))
+    with pytest.raises(ValueError, match="distills from no teacher"):
+        demo.check_configs(demo.parse_args(["--hkd-config", "configs/synthetic/student_R18_FPN.yaml"]))
 
 
 def test_demo_stage_plan_covers_every_run():

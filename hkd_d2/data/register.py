@@ -22,8 +22,9 @@ __all__ = ["register_pedestrian_dataset", "register_all_pedestrian", "datasets_r
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("citypersons", "caltech")
-# Size of the synthetic data generated on first use of a synthetic_* name (small enough for CPU training).
-SYNTHETIC_DEFAULTS = {"num_train": 400, "num_val": 100, "width": 640, "height": 480, "seed": 0}
+# The synthetic data generated on first use of a synthetic_* name: the input size of
+# configs/synthetic (240x320), person heights doubled so the Reasonable range (>= 50 px) is populated.
+SYNTHETIC_DEFAULTS = {"num_train": 300, "num_val": 150, "width": 320, "height": 240, "scale": 2.0, "seed": 0}
 
 
 def datasets_root() -> Path:
@@ -120,7 +121,7 @@ def ensure_synthetic(root: Optional[Path] = None) -> Path:
     if not dest.is_dir():
         opts = dict(SYNTHETIC_DEFAULTS)
         logger.info("Generating synthetic pedestrian data %s into %s (first use)", opts, dest)
-        cfg = SyntheticConfig(width=opts["width"], height=opts["height"], seed=opts["seed"])
+        cfg = SyntheticConfig(width=opts["width"], height=opts["height"], scale=opts["scale"], seed=opts["seed"])
         try:
             generate_synthetic(dest, opts["num_train"], opts["num_val"], cfg, extract_caltech=True)
         except (FileExistsError, OSError):

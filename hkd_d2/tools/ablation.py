@@ -5,7 +5,8 @@ an interrupted ablation continues where it stopped. Configs whose meta-architect
 from a teacher get ``MODEL.TEACHER.WEIGHTS``: each teacher config they name
 (``MODEL.TEACHER.CONFIG_FILE``; Table 3 uses two, with and without PyRoIAlign) is trained once
 into ``OUT/teachers/<teacher config name>`` with the same overrides, unless
-``--teacher-weights`` gives its weights.
+``--teacher-weights`` gives its weights. Runs and teachers are keyed by config name and seed
+only, so several tables (``--table``) can share one OUT, and other overrides need another OUT.
 """
 import argparse
 import json
@@ -165,13 +166,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", required=True, help="config files, one table row each")
     p.add_argument("--seeds", type=int, default=3, help="seeds per config (0..N-1)")
-    p.add_argument("--out", default="ablation_output", help="output folder (runs, table.md, table.json)")
+    p.add_argument("--out", default="ablation_output", help="output folder (runs, teachers, tables)")
+    p.add_argument("--table", default="table",
+                   help="name of the table files OUT/<table>.{md,json} (tables of one OUT share its runs)")
     p.add_argument("--teacher-weights", nargs="+", default=[], metavar="[TEACHER=]WEIGHTS",
                    help="trained teachers for the distillation rows, as TEACHER_CONFIG_NAME=PATH "
                         "(e.g. teacher_R50_FPN=t.pth) or one PATH for every teacher (default: train them)")
     p.add_argument("--teacher-opts", nargs="*", default=[], help="extra KEY VALUE overrides of the teacher training only")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run")
-    return p.parse_args(argv)
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="KEY VALUE overrides of every run (after `--` when --teacher-opts comes before them)")
+    args = p.parse_args(argv)
+    if args.opts[:1] == ["--"]:
+        args.opts = args.opts[1:]
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
@@ -185,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
                            teacher_opts=args.teacher_opts)
     rows = summarize_ablation(results)
     table = ablation_table(rows)
-    write_json(out / "table.json", {"overrides": args.opts, "rows": rows, "runs": results})
-    write_text(out / "table.md", table + "\n\nMR: log-average miss rate (%), mean ± std [min-max] over seeds.\n")
+    write_json(out / f"{args.table}.json", {"overrides": args.opts, "rows": rows, "runs": results})
+    write_text(out / f"{args.table}.md", table + "\n\nMR: log-average miss rate (%), mean ± std [min-max] over seeds.\n")
     print(table)
     return rows

@@ -2,8 +2,8 @@
 
 Figures (written to ``OUT/benchmark.json`` and ``OUT/benchmark.md``):
 
-* latency, batch 1, at each ``--sizes`` (default 600x800 and 480x640), median and IQR/min/max
-  of ``--repeats`` runs, on every device (CPU, and CUDA when present), with the student/teacher
+* latency of the CityPersons recipes' detectors, batch 1, at each ``--sizes`` (default 600x800
+  and 480x640), median and IQR/min/max of ``--repeats`` runs, on every device (CPU, and CUDA when present), with the student/teacher
   ratio from the same run; detectors are randomly initialised (weights do not change the cost);
 * parameters and backbone GMACs;
 * training cost on generated scenes, for ``configs/synthetic/hkd_R50_to_R18.yaml``: the same
@@ -45,10 +45,12 @@ __all__ = ["parse_args", "run_benchmark", "main"]
 
 logger = logging.getLogger("hkd_d2.benchmark")
 
+# Latency, size and compute: the deployable detectors of the CityPersons recipes (256-channel FPN;
+# the CPU-sized configs/synthetic ones are smaller); training cost: the CPU-sized synthetic HKD.
 CONFIGS = {
-    "teacher R50-FPN": ("configs/synthetic/teacher_R50_FPN.yaml", []),
-    "student R18-FPN": ("configs/synthetic/student_R18_FPN.yaml", []),
-    "student R18-FPN, FPN 128 ch": ("configs/synthetic/student_R18_FPN.yaml", ["MODEL.FPN.OUT_CHANNELS", "128"]),
+    "teacher R50-FPN": ("configs/citypersons/teacher_R50_FPN.yaml", []),
+    "student R18-FPN": ("configs/citypersons/student_R18_FPN.yaml", []),
+    "student R18-FPN, FPN 128 ch": ("configs/citypersons/student_R18_FPN.yaml", ["MODEL.FPN.OUT_CHANNELS", "128"]),
 }
 HKD_CONFIG = "configs/synthetic/hkd_R50_to_R18.yaml"
 EVAL_REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "citypersons"

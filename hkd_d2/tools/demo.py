@@ -3,16 +3,16 @@
 Stages (one after another, in this process, with the project's configs and Trainer):
 
 1. generate a small synthetic CityPersons-format data set (unless present);
-2. train the R50-FPN teacher that ``hkd_R50_to_R18.yaml`` names (``MODEL.TEACHER.CONFIG_FILE``)
-   and evaluate it;
-3. per seed: train the R18-FPN student alone (``student_R18_FPN.yaml``) and evaluate it;
-4. per seed: train the R18-FPN student with HKD from that teacher (``hkd_R50_to_R18.yaml`` with
+2. train the R50-FPN teacher that ``--hkd-config`` names (``MODEL.TEACHER.CONFIG_FILE``) and
+   evaluate it;
+3. per seed: train the R18-FPN student alone (``--student-config``) and evaluate it;
+4. per seed: train the R18-FPN student with distillation from that teacher (``--hkd-config`` with
    ``MODEL.TEACHER.WEIGHTS`` = the teacher's ``model_final.pth``), export and evaluate it;
 5. parameters, backbone GMACs and latency at 600x800 of each detector;
 6. ``report.md`` + ``report.json`` (the paper's Table 1 shape and the fraction of the
    teacher-student gap that distillation closed), ``mr_fppi.png`` and ``detections.jpg``.
 
-Every knob (data size, image size, schedules, seeds) is a command-line option of ``tools/demo.py``.
+Every knob (configs, data size, image size, schedules, seeds) is a command-line option of ``tools/demo.py``.
 """
 import argparse
 import logging
@@ -27,10 +27,11 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from ..data import SyntheticConfig, generate_synthetic, register_pedestrian_dataset
+from ..data.register import SYNTHETIC_DEFAULTS
 from ..engine.setup import load_config
 from ..evaluation import plot_mr_fppi
 from ..export import export_student
-from ..modeling.teacher import REPO_ROOT
+from ..modeling.teacher import resolve_path
 from .complexity import backbone_gmacs, count_parameters
 from .inference import build_predictor, model_inputs
 from .progress import StageClock, format_duration
@@ -39,26 +40,28 @@ from .runs import build_run_config, curves_from_output, evaluate, teacher_config
 from .timing import time_call
 from .visualize import draw_detections
 
-__all__ = ["parse_args", "run_demo", "main"]
+__all__ = ["parse_args", "check_configs", "run_demo", "main"]
 
 logger = logging.getLogger("hkd_d2.demo")
 
-# The teacher's config is the one the HKD config names (MODEL.TEACHER.CONFIG_FILE).
-CONFIGS = {
-    "student": REPO_ROOT / "configs/synthetic/demo/student_R18_FPN.yaml",
-    "hkd": REPO_ROOT / "configs/synthetic/demo/hkd_R50_to_R18.yaml",
+# Default configs of the two students (--student-config, --hkd-config): Table 3's last row and the
+# same network trained alone (its row 2), so the two rows differ by distillation only. The
+# teacher's config is the one the HKD config names (MODEL.TEACHER.CONFIG_FILE).
+DEFAULT_CONFIGS = {
+    "student": "configs/synthetic/table3/t3_2_pyroialign.yaml",
+    "hkd": "configs/synthetic/table3/t3_8_pd_rd_ld_pyroialign.yaml",
 }
 ROW_NAMES = {"teacher": "Teacher R50-FPN", "student": "Student R18-FPN", "hkd": "Student R18-FPN + HKD"}
 # Miss-rate setups of the CityPersons protocol -> Table 1 column names.
 SETUP_COLUMNS = {"Reasonable": "Reasonable", "Reasonable_small": "Small", "Reasonable_occ=heavy": "Heavy", "All": "All"}
 TRAIN_SET, VAL_SET = "hkd_demo_train", "hkd_demo_val"
-# Training cost of the configs/synthetic/demo detectors on an idle 2-core CPU, seconds per
+# Training cost of the configs/synthetic detectors on an idle 2-core CPU, seconds per
 # iteration (measured); only used for the stage plan and ETA banners.
-TRAIN_COST = {"teacher": 0.8, "student": 0.45, "hkd": 0.75}
+TRAIN_COST = {"teacher": 0.77, "student": 0.40, "hkd": 0.64}
 # Rough fixed costs of the other stages on the same machine (seconds).
-OTHER_COST = {"data": 15.0, "complexity": 60.0, "report": 10.0}
+OTHER_COST = {"data": 5.0, "complexity": 15.0, "report": 10.0}
 # Evaluation cost per validation image (seconds).
-EVAL_COST = {"teacher": 0.25, "student": 0.12, "hkd": 0.12}
+EVAL_COST = {"teacher": 0.17, "student": 0.13, "hkd": 0.13}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -66,13 +69,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo_output", help="output folder")
     p.add_argument("--data", default=None, help="synthetic data folder (default: OUT/data; generated if absent)")
-    p.add_argument("--num-train", type=int, default=300, help="generated training images")
-    p.add_argument("--num-val", type=int, default=150, help="generated validation images")
-    p.add_argument("--image-size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"),
-                   help="size of the generated images (the demo configs' input size)")
-    p.add_argument("--person-scale", type=float, default=2.0,
+    data = SYNTHETIC_DEFAULTS
+    p.add_argument("--num-train", type=int, default=data["num_train"], help="generated training images")
+    p.add_argument("--num-val", type=int, default=data["num_val"], help="generated validation images")
+    p.add_argument("--image-size", type=int, nargs=2, default=(data["height"], data["width"]), metavar=("H", "W"),
+                   help="size of the generated images (the configs' input size)")
+    p.add_argument("--person-scale", type=float, default=data["scale"],
                    help="multiplier on generated person heights (2 keeps the Reasonable range (>= 50 px) populated at 240 px)")
-    p.add_argument("--teacher-iters", type=int, default=500, help="teacher training iterations")
+    p.add_argument("--student-config", default=DEFAULT_CONFIGS["student"], help="config of the student alone")
+    p.add_argument("--hkd-config", default=DEFAULT_CONFIGS["hkd"],
+                   help="config of the distilled student (HKDDistiller; its MODEL.TEACHER.CONFIG_FILE is the teacher)")
+    p.add_argument("--teacher-iters", type=int, default=700, help="teacher training iterations")
     p.add_argument("--student-iters", type=int, default=250, help="iterations of each student run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student and HKD runs")
     p.add_argument("--latency-size", type=int, nargs=2, default=(600, 800), metavar=("H", "W"),
@@ -105,7 +112,7 @@ def prepare_data(args: argparse.Namespace, data_dir: Path) -> None:
     """Generate the demo data (unless ``data_dir`` exists) and register its two splits."""
     if not data_dir.is_dir():
         h, w = args.image_size
-        cfg = SyntheticConfig(width=w, height=h, seed=0, scale=args.person_scale)
+        cfg = SyntheticConfig(width=w, height=h, seed=SYNTHETIC_DEFAULTS["seed"], scale=args.person_scale)
         generate_synthetic(data_dir, args.num_train, args.num_val, cfg, formats=("citypersons",))
     else:
         logger.info(f"Using existing data in {data_dir}")
@@ -132,7 +139,9 @@ def demo_run(args: argparse.Namespace, kind: str, seed: int, out: Path,
     """Train one detector of ``kind`` (teacher/student/hkd) and evaluate it on the demo val set."""
     iters = args.teacher_iters if kind == "teacher" else args.student_iters
     run_dir = out / (kind if kind == "teacher" else f"{kind}_seed{seed}")
-    config = teacher_config(str(CONFIGS["hkd"])) if kind == "teacher" else str(CONFIGS[kind])
+    configs = {"student": resolve_path(args.student_config, "--student-config"),
+               "hkd": resolve_path(args.hkd_config, "--hkd-config")}
+    config = teacher_config(configs["hkd"]) if kind == "teacher" else configs[kind]
     cfg = build_run_config(config, _run_opts(args, iters, seed) + list(extra_opts), str(run_dir))
     final = run_dir / "model_final.pth"
     if args.reuse_checkpoints and final.is_file():
@@ -209,7 +218,7 @@ def render_report(args, summary, figures, gaps, per_seed, durations, total_s) ->
         "# hkd_d2 demo report",
         "",
         f"Synthetic CityPersons-format data: {args.num_train} train / {args.num_val} val images of "
-        f"{args.image_size[0]}x{args.image_size[1]} px; detectors of `configs/synthetic/demo/`. "
+        f"{args.image_size[0]}x{args.image_size[1]} px; detectors of `configs/synthetic/`. "
         f"Everything trained from scratch on `{args.device}`: teacher {args.teacher_iters} iterations, "
         f"each student {args.student_iters} iterations; seeds {list(args.seeds)}.",
         "",
@@ -219,9 +228,9 @@ def render_report(args, summary, figures, gaps, per_seed, durations, total_s) ->
         "Params count the deployed detector (distillation adapters left out); GMACs of the backbone "
         "(ResNet + FPN) from fvcore; latency: median of "
         f"{args.latency_repeats} runs, batch 1, on this machine ({platform.processor() or platform.machine()}, "
-        f"torch threads: {torch.get_num_threads()}). The distilled student has the RoI pooler of "
-        f"`{CONFIGS['hkd'].name}` ({figures['hkd'].get('pooler', '?')}), the student alone that of "
-        f"`{CONFIGS['student'].name}` ({figures['student'].get('pooler', '?')}).",
+        f"torch threads: {torch.get_num_threads()}). Configs: distilled student `{args.hkd_config}` "
+        f"(RoI pooler {figures['hkd'].get('pooler', '?')}), student alone `{args.student_config}` "
+        f"(RoI pooler {figures['student'].get('pooler', '?')}).",
         "",
         "## Teacher-student gap closed by distillation",
         "",
@@ -254,8 +263,17 @@ def _percent(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{100 * value:.0f}%"
 
 
+def check_configs(args: argparse.Namespace) -> None:
+    """Fail before any training when a config is missing or the HKD config names no teacher."""
+    resolve_path(args.student_config, "--student-config")
+    if teacher_config(resolve_path(args.hkd_config, "--hkd-config")) is None:
+        raise ValueError(f"--hkd-config {args.hkd_config} distills from no teacher "
+                         "(MODEL.META_ARCHITECTURE HKDDistiller with MODEL.DISTILL.TERMS needed)")
+
+
 def run_demo(args: argparse.Namespace) -> Dict:
     """Run every stage; return the content of ``report.json``."""
+    check_configs(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(_stage_plan(args), budget_s=60 * args.budget_min)
