@@ -139,9 +139,10 @@ def demo_run(args: argparse.Namespace, kind: str, seed: int, out: Path,
     """Train one detector of ``kind`` (teacher/student/hkd) and evaluate it on the demo val set."""
     iters = args.teacher_iters if kind == "teacher" else args.student_iters
     run_dir = out / (kind if kind == "teacher" else f"{kind}_seed{seed}")
-    configs = {"student": resolve_path(args.student_config, "--student-config"),
-               "hkd": resolve_path(args.hkd_config, "--hkd-config")}
-    config = teacher_config(configs["hkd"]) if kind == "teacher" else configs[kind]
+    config = resolve_path(args.student_config, "--student-config") if kind == "student" \
+        else resolve_path(args.hkd_config, "--hkd-config")
+    if kind == "teacher":
+        config = teacher_config(config)
     cfg = build_run_config(config, _run_opts(args, iters, seed) + list(extra_opts), str(run_dir))
     final = run_dir / "model_final.pth"
     if args.reuse_checkpoints and final.is_file():
