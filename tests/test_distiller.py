@@ -224,7 +224,8 @@ def test_distill_scale_multiplies_term_losses(tmp_path):
         scaled = model(batch())
     for name in DISTILL_LOSSES:
         assert torch.allclose(scaled[name], 0.25 * full[name], rtol=1e-4), name
-    assert torch.allclose(full["loss_pd"], model.distill_stats["distill/pd"], rtol=1e-5)
+    weight = cfg.MODEL.DISTILL.PYRAMID.WEIGHT
+    assert torch.allclose(full["loss_pd"], weight * model.distill_stats["distill/pd"], rtol=1e-5)
 
 
 def _ddp_worker(cfg, out_dir):

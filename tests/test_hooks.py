@@ -43,9 +43,10 @@ def test_training_records_scale_and_term_statistics(tmp_path):
     for name in ("distill/pd", "distill/pd_p2", "distill/pd_p5", "distill/ld"):
         assert len(history[name].values()) == 3 and history[name].latest() > 0, name
     assert "distill/rd" not in history
-    # loss_* values are weighted and scaled: 0 at iteration 0, raw value times 1.0 at the end.
+    # loss_* values are weighted and scaled: 0 at iteration 0, weight x raw value at the end.
     assert history["loss_pd"].values()[0][0] == 0.0
-    assert history["loss_pd"].latest() == pytest.approx(history["distill/pd"].latest(), rel=1e-5)
+    weight = cfg.MODEL.DISTILL.PYRAMID.WEIGHT
+    assert history["loss_pd"].latest() == pytest.approx(weight * history["distill/pd"].latest(), rel=1e-5)
 
 
 def test_terms_with_a_hook_get_it(monkeypatch):
