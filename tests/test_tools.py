@@ -157,12 +157,19 @@ def test_ablation_runs_each_config_and_seed_once_and_resumes(tmp_path):
     assert [r["mr"]["Reasonable"] for r in results] == [40.0, 41.0, 30.0, 31.0]
 
     # a second invocation finds every result and runs nothing
-    results_again = ablation.run_ablation(runs, [], tmp_path, **kwargs)
+    opts = ["SOLVER.MAX_ITER", "5"]
+    results_again = ablation.run_ablation(runs, opts, tmp_path, **kwargs)
     assert len(calls) == 4 and len(teacher_calls) == 1 and results_again == results
+    assert all(r["overrides"] == opts for r in results)
+
+    # ... but not with other overrides: those results would be stale
+    with pytest.raises(ValueError, match="another --out"):
+        ablation.run_ablation(runs, ["SOLVER.MAX_ITER", "6"], tmp_path, **kwargs)
+    assert len(calls) == 4
 
     # a lost result reruns only that run, with given teacher weights (no teacher training)
     runs[3].result_path.unlink()
-    ablation.run_ablation(runs, [], tmp_path, teacher_weights={"teacher": "given.pth"}, **kwargs)
+    ablation.run_ablation(runs, opts, tmp_path, teacher_weights={"teacher": "given.pth"}, **kwargs)
     assert len(calls) == 5 and calls[-1][0] == "hkd" and len(teacher_calls) == 1
     assert calls[-1][1][calls[-1][1].index("MODEL.TEACHER.WEIGHTS") + 1] == "given.pth"
 

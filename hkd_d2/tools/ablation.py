@@ -5,8 +5,9 @@ an interrupted ablation continues where it stopped. Configs whose meta-architect
 from a teacher get ``MODEL.TEACHER.WEIGHTS``: each teacher config they name
 (``MODEL.TEACHER.CONFIG_FILE``; Table 3 uses two, with and without PyRoIAlign) is trained once
 into ``OUT/teachers/<teacher config name>`` with the same overrides, unless
-``--teacher-weights`` gives its weights. Runs and teachers are keyed by config name and seed
-only, so several tables (``--table``) can share one OUT, and other overrides need another OUT.
+``--teacher-weights`` gives its weights. Runs and teachers are keyed by config name and seed, so
+several tables (``--table``) can share one OUT; a finished run made with other overrides is
+refused (another OUT is needed), never silently reused.
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ from .progress import format_duration
 from .report import format_mean_spread, markdown_table, mean_and_spread, write_json, write_text
 from .runs import build_run_config, evaluate, teacher_config, train
 
-__all__ = ["AblationRun", "plan_runs", "run_ablation", "summarize_ablation", "ablation_table",
+__all__ = ["AblationRun", "plan_runs", "run_ablation", "check_overrides", "summarize_ablation", "ablation_table",
            "parse_teacher_weights", "main"]
 
 logger = logging.getLogger("hkd_d2.ablation")
@@ -100,11 +101,14 @@ def run_ablation(
 ) -> List[Dict]:
     """Run every unfinished run (in order) and return all results (finished ones read back).
 
-    Each result is ``{"config", "name", "seed", "mr": {setup: MR %}}``. ``teacher_weights`` maps
+    Each result is ``{"config", "name", "seed", "overrides", "mr": {setup: MR %}}``. ``teacher_weights`` maps
     a teacher config's name (file stem; ``""`` = any) to weights; another teacher is trained
     (``teacher_fn``) once, when the first unfinished run that needs it comes.
     """
     teacher_weights = dict(teacher_weights or {})
+    for run in runs:
+        if run.finished():
+            check_overrides(run, opts)
     todo = [r for r in runs if not r.finished()]
     logger.info(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to do")
     start, done = time.monotonic(), 0
@@ -124,9 +128,18 @@ def run_ablation(
                     f"session | elapsed {format_duration(time.monotonic() - start)}"
                     + (f" | ETA {format_duration(eta)}" if done else "") + " ====")
         mr = run_fn(run.config_file, run_opts, str(run.output_dir))
-        write_json(run.result_path, {"config": run.config_file, "name": run.name, "seed": run.seed, "mr": mr})
+        write_json(run.result_path, {"config": run.config_file, "name": run.name, "seed": run.seed,
+                                     "overrides": list(opts), "mr": mr})
         done += 1
     return [json.loads(r.result_path.read_text()) for r in runs]
+
+
+def check_overrides(run: AblationRun, opts: Sequence[str]) -> None:
+    """Refuse a finished run whose recorded overrides differ from ``opts`` (it would be stale)."""
+    recorded = json.loads(run.result_path.read_text()).get("overrides")
+    if recorded is not None and recorded != list(opts):
+        raise ValueError(f"{run.result_path} was made with overrides {recorded}, this call has {list(opts)}; "
+                         "use another --out (finished runs are reused by config name and seed)")
 
 
 def summarize_ablation(results: Sequence[Dict]) -> List[Dict]:
