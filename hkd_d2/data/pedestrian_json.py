@@ -11,7 +11,8 @@ script under ``datasets/`` converts to. One JSON file looks like::
 
 ``label`` is our addition (the source label, see the record format in the project contract);
 when absent it is taken from the category name. This module is also the one home of the
-record/annotation format itself (:func:`make_annotation`) and of atomic output writing.
+record/annotation format itself (:func:`make_annotation`) and of reading MATLAB annotation files
+(:func:`load_mat`).
 """
 import json
 import logging

@@ -139,12 +139,16 @@ def _teacher_proposals(inputs: List[Dict], rois_per_image: int, device: torch.de
     return proposals
 
 
+def _teacher_cfg(device: str) -> CfgNode:
+    """The config of the teacher ``HKD_CONFIG`` names."""
+    return load_config(teacher_config(str(REPO_ROOT / HKD_CONFIG)), ["MODEL.DEVICE", device])
+
+
 def _training_configs(device: str, teacher_weights: str) -> Dict[str, CfgNode]:
     """HKD (``HKD_CONFIG``), its teacher, and the same student trained alone (same RoI pooler)."""
     hkd = _cfg(HKD_CONFIG, ["MODEL.TEACHER.WEIGHTS", teacher_weights], device)
     student = _cfg(STUDENT_CONFIG, ["MODEL.ROI_BOX_HEAD.POOLER_NAME", hkd.MODEL.ROI_BOX_HEAD.POOLER_NAME], device)
-    return {"student": student, "teacher": load_config(teacher_config(str(REPO_ROOT / HKD_CONFIG)),
-                                                       ["MODEL.DEVICE", device]), "hkd": hkd}
+    return {"student": student, "teacher": _teacher_cfg(device), "hkd": hkd}
 
 
 def training_cost_worker(kind: str, device: str, size: List[int], batch: int, repeats: int,
@@ -186,7 +190,7 @@ def training_cost_worker(kind: str, device: str, size: List[int], batch: int, re
 def training_cost(device: str, size: List[int], batch: int, repeats: int) -> Dict:
     """Student step, teacher forward, HKD step (each in a fresh process), and the HKD overhead ratio."""
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = build_model(load_config(teacher_config(str(REPO_ROOT / HKD_CONFIG)), ["MODEL.DEVICE", "cpu"]))
+        teacher = build_model(_teacher_cfg("cpu"))
         weights = str(Path(tmp) / "teacher_random.pth")
         torch.save({"model": teacher.state_dict()}, weights)
         del teacher

@@ -139,10 +139,11 @@ def demo_run(args: argparse.Namespace, kind: str, seed: int, out: Path,
     """Train one detector of ``kind`` (teacher/student/hkd) and evaluate it on the demo val set."""
     iters = args.teacher_iters if kind == "teacher" else args.student_iters
     run_dir = out / (kind if kind == "teacher" else f"{kind}_seed{seed}")
-    config = resolve_path(args.student_config, "--student-config") if kind == "student" \
-        else resolve_path(args.hkd_config, "--hkd-config")
-    if kind == "teacher":
-        config = teacher_config(config)
+    if kind == "student":
+        config = resolve_path(args.student_config, "--student-config")
+    else:
+        hkd_config = resolve_path(args.hkd_config, "--hkd-config")
+        config = teacher_config(hkd_config) if kind == "teacher" else hkd_config
     cfg = build_run_config(config, _run_opts(args, iters, seed) + list(extra_opts), str(run_dir))
     final = run_dir / "model_final.pth"
     if args.reuse_checkpoints and final.is_file():
