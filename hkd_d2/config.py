@@ -30,6 +30,9 @@ def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL.PYRAMID.WEIGHT = 1.0
     # FPN levels compared by pyramid distillation.
     cfg.MODEL.DISTILL.PYRAMID.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # How L_PD reduces over levels: "level_sum" (sum of per-level means) or "element_mean"
+    # (one mean over every element of every level, which weights P2 by its ~75% share).
+    cfg.MODEL.DISTILL.PYRAMID.REDUCTION = "level_sum"
 
     cfg.MODEL.DISTILL.REGION = CN()
     # lambda_RD: weight of the MSE between pooled RoI features on shared RoIs.
@@ -118,6 +121,8 @@ def _add_pooler_config(cfg: CN) -> None:
     cfg.MODEL.ROI_BOX_HEAD.PYRAMID_POOLER = CN()
     # Apply ReLU after PyRoIAlign's 1x1 fusion conv.
     cfg.MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_RELU = True
+    # Initialisation of the 1x1 fusion conv: "msra" (He normal) or "mean" (starts as the mean over levels).
+    cfg.MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_INIT = "msra"
 
 
 def _add_ignore_config(cfg: CN) -> None:

@@ -21,7 +21,7 @@ from detectron2.structures import Boxes
 from detectron2.utils.registry import Registry
 from torch import nn
 
-__all__ = ["ROI_POOLER_REGISTRY", "build_box_pooler", "LevelROIPooler", "PyRoIAlign"]
+__all__ = ["ROI_POOLER_REGISTRY", "FUSE_INITS", "build_box_pooler", "LevelROIPooler", "PyRoIAlign"]
 
 ROI_POOLER_REGISTRY = Registry("ROI_POOLER")
 ROI_POOLER_REGISTRY.__doc__ = """
@@ -60,6 +60,22 @@ class LevelROIPooler(ROIPooler):
         return _pooler_geometry(cfg, input_shape)
 
 
+def _mean_over_levels_fill(conv: nn.Conv2d, num_levels: int) -> None:
+    """Weights of a 1x1 conv (C, L*C) so that output channel c = mean over l of input l*C + c."""
+    channels = conv.out_channels
+    with torch.no_grad():
+        eye = torch.eye(channels, dtype=conv.weight.dtype) / num_levels
+        conv.weight.copy_(eye.repeat(1, num_levels).view(channels, num_levels * channels, 1, 1))
+        conv.bias.zero_()
+
+
+# Initialisations of PyRoIAlign's fusion conv: name -> fn(conv, num_levels).
+FUSE_INITS = {
+    "msra": lambda conv, num_levels: weight_init.c2_msra_fill(conv),
+    "mean": _mean_over_levels_fill,
+}
+
+
 @ROI_POOLER_REGISTRY.register()
 class PyRoIAlign(ROIPooler):
     """Pyramid RoIAlign (Chen et al., ICIP 2019): pool every RoI from all L levels, then fuse.
@@ -72,10 +88,12 @@ class PyRoIAlign(ROIPooler):
 
     The RoIAlign ops are Detectron2's (``pooler_type``, default ``"ROIAlignV2"``, i.e.
     ``aligned=True``). The 1x1 fusion conv is a parameter of the box head (it lives in
-    ``roi_heads.box_pooler.fuse``) and is trained with it. It is initialised with
-    ``c2_msra_fill`` (He normal, fan-out, zero bias), as Detectron2 initialises the
-    ReLU convolutions of its box heads; no normalisation layer is used, so the fused
-    features keep the scale the box head of a level-assigned pooler would see.
+    ``roi_heads.box_pooler.fuse``) and is trained with it. Its initialisation is
+    ``fuse_init`` (a name in ``FUSE_INITS``): ``"msra"``, He normal (fan-out, zero bias) as
+    Detectron2 initialises the ReLU convolutions of its box heads, gives fused features of
+    about 2x the RMS of one level at the start (a random mix of the L*C channels);
+    ``"mean"`` starts the fusion as the mean over the levels, channel by channel (weights
+    1/L, zero bias), so the box head first sees what an averaging pooler gives.
     """
 
     @configurable
@@ -87,6 +105,7 @@ class PyRoIAlign(ROIPooler):
         in_channels: int,
         pooler_type: str = "ROIAlignV2",
         fuse_relu: bool = True,
+        fuse_init: str = "msra",
     ):
         """
         Args:
@@ -96,6 +115,7 @@ class PyRoIAlign(ROIPooler):
             in_channels: channels C of every level; also the output channels.
             pooler_type: Detectron2 pooling op applied at each level.
             fuse_relu: apply ReLU after the 1x1 fusion conv.
+            fuse_init: initialisation of the fusion conv, a key of ``FUSE_INITS``.
         """
         super().__init__(output_size, scales, sampling_ratio, pooler_type)
         self.fuse = Conv2d(
@@ -104,7 +124,9 @@ class PyRoIAlign(ROIPooler):
             kernel_size=1,
             activation=F.relu if fuse_relu else None,
         )
-        weight_init.c2_msra_fill(self.fuse)
+        if fuse_init not in FUSE_INITS:
+            raise ValueError(f"PyRoIAlign: unknown fuse_init '{fuse_init}', expected one of {sorted(FUSE_INITS)}")
+        FUSE_INITS[fuse_init](self.fuse, len(scales))
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
@@ -117,6 +139,7 @@ class PyRoIAlign(ROIPooler):
             **_pooler_geometry(cfg, input_shape),
             "in_channels": channels.pop(),
             "fuse_relu": cfg.MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_RELU,
+            "fuse_init": cfg.MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_INIT,
         }
 
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The three terms of hierarchical knowledge distillation (Chen et al., ICIP 2019).
 
 * ``PyramidDistill`` (``loss_pd``): FPN maps, ``L_PD = sum_l mean((P_s,l - P_t,l)^2)`` over the
-  levels ``MODEL.DISTILL.PYRAMID.IN_FEATURES`` (P2..P5);
+  levels ``MODEL.DISTILL.PYRAMID.IN_FEATURES`` (P2..P5) (``REDUCTION "level_sum"``), or one mean
+  over every element of those levels (``"element_mean"``; the paper's ``1/N_PD`` allows both);
 * ``RegionDistill`` (``loss_rd``): pooled RoI features on the shared sampled RoIs,
   ``L_RD = mean((R_s - R_t)^2)`` over all (R, C, S, S) elements;
 * ``LogitDistill`` (``loss_ld``): box-head class logits on the same RoIs,
@@ -64,6 +65,19 @@ def _roi_channels(cfg: CfgNode, shapes: Dict[str, ShapeSpec], who: str) -> int:
     return channels.pop()
 
 
+def _element_mean(per_level: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """One mean over all elements: per-level means weighted by each level's element count."""
+    counts = torch.tensor([float(teacher[f].numel()) for f in per_level], device=next(iter(per_level.values())).device)
+    return (torch.stack(list(per_level.values())) * counts).sum() / counts.sum()
+
+
+# MODEL.DISTILL.PYRAMID.REDUCTION -> fn(per-level means, teacher maps) -> L_PD.
+PD_REDUCTIONS = {
+    "level_sum": lambda per_level, teacher: torch.stack(list(per_level.values())).sum(),
+    "element_mean": _element_mean,
+}
+
+
 @DISTILL_TERM_REGISTRY.register()
 class PyramidDistill(DistillTerm):
     """MSE between student and teacher FPN maps, summed over levels."""
@@ -73,6 +87,9 @@ class PyramidDistill(DistillTerm):
     def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
         super().__init__(cfg.MODEL.DISTILL.PYRAMID.WEIGHT)
         self.in_features = list(cfg.MODEL.DISTILL.PYRAMID.IN_FEATURES)
+        self.reduction = cfg.MODEL.DISTILL.PYRAMID.REDUCTION
+        if self.reduction not in PD_REDUCTIONS:
+            raise ValueError(f"MODEL.DISTILL.PYRAMID.REDUCTION '{self.reduction}' is not one of {sorted(PD_REDUCTIONS)}")
         self.adapters = nn.ModuleDict()
         if self.weight == 0:
             return
@@ -89,7 +106,7 @@ class PyramidDistill(DistillTerm):
             f: mse(self.adapters[f](ctx.student_features[f]), ctx.teacher_features[f], f"PyramidDistill {f}")
             for f in self.in_features
         }
-        loss = torch.stack(list(per_level.values())).sum()
+        loss = PD_REDUCTIONS[self.reduction](per_level, ctx.teacher_features)
         ctx.stats.update({f"distill/pd_{f}": v.detach() for f, v in per_level.items()})
         ctx.stats["distill/pd"] = loss.detach()
         return {"loss_pd": self.weight * loss}
