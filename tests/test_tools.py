@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from detectron2.structures import Boxes, Instances
 
-from hkd_d2.tools import ablation, demo
+from hkd_d2.tools import ablation, demo, demo_report
+from hkd_d2.tools.paired import format_paired, paired_gain
 from hkd_d2.tools.complexity import backbone_gmacs, count_parameters
 from hkd_d2.tools.progress import StageClock, format_duration
 from hkd_d2.tools.report import format_mean_spread, gap_closed, markdown_table, mean_and_spread, write_json
@@ -221,54 +222,130 @@ def test_ablation_summary_and_table():
     assert [c.strip() for c in table[3].strip("|").split("|")] == ["hkd", "1", "30.00", "35.00"]
 
 
+# ------------------------------------------------------------------ paired statistics
+def test_paired_gain_on_hand_made_numbers():
+    # gains 10-7=3, 12-8=4, 11-6=5, 9-10=-1 (seed 9 only in the reference: left out)
+    g = paired_gain({0: 10.0, 1: 12.0, 2: 11.0, 3: 9.0, 9: 50.0}, {0: 7.0, 1: 8.0, 2: 6.0, 3: 10.0})
+    assert g["n"] == 4 and [p["seed"] for p in g["per_seed"]] == [0, 1, 2, 3]
+    assert g["mean"] == pytest.approx(2.75)
+    sd = np.std([3.0, 4.0, 5.0, -1.0], ddof=1)
+    assert g["sd"] == pytest.approx(sd)
+    half = 3.182446305284263 * sd / 2.0  # t_{0.975, 3}
+    assert (g["ci_low"], g["ci_high"]) == (pytest.approx(2.75 - half), pytest.approx(2.75 + half))
+    assert (g["wins"], g["losses"], g["ties"]) == (3, 1, 0)
+    assert g["verdict"] == "within noise"  # the interval contains 0
+    assert format_paired(g) == f"+2.75 [{2.75 - half:+.2f}, {2.75 + half:+.2f}] 3W/1L"
+
+
+def test_paired_gain_verdicts():
+    better = paired_gain({s: 50.0 + s for s in range(5)}, {s: 45.0 + s + 0.1 * (s % 2) for s in range(5)})
+    assert better["verdict"] == "better" and better["ci_low"] > 0 and better["wins"] == 5
+    worse = paired_gain({s: 45.0 + 0.1 * s for s in range(3)}, {s: 50.0 for s in range(3)})
+    assert worse["verdict"] == "worse" and worse["losses"] == 3
+    one = paired_gain({0: 50.0}, {0: 40.0})
+    assert one["mean"] == 10.0 and math.isnan(one["ci_low"]) and one["verdict"] == "within noise"
+    assert format_paired(one) == "+10.00 1W/0L"
+    assert format_paired(paired_gain({0: 1.0}, {1: 2.0})) == "n/a"
+
+
+def test_ablation_paired_columns_and_comparisons():
+    mr = {"base": [40.0, 44.0, 42.0], "pyro": [46.0, 45.0, 47.0], "hkd": [35.0, 41.0, 38.0]}
+    results = [{"name": n, "config": f"{n}.yaml", "seed": s, "mr": {"Reasonable": v, "Reasonable_small": v}}
+               for n, vals in mr.items() for s, v in enumerate(vals)]
+    rows = ablation.summarize_ablation(results)
+    comparisons = ablation.paired_comparisons(results, rows, ["base", "pyro"], [("hkd", "pyro")])
+    hkd = rows[2]["paired"]
+    assert hkd["base"]["mean"] == pytest.approx(4.0) and hkd["base"]["wins"] == 3  # gains 5, 3, 4
+    assert hkd["pyro"]["mean"] == pytest.approx(8.0)  # gains 11, 4, 9
+    assert "base" not in rows[0]["paired"] and rows[0]["paired"]["pyro"]["mean"] == pytest.approx(4.0)  # gains 6, 1, 5
+    assert comparisons[0]["candidate"] == "hkd" and comparisons[0]["mean"] == pytest.approx(8.0)
+    table = ablation.ablation_table(rows, ["base", "pyro"]).splitlines()
+    assert "Gain vs base" in table[0] and "Gain vs pyro" in table[0]
+    cells = [c.strip() for c in table[4].strip("|").split("|")]
+    assert cells[0] == "hkd" and cells[4].startswith("+4.00 [") and cells[4].endswith("3W/0L")
+    assert [c.strip() for c in table[2].strip("|").split("|")][4] == "-"  # base vs itself
+    assert "within noise" in ablation.comparison_table(comparisons) or "better" in ablation.comparison_table(comparisons)
+    with pytest.raises(ValueError, match="missing"):
+        ablation.paired_comparisons(results, rows, ["missing"])
+
+
+def test_parse_comparisons():
+    assert ablation.parse_comparisons(["configs/x/t3_3_ld.yaml:t3_1_baseline"]) == [("t3_3_ld", "t3_1_baseline")]
+    with pytest.raises(ValueError, match="CANDIDATE:REFERENCE"):
+        ablation.parse_comparisons(["t3_3_ld"])
+
+
 # ------------------------------------------------------------------ demo report
-def test_demo_table_and_gap():
+def _mr(r: float, small: float, heavy: float, all_: float) -> dict:
+    return {"Reasonable": r, "Reasonable_small": small, "Reasonable_occ=heavy": heavy, "All": all_}
+
+
+def test_demo_table_gap_and_best_student():
+    lvl, pyr = demo_report.student_kind("t3_1_baseline"), demo_report.student_kind("t3_2_pyroialign")
     mr = {
-        "teacher": [{"Reasonable": 20.0, "Reasonable_small": 30.0, "Reasonable_occ=heavy": 60.0, "All": 40.0}],
-        "student": [{"Reasonable": 40.0, "Reasonable_small": 50.0, "Reasonable_occ=heavy": 70.0, "All": 60.0}] * 2,
-        "hkd": [{"Reasonable": 30.0, "Reasonable_small": 45.0, "Reasonable_occ=heavy": 80.0, "All": 50.0},
-                {"Reasonable": 34.0, "Reasonable_small": 45.0, "Reasonable_occ=heavy": 80.0, "All": 50.0}],
+        "teacher": [_mr(20.0, 30.0, 60.0, 40.0)],
+        lvl: [_mr(40.0, 50.0, 70.0, 60.0)] * 2,
+        pyr: [_mr(44.0, 55.0, 75.0, 65.0)] * 2,
+        "hkd": [_mr(30.0, 45.0, 80.0, 50.0), _mr(34.0, 45.0, 80.0, 50.0)],
     }
-    summary = demo.summarize(mr)
-    gaps = demo.gap_table(summary)
+    summary = demo_report.summarize(mr)
+    assert demo_report.best_student(summary) == lvl
+    gaps = demo_report.gap_table(summary, lvl)
     assert gaps["Reasonable"] == pytest.approx((40 - 32) / 20)
     assert gaps["Reasonable_small"] == pytest.approx(0.25)
     assert gaps["Reasonable_occ=heavy"] == pytest.approx(-1.0)
-    figures = {k: {"params_M": p, "backbone_GMACs": g, "latency_ms": t}
-               for k, p, g, t in (("teacher", 41.3, 80.0, 2500.0), ("student", 20.1, 40.0, 1200.0), ("hkd", 20.2, 40.0, 1210.0))}
-    lines = demo.table1(summary, figures, (600, 800)).splitlines()
+    figures = {k: {"params_M": p, "backbone_GMACs": g, "latency_ms": t, "pooler": pool}
+               for k, p, g, t, pool in (("teacher", 41.3, 80.0, 2500.0, "PyRoIAlign"), (lvl, 20.1, 40.0, 1200.0, "LevelROIPooler"),
+                                        (pyr, 20.2, 40.0, 1250.0, "PyRoIAlign"), ("hkd", 20.2, 40.0, 1210.0, "PyRoIAlign"))}
+    lines = demo_report.table1(summary, figures, (600, 800)).splitlines()
     assert "Backbone GMACs @600x800" in lines[0] and "MR Small (%)" in lines[0]
-    assert "Student R18-FPN + HKD" in lines[4] and "32.00 ± 2.83" in lines[4] and "1210" in lines[4]
+    assert "Student R18-FPN alone (LevelROIPooler)" in lines[3] and "Student R18-FPN alone (PyRoIAlign)" in lines[4]
+    assert "Student R18-FPN + HKD" in lines[5] and "32.00 ± 2.83" in lines[5] and "1210" in lines[5]
 
 
-def test_demo_report_counts_seeds_where_distillation_won():
-    args = demo.parse_args(["--seeds", "0", "1"])
-    mr = {k: [{s: v for s in demo.SETUP_COLUMNS}] for k, v in (("teacher", 20.0), ("student", 40.0), ("hkd", 30.0))}
-    summary = demo.summarize(mr)
-    figures = {k: {"params_M": 1.0, "backbone_GMACs": 2.0, "latency_ms": 3.0, "pooler": "PyRoIAlign"} for k in mr}
-    per_seed = [{"seed": 0, "student": 40.0, "hkd": 30.0}, {"seed": 1, "student": 40.0, "hkd": 41.0}]
-    text = demo.render_report(args, summary, figures, demo.gap_table(summary), per_seed, {"teacher": 65.0}, 70.0)
+def test_demo_paired_summary_and_report():
+    lvl, pyr = demo_report.student_kind("a"), demo_report.student_kind("b")
+    by_seed = {lvl: {0: _mr(40.0, 0, 0, 0), 1: _mr(44.0, 0, 0, 0)},
+               pyr: {0: _mr(50.0, 0, 0, 0), 1: _mr(52.0, 0, 0, 0)},
+               "hkd": {0: _mr(30.0, 0, 0, 0), 1: _mr(45.0, 0, 0, 0)}}
+    paired = demo_report.paired_summary(by_seed, lvl)
+    assert paired["best_student"] == lvl
+    assert [p["gain"] for p in paired["vs_best"]["per_seed"]] == [10.0, -1.0]
+    assert paired["vs"][pyr]["mean"] == pytest.approx(13.5)
+    args = demo.parse_args(["--seeds", "0", "1", "--student-configs", "x/a.yaml", "x/b.yaml"])
+    mr = {"teacher": [_mr(20.0, 20.0, 20.0, 20.0)], lvl: [_mr(42.0, 42.0, 42.0, 42.0)],
+          pyr: [_mr(51.0, 51.0, 51.0, 51.0)], "hkd": [_mr(37.5, 37.5, 37.5, 37.5)]}
+    summary = demo_report.summarize(mr)
+    figures = {k: {"params_M": 1.0, "backbone_GMACs": 2.0, "latency_ms": 3.0, "pooler": "P"} for k in mr}
+    per_seed = [{"seed": 0, "student": 40.0, "hkd": 30.0, "students": {lvl: 40.0, pyr: 50.0}},
+                {"seed": 1, "student": 44.0, "hkd": 45.0, "students": {lvl: 44.0, pyr: 52.0}}]
+    text = demo_report.render_report(args, summary, figures, demo_report.gap_table(summary, lvl), per_seed, paired,
+                                     {"teacher": 65.0}, 70.0)
     flat = " ".join(text.split())  # table cells are padded
-    assert "on 1 of 2 seed(s) of this run" in flat
-    assert "| Reasonable | 50% |" in flat
+    assert "+4.50 [" in flat and "1W/1L" in flat and "verdict: **within noise**" in flat
+    assert "| Reasonable | 20% |" in flat
     assert "| teacher | 1m05s |" in flat and "| total | 1m10s |" in flat
-    assert "| 1 | 40.00 | 41.00 | no |" in flat
+    assert "| 1 | 44.00 | 52.00 | 45.00 | -1.00 | no |" in flat
 
 
 def test_demo_checks_its_configs_before_training(tmp_path):
     demo.check_configs(demo.parse_args([]))
-    with pytest.raises(FileNotFoundError, match="--student-config"):
-        demo.check_configs(demo.parse_args(["--student-config", str(tmp_path / "missing.yaml")]))
+    with pytest.raises(FileNotFoundError, match="--student-configs"):
+        demo.check_configs(demo.parse_args(["--student-configs", str(tmp_path / "missing.yaml")]))
+    with pytest.raises(ValueError, match="distinct"):
+        demo.check_configs(demo.parse_args(["--student-configs", "configs/synthetic/table3/t3_1_baseline.yaml",
+                                            "configs/synthetic/table3/t3_1_baseline.yaml"]))
     with pytest.raises(ValueError, match="distills from no teacher"):
         demo.check_configs(demo.parse_args(["--hkd-config", "configs/synthetic/student_R18_FPN.yaml"]))
 
 
 def test_demo_stage_plan_covers_every_run():
-    args = demo.parse_args(["--seeds", "0", "1", "--teacher-iters", "10", "--student-iters", "5"])
+    args = demo.parse_args(["--seeds", "0", "1", "--teacher-iters", "10", "--student-iters", "5",
+                            "--student-configs", "a/x.yaml", "a/y.yaml"])
     plan = demo._stage_plan(args)
-    assert list(plan) == ["data", "teacher", "student seed 0", "hkd seed 0", "student seed 1", "hkd seed 1",
-                          "complexity", "report"]
-    assert plan["teacher"] > plan["student seed 0"] > 0
+    assert list(plan) == ["data", "teacher", "student:x seed 0", "student:y seed 0", "hkd seed 0",
+                          "student:x seed 1", "student:y seed 1", "hkd seed 1", "complexity", "report"]
+    assert plan["teacher"] > plan["student:x seed 0"] > 0
 
 
 # ------------------------------------------------------------------ video

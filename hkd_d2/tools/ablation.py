@@ -8,6 +8,11 @@ into ``OUT/teachers/<teacher config name>`` with the same overrides, unless
 ``--teacher-weights`` gives its weights. Runs and teachers are keyed by config name and seed, so
 several tables (``--table``) can share one OUT; a finished run made with other overrides is
 refused (another OUT is needed), never silently reused.
+
+Every row is compared seed by seed with each ``--reference`` row (default: the first config) and
+``--compare CANDIDATE:REFERENCE`` adds named pairs (e.g. the effect of one term): the paired gain in
+MR Reasonable with its 95% t interval and wins/losses (:mod:`hkd_d2.tools.paired`), in
+``OUT/<table>.json`` (``rows[i]["paired"]``, ``comparisons``) and ``OUT/<table>.md``.
 """
 import argparse
 import json
@@ -15,17 +20,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.utils.logger import setup_logger
 
 from ..modeling.teacher import resolve_path
 from .progress import format_duration
+from .paired import format_paired, paired_gain
 from .report import format_mean_spread, markdown_table, mean_and_spread, write_json, write_text
 from .runs import build_run_config, evaluate, teacher_config, train
 
 __all__ = ["AblationRun", "plan_runs", "run_ablation", "check_overrides", "summarize_ablation", "ablation_table",
-           "parse_teacher_weights", "main"]
+           "parse_teacher_weights", "paired_comparisons", "comparison_table", "parse_comparisons", "main"]
 
 logger = logging.getLogger("hkd_d2.ablation")
 
@@ -35,6 +41,8 @@ TEACHERS_DIR = "teachers"
 ANY_TEACHER = ""
 # Setups reported in the table (CityPersons protocol names) -> column titles.
 TABLE_SETUPS = {"Reasonable": "MR Reasonable (%)", "Reasonable_small": "MR Small (%)"}
+# Setup of the paired comparisons between rows.
+PAIRED_SETUP = "Reasonable"
 # (config_file, opts, output_dir) -> {setup: MR %}
 RunFn = Callable[[str, List[str], str], Dict[str, float]]
 # (config_file, opts, output_dir) -> path of the trained teacher's weights
@@ -155,14 +163,54 @@ def summarize_ablation(results: Sequence[Dict]) -> List[Dict]:
              **{s: mean_and_spread(v) for s, v in r["values"].items()}} for r in rows.values()]
 
 
-def ablation_table(rows: Sequence[Dict]) -> str:
-    """Markdown table: config, seeds, MR mean ± std [min-max] per reported setup."""
+def _mr_by_seed(results: Sequence[Dict], name: str, setup: str = PAIRED_SETUP) -> Dict[int, float]:
+    return {r["seed"]: r["mr"][setup] for r in results if r["name"] == name and r["mr"].get(setup) is not None}
+
+
+def paired_comparisons(results: Sequence[Dict], rows: Sequence[Dict], references: Sequence[str],
+                       comparisons: Sequence[Tuple[str, str]] = ()) -> List[Dict]:
+    """Add ``row["paired"] = {reference: paired_gain}`` to every row (in place) and return the
+    explicit ``comparisons`` as ``[{"candidate", "reference", **paired_gain}]`` (MR ``PAIRED_SETUP``)."""
+    names = {r["name"] for r in rows}
+    unknown = sorted({n for n in list(references) + [n for pair in comparisons for n in pair]} - names)
+    if unknown:
+        raise ValueError(f"--reference/--compare name rows that are not in the table: {unknown} (rows: {sorted(names)})")
+    for row in rows:
+        row["paired"] = {ref: paired_gain(_mr_by_seed(results, ref), _mr_by_seed(results, row["name"]))
+                         for ref in references if ref != row["name"]}
+    return [{"candidate": cand, "reference": ref,
+             **paired_gain(_mr_by_seed(results, ref), _mr_by_seed(results, cand))} for cand, ref in comparisons]
+
+
+def ablation_table(rows: Sequence[Dict], references: Sequence[str] = ()) -> str:
+    """Markdown table: config, seeds, MR mean ± std [min-max] per reported setup, then the paired
+    gain over each reference row (mean [95% interval] wins/losses)."""
     def cell(stats: Dict[str, float]) -> str:
         text = format_mean_spread(stats)
         return text + (f" [{stats['min']:.2f}-{stats['max']:.2f}]" if stats["n"] > 1 else "")
 
-    headers = ["Config", "Seeds"] + list(TABLE_SETUPS.values())
-    return markdown_table(headers, [[r["name"], len(r["seeds"])] + [cell(r[s]) for s in TABLE_SETUPS] for r in rows])
+    headers = ["Config", "Seeds"] + list(TABLE_SETUPS.values()) + [f"Gain vs {ref}" for ref in references]
+    return markdown_table(headers, [
+        [r["name"], len(r["seeds"])] + [cell(r[s]) for s in TABLE_SETUPS]
+        + [format_paired(r["paired"][ref]) if ref in r.get("paired", {}) else "-" for ref in references]
+        for r in rows])
+
+
+def comparison_table(comparisons: Sequence[Dict]) -> str:
+    """Markdown table of explicit paired comparisons, with the verdict."""
+    return markdown_table(["Candidate", "Reference", "Seeds", "Gain in MR Reasonable [95% t interval]", "Verdict"],
+                          [[c["candidate"], c["reference"], c["n"], format_paired(c), c["verdict"]] for c in comparisons])
+
+
+def parse_comparisons(items: Sequence[str]) -> List[Tuple[str, str]]:
+    """``["t3_3_ld:t3_1_baseline"]`` -> ``[("t3_3_ld", "t3_1_baseline")]`` (config names, no suffix)."""
+    pairs = []
+    for item in items:
+        cand, sep, ref = item.partition(":")
+        if not sep or not cand or not ref:
+            raise ValueError(f"--compare expects CANDIDATE:REFERENCE (config names), got '{item}'")
+        pairs.append((Path(cand).stem, Path(ref).stem))
+    return pairs
 
 
 def parse_teacher_weights(items: Sequence[str]) -> Dict[str, str]:
@@ -186,6 +234,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="trained teachers for the distillation rows, as TEACHER_CONFIG_NAME=PATH "
                         "(e.g. teacher_R50_FPN=t.pth) or one PATH for every teacher (default: train them)")
     p.add_argument("--teacher-opts", nargs="*", default=[], help="extra KEY VALUE overrides of the teacher training only")
+    p.add_argument("--reference", nargs="+", default=None, metavar="CONFIG",
+                   help="rows every row is compared with, seed by seed (config names; default: the first config)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="CANDIDATE:REFERENCE",
+                   help="extra paired comparisons between rows, e.g. t3_3_ld:t3_1_baseline (the effect of LD)")
     p.add_argument("opts", nargs=argparse.REMAINDER,
                    help="KEY VALUE overrides of every run (after `--` when --teacher-opts comes before them)")
     args = p.parse_args(argv)
@@ -201,11 +253,24 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     for name in ("detectron2", "hkd_d2"):
         setup_logger(output=str(out / "log.txt"), name=name, abbrev_name=name[:3])
     runs = plan_runs(args.configs, args.seeds, out)
+    references = [Path(r).stem for r in (args.reference or args.configs[:1])]
+    pairs = parse_comparisons(args.compare)
+    stems = {r.name for r in runs}
+    unknown = sorted({n for n in references + [n for pair in pairs for n in pair]} - stems)
+    if unknown:  # before any training: a typo must not cost the whole ablation
+        raise ValueError(f"--reference/--compare name configs that are not in --configs: {unknown}")
     results = run_ablation(runs, args.opts, out, teacher_weights=parse_teacher_weights(args.teacher_weights),
                            teacher_opts=args.teacher_opts)
     rows = summarize_ablation(results)
-    table = ablation_table(rows)
-    write_json(out / f"{args.table}.json", {"overrides": args.opts, "rows": rows, "runs": results})
-    write_text(out / f"{args.table}.md", table + "\n\nMR: log-average miss rate (%), mean ± std [min-max] over seeds.\n")
-    print(table)
+    comparisons = paired_comparisons(results, rows, references, pairs)
+    table = ablation_table(rows, references)
+    text = (table + "\n\nMR: log-average miss rate (%), mean ± std [min-max] over seeds. Gain: paired over seeds, "
+            "MR(reference) - MR(row) in points on Reasonable (positive = the row is better), mean [95% t interval] "
+            "wins/losses.\n")
+    if comparisons:
+        text += "\n" + comparison_table(comparisons) + "\n"
+    write_json(out / f"{args.table}.json", {"overrides": args.opts, "references": references, "rows": rows,
+                                            "comparisons": comparisons, "runs": results})
+    write_text(out / f"{args.table}.md", text)
+    print(text)
     return rows

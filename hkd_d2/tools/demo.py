@@ -1,23 +1,23 @@
-"""End-to-end demo on generated data: teacher, student, HKD-distilled student, Table-1-style report.
+"""End-to-end demo on generated data: teacher, students alone, HKD-distilled student, Table-1-style report.
 
 Stages (one after another, in this process, with the project's configs and Trainer):
 
 1. generate a small synthetic CityPersons-format data set (unless present);
 2. train the R50-FPN teacher that ``--hkd-config`` names (``MODEL.TEACHER.CONFIG_FILE``) and
    evaluate it;
-3. per seed: train the R18-FPN student alone (``--student-config``) and evaluate it;
+3. per seed: train each R18-FPN student alone (``--student-configs``) and evaluate it;
 4. per seed: train the R18-FPN student with distillation from that teacher (``--hkd-config`` with
    ``MODEL.TEACHER.WEIGHTS`` = the teacher's ``model_final.pth``), export and evaluate it;
 5. parameters, backbone GMACs and latency at 600x800 of each detector;
-6. ``report.md`` + ``report.json`` (the paper's Table 1 shape and the fraction of the
-   teacher-student gap that distillation closed), ``mr_fppi.png`` and ``detections.jpg``.
+6. ``report.md`` + ``report.json``: the paper's Table 1 shape, the paired gain of the distilled
+   student over the best student alone (same seed = same initialisation and data order; mean,
+   95% t interval, wins/losses), the fraction of the teacher-student gap closed,
+   ``mr_fppi.png`` and ``detections.jpg``.
 
 Every knob (configs, data size, image size, schedules, seeds) is a command-line option of ``tools/demo.py``.
 """
 import argparse
 import logging
-import math
-import platform
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -33,9 +33,12 @@ from ..evaluation import plot_mr_fppi
 from ..export import export_student
 from ..modeling.teacher import resolve_path
 from .complexity import backbone_gmacs, count_parameters
+from .demo_plan import stage_plan
+from .demo_report import (SETUP_COLUMNS, STUDENT_PREFIX, best_student, gap_table, paired_summary, render_report,
+                          row_name, student_kind, summarize)
 from .inference import build_predictor, model_inputs
 from .progress import StageClock, format_duration
-from .report import format_mean_spread, gap_closed, markdown_table, mean_and_spread, write_json, write_text
+from .report import write_json, write_text
 from .runs import build_run_config, curves_from_output, evaluate, teacher_config, train
 from .timing import time_call
 from .visualize import draw_detections
@@ -44,24 +47,14 @@ __all__ = ["parse_args", "check_configs", "run_demo", "main"]
 
 logger = logging.getLogger("hkd_d2.demo")
 
-# Default configs of the two students (--student-config, --hkd-config): Table 3's last row and the
-# same network trained alone (its row 2), so the two rows differ by distillation only. The
-# teacher's config is the one the HKD config names (MODEL.TEACHER.CONFIG_FILE).
+# Default configs: the students trained alone (--student-configs) and the distilled student
+# (--hkd-config, Table 3's last row: PD + RD + LD with PyRoIAlign). The teacher's config is the one
+# the HKD config names (MODEL.TEACHER.CONFIG_FILE).
 DEFAULT_CONFIGS = {
-    "student": "configs/synthetic/table3/t3_2_pyroialign.yaml",
+    "students": ["configs/synthetic/table3/t3_1_baseline.yaml"],
     "hkd": "configs/synthetic/table3/t3_8_pd_rd_ld_pyroialign.yaml",
 }
-ROW_NAMES = {"teacher": "Teacher R50-FPN", "student": "Student R18-FPN", "hkd": "Student R18-FPN + HKD"}
-# Miss-rate setups of the CityPersons protocol -> Table 1 column names.
-SETUP_COLUMNS = {"Reasonable": "Reasonable", "Reasonable_small": "Small", "Reasonable_occ=heavy": "Heavy", "All": "All"}
 TRAIN_SET, VAL_SET = "hkd_demo_train", "hkd_demo_val"
-# Training cost of the configs/synthetic detectors on an idle 2-core CPU, seconds per
-# iteration (measured); only used for the stage plan and ETA banners.
-TRAIN_COST = {"teacher": 0.77, "student": 0.40, "hkd": 0.64}
-# Rough fixed costs of the other stages on the same machine (seconds).
-OTHER_COST = {"data": 5.0, "complexity": 15.0, "report": 10.0}
-# Evaluation cost per validation image (seconds).
-EVAL_COST = {"teacher": 0.17, "student": 0.13, "hkd": 0.13}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -76,7 +69,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="size of the generated images (the configs' input size)")
     p.add_argument("--person-scale", type=float, default=data["scale"],
                    help="multiplier on generated person heights (2 keeps the Reasonable range (>= 50 px) populated at 240 px)")
-    p.add_argument("--student-config", default=DEFAULT_CONFIGS["student"], help="config of the student alone")
+    p.add_argument("--student-configs", nargs="+", default=DEFAULT_CONFIGS["students"],
+                   help="configs of the students trained alone (the best of them is the reference of the paired gain)")
     p.add_argument("--hkd-config", default=DEFAULT_CONFIGS["hkd"],
                    help="config of the distilled student (HKDDistiller; its MODEL.TEACHER.CONFIG_FILE is the teacher)")
     p.add_argument("--teacher-iters", type=int, default=700, help="teacher training iterations")
@@ -93,19 +87,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _student_kinds(args: argparse.Namespace) -> List[str]:
+    return [student_kind(Path(c).stem) for c in args.student_configs]
+
+
 def _stage_plan(args: argparse.Namespace) -> Dict[str, float]:
-    plan = {"data": OTHER_COST["data"]}
-
-    def run_cost(kind: str, iters: int) -> float:
-        return TRAIN_COST[kind] * iters + EVAL_COST[kind] * args.num_val
-
-    plan["teacher"] = run_cost("teacher", args.teacher_iters)
-    for seed in args.seeds:
-        plan[f"student seed {seed}"] = run_cost("student", args.student_iters)
-        plan[f"hkd seed {seed}"] = run_cost("hkd", args.student_iters)
-    plan["complexity"] = OTHER_COST["complexity"]
-    plan["report"] = OTHER_COST["report"]
-    return plan
+    return stage_plan(_student_kinds(args), args.seeds, args.teacher_iters, args.student_iters, args.num_val)
 
 
 def prepare_data(args: argparse.Namespace, data_dir: Path) -> None:
@@ -134,17 +121,29 @@ def _run_opts(args: argparse.Namespace, iters: int, seed: int) -> List[str]:
     ]
 
 
-def demo_run(args: argparse.Namespace, kind: str, seed: int, out: Path,
-                       extra_opts: Sequence[str] = ()) -> Dict:
-    """Train one detector of ``kind`` (teacher/student/hkd) and evaluate it on the demo val set."""
+def _run_config(args: argparse.Namespace, kind: str) -> str:
+    """Config file of a kind: the teacher named by the HKD config, the HKD config, or a student's."""
+    if kind.startswith(STUDENT_PREFIX):
+        name = kind[len(STUDENT_PREFIX):]
+        config = next(c for c in args.student_configs if Path(c).stem == name)
+        return resolve_path(config, "--student-configs")
+    hkd_config = resolve_path(args.hkd_config, "--hkd-config")
+    return teacher_config(hkd_config) if kind == "teacher" else hkd_config
+
+
+def _run_dir(out: Path, kind: str, seed: int) -> Path:
+    if kind == "teacher":
+        return out / "teacher"
+    if kind.startswith(STUDENT_PREFIX):
+        return out / f"student_{kind[len(STUDENT_PREFIX):]}_seed{seed}"
+    return out / f"{kind}_seed{seed}"
+
+
+def demo_run(args: argparse.Namespace, kind: str, seed: int, out: Path, extra_opts: Sequence[str] = ()) -> Dict:
+    """Train one detector of ``kind`` (teacher / hkd / student:<config>) and evaluate it on the demo val set."""
     iters = args.teacher_iters if kind == "teacher" else args.student_iters
-    run_dir = out / (kind if kind == "teacher" else f"{kind}_seed{seed}")
-    if kind == "student":
-        config = resolve_path(args.student_config, "--student-config")
-    else:
-        hkd_config = resolve_path(args.hkd_config, "--hkd-config")
-        config = teacher_config(hkd_config) if kind == "teacher" else hkd_config
-    cfg = build_run_config(config, _run_opts(args, iters, seed) + list(extra_opts), str(run_dir))
+    run_dir = _run_dir(out, kind, seed)
+    cfg = build_run_config(_run_config(args, kind), _run_opts(args, iters, seed) + list(extra_opts), str(run_dir))
     final = run_dir / "model_final.pth"
     if args.reuse_checkpoints and final.is_file():
         logger.info(f"Reusing {final}")
@@ -152,7 +151,7 @@ def demo_run(args: argparse.Namespace, kind: str, seed: int, out: Path,
     else:
         model = train(cfg)
     mr = evaluate(cfg, model, str(run_dir / "eval"))
-    logger.info(f"{ROW_NAMES[kind]} (seed {seed}) MR: " + ", ".join(f"{k} {v:.2f}" for k, v in mr.items()))
+    logger.info(f"{row_name(kind)} (seed {seed}) MR: " + ", ".join(f"{k} {v:.2f}" for k, v in mr.items()))
     return {"cfg": cfg, "weights": str(final), "mr": mr, "eval_dir": str(run_dir / "eval"), "seed": seed}
 
 
@@ -186,91 +185,58 @@ def measure_complexity(args: argparse.Namespace, detectors: Dict[str, Dict], ima
             "pooler": detector["cfg"].MODEL.ROI_BOX_HEAD.POOLER_NAME,
             "latency": timing.to_dict(),
         }
-        logger.info(f"{ROW_NAMES[kind]}: {figures[kind]['params_M']:.2f} M params, "
+        logger.info(f"{row_name(kind)}: {figures[kind]['params_M']:.2f} M params, "
                     f"{figures[kind]['backbone_GMACs']:.1f} GMACs, {timing.format_ms()} at {h}x{w}")
     return figures
 
 
-def summarize(mr_runs: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{kind: {setup: mean_and_spread over seeds}}."""
-    return {kind: {s: mean_and_spread([r[s] for r in runs]) for s in SETUP_COLUMNS} for kind, runs in mr_runs.items()}
-
-
-def table1(summary: Dict[str, Dict], figures: Dict[str, Dict], latency_size: Sequence[int]) -> str:
-    """The paper's Table 1 shape: one row per detector, MR (%) per setup, size and speed."""
-    h, w = latency_size
-    headers = ["Method", "Params (M)", f"Backbone GMACs @{h}x{w}"] + [f"MR {c} (%)" for c in SETUP_COLUMNS.values()] \
-        + [f"ms / {h}x{w} image"]
-    rows = []
-    for kind in ("teacher", "student", "hkd"):
-        f = figures[kind]
-        rows.append([ROW_NAMES[kind], f"{f['params_M']:.2f}", f"{f['backbone_GMACs']:.1f}"]
-                    + [format_mean_spread(summary[kind][s]) for s in SETUP_COLUMNS] + [f"{f['latency_ms']:.0f}"])
-    return markdown_table(headers, rows)
-
-
-def gap_table(summary: Dict[str, Dict]) -> Dict[str, float]:
-    """{setup: fraction of the teacher-student MR gap closed by HKD} (mean MR over seeds)."""
-    return {s: gap_closed(summary["teacher"][s]["mean"], summary["student"][s]["mean"], summary["hkd"][s]["mean"])
-            for s in SETUP_COLUMNS}
-
-
-def render_report(args, summary, figures, gaps, per_seed, durations, total_s) -> str:
-    lines = [
-        "# hkd_d2 demo report",
-        "",
-        f"Synthetic CityPersons-format data: {args.num_train} train / {args.num_val} val images of "
-        f"{args.image_size[0]}x{args.image_size[1]} px; detectors of `configs/synthetic/`. "
-        f"Everything trained from scratch on `{args.device}`: teacher {args.teacher_iters} iterations, "
-        f"each student {args.student_iters} iterations; seeds {list(args.seeds)}.",
-        "",
-        table1(summary, figures, args.latency_size),
-        "",
-        "MR: log-average miss rate (%, lower is better) on the demo's validation images; mean ± std over seeds.",
-        "Params count the deployed detector (distillation adapters left out); GMACs of the backbone "
-        "(ResNet + FPN) from fvcore; latency: median of "
-        f"{args.latency_repeats} runs, batch 1, on this machine ({platform.processor() or platform.machine()}, "
-        f"torch threads: {torch.get_num_threads()}). Configs: distilled student `{args.hkd_config}` "
-        f"(RoI pooler {figures['hkd'].get('pooler', '?')}), student alone `{args.student_config}` "
-        f"(RoI pooler {figures['student'].get('pooler', '?')}).",
-        "",
-        "## Teacher-student gap closed by distillation",
-        "",
-        markdown_table(["Setup", "gap closed"], [[SETUP_COLUMNS[s], _percent(v)] for s, v in gaps.items()]),
-        "",
-        "gap closed = (MR student - MR distilled) / (MR student - MR teacher); n/a where the teacher is not better.",
-        "",
-        "## Per seed (MR Reasonable, %)",
-        "",
-        f"The distilled student beats the student alone (lower MR Reasonable) on "
-        f"{sum(s['hkd'] < s['student'] for s in per_seed)} of {len(per_seed)} seed(s) of this run.",
-        "",
-        markdown_table(["Seed", "student", "student + HKD", "HKD better"],
-                       [[s["seed"], f"{s['student']:.2f}", f"{s['hkd']:.2f}", "yes" if s["hkd"] < s["student"] else "no"]
-                        for s in per_seed]),
-        "",
-        "## Time",
-        "",
-        markdown_table(["Stage", "time"], [[k, format_duration(v)] for k, v in durations.items()]
-                       + [["total", format_duration(total_s)]]),
-        "",
-        f"Files: `mr_fppi.png` (MR-FPPI, Reasonable), `detections.jpg` (distilled student, score >= {args.vis_threshold}), "
-        "`report.json`, and one folder per training run (config, log, `model_final.pth`, detections).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _percent(value: float) -> str:
-    return "n/a" if not math.isfinite(value) else f"{100 * value:.0f}%"
-
-
 def check_configs(args: argparse.Namespace) -> None:
-    """Fail before any training when a config is missing or the HKD config names no teacher."""
-    resolve_path(args.student_config, "--student-config")
+    """Fail before any training when a config is missing, two students share a file name, or the
+    HKD config names no teacher."""
+    for config in args.student_configs:
+        resolve_path(config, "--student-configs")
+    stems = [Path(c).stem for c in args.student_configs]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"--student-configs need distinct file names (they name the run folders): {stems}")
     if teacher_config(resolve_path(args.hkd_config, "--hkd-config")) is None:
         raise ValueError(f"--hkd-config {args.hkd_config} distills from no teacher "
                          "(MODEL.META_ARCHITECTURE HKDDistiller with MODEL.DISTILL.TERMS needed)")
+
+
+def _train_all(args: argparse.Namespace, out: Path, clock: StageClock) -> Dict[str, List[Dict]]:
+    """{kind: [run per seed]} for the teacher (one run), each student alone and the HKD student."""
+    clock.start("teacher")
+    teacher = demo_run(args, "teacher", args.seeds[0], out)
+    teacher_opts = ["MODEL.TEACHER.WEIGHTS", teacher["weights"]]
+    runs = {"teacher": [teacher], **{k: [] for k in _student_kinds(args)}, "hkd": []}
+    for seed in args.seeds:
+        for kind in _student_kinds(args):
+            clock.start(f"{kind} seed {seed}")
+            runs[kind].append(demo_run(args, kind, seed, out))
+        clock.start(f"hkd seed {seed}")
+        runs["hkd"].append(demo_run(args, "hkd", seed, out, teacher_opts))
+    return runs
+
+
+def _per_seed(runs: Dict[str, List[Dict]], best: str) -> List[Dict]:
+    """Per seed: MR Reasonable of the best student alone ("student"), the distilled one and every student."""
+    students = [k for k in runs if k.startswith(STUDENT_PREFIX)]
+    rows = []
+    for i, hkd in enumerate(runs["hkd"]):
+        by_kind = {k: runs[k][i]["mr"]["Reasonable"] for k in students}
+        rows.append({"seed": hkd["seed"], "student": by_kind[best], "hkd": hkd["mr"]["Reasonable"],
+                     "students": by_kind})
+    return rows
+
+
+def _pictures(args: argparse.Namespace, out: Path, runs: Dict[str, List[Dict]], detectors: Dict[str, Dict],
+              val_image) -> None:
+    curves = {row_name(k): curves_from_output(VAL_SET, v[0]["eval_dir"], ["Reasonable"])["Reasonable"]
+              for k, v in runs.items()}
+    plot_mr_fppi(curves, out / "mr_fppi.png", title="Demo validation set, Reasonable")
+    predictor = build_predictor(detectors["hkd"]["cfg"], detectors["hkd"]["weights"])
+    cv2.imwrite(str(out / "detections.jpg"),
+                draw_detections(val_image, predictor(val_image)["instances"], args.vis_threshold))
 
 
 def run_demo(args: argparse.Namespace) -> Dict:
@@ -284,16 +250,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
 
     clock.start("data")
     prepare_data(args, Path(args.data) if args.data else out / "data")
-
-    clock.start("teacher")
-    teacher = demo_run(args, "teacher", args.seeds[0], out)
-    teacher_opts = ["MODEL.TEACHER.WEIGHTS", teacher["weights"]]
-    runs = {"teacher": [teacher], "student": [], "hkd": []}
-    for seed in args.seeds:
-        clock.start(f"student seed {seed}")
-        runs["student"].append(demo_run(args, "student", seed, out))
-        clock.start(f"hkd seed {seed}")
-        runs["hkd"].append(demo_run(args, "hkd", seed, out, teacher_opts))
+    runs = _train_all(args, out, clock)
 
     clock.start("complexity")
     val_image = cv2.imread(busiest_image(DatasetCatalog.get(VAL_SET)))
@@ -302,15 +259,11 @@ def run_demo(args: argparse.Namespace) -> Dict:
 
     clock.start("report")
     summary = summarize({k: [r["mr"] for r in v] for k, v in runs.items()})
-    gaps = gap_table(summary)
-    per_seed = [{"seed": s["seed"], "student": s["mr"]["Reasonable"], "hkd": d["mr"]["Reasonable"]}
-                for s, d in zip(runs["student"], runs["hkd"])]
-    curves = {ROW_NAMES[k]: curves_from_output(VAL_SET, v[0]["eval_dir"], ["Reasonable"])["Reasonable"]
-              for k, v in runs.items()}
-    plot_mr_fppi(curves, out / "mr_fppi.png", title="Demo validation set, Reasonable")
-    predictor = build_predictor(detectors["hkd"]["cfg"], detectors["hkd"]["weights"])
-    detections = draw_detections(val_image, predictor(val_image)["instances"], args.vis_threshold)
-    cv2.imwrite(str(out / "detections.jpg"), detections)
+    best = best_student(summary)
+    paired = paired_summary({k: {r["seed"]: r["mr"] for r in v} for k, v in runs.items() if k != "teacher"}, best)
+    gaps = gap_table(summary, best)
+    per_seed = _per_seed(runs, best)
+    _pictures(args, out, runs, detectors, val_image)
     clock.finish()
 
     total_s = clock.elapsed()
@@ -319,13 +272,15 @@ def run_demo(args: argparse.Namespace) -> Dict:
         "mr": {k: [r["mr"] for r in v] for k, v in runs.items()},
         "summary": summary,
         "complexity": figures,
+        "best_student": best,
         "gap_closed": gaps,
         "hkd_better_per_seed": per_seed,
+        "paired": paired,
         "stage_seconds": clock.durations(),
         "total_seconds": total_s,
     }
     write_json(out / "report.json", result)
-    report = render_report(args, summary, figures, gaps, per_seed, clock.durations(), total_s)
+    report = render_report(args, summary, figures, gaps, per_seed, paired, clock.durations(), total_s)
     write_text(out / "report.md", report)
     print(report)
     logger.info(f"Demo finished in {format_duration(total_s)}; report in {out / 'report.md'}")

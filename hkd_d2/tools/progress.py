@@ -1,7 +1,7 @@
 """Stage banners with elapsed time, remaining budget and an overall ETA for multi-stage tools."""
 import logging
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional
 
 __all__ = ["StageClock", "format_duration"]
 
@@ -79,6 +79,3 @@ class StageClock:
     def durations(self) -> Dict[str, float]:
         """Seconds spent in each finished stage."""
         return dict(self._done)
-
-    def stages(self) -> Sequence[str]:
-        return list(self.plan)
