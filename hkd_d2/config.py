@@ -25,6 +25,14 @@ def _add_distill_config(cfg: CN) -> None:
     # Add a trainable 1x1 conv on the student side when its channels differ from the teacher's.
     cfg.MODEL.DISTILL.ADAPT_CHANNELS = True
 
+    cfg.MODEL.DISTILL.AUTO_BALANCE = CN()
+    # Before training, set every term's weight so that it starts at TARGET x the detection loss (opt-in).
+    cfg.MODEL.DISTILL.AUTO_BALANCE.ENABLED = False
+    # Fraction of the detection loss each weighted term is brought to on the measured batches.
+    cfg.MODEL.DISTILL.AUTO_BALANCE.TARGET = 0.25
+    # Training batches (per process) over which the raw terms and the detection loss are averaged.
+    cfg.MODEL.DISTILL.AUTO_BALANCE.BATCHES = 4
+
     cfg.MODEL.DISTILL.PYRAMID = CN()
     # lambda_PD: weight of the FPN-map MSE (paper's pyramid distillation).
     cfg.MODEL.DISTILL.PYRAMID.WEIGHT = 1.0

@@ -26,6 +26,7 @@ from detectron2.evaluation import DatasetEvaluator
 from ..checkpoint import HKDCheckpointer
 from ..data import PedestrianDatasetMapper
 from ..evaluation import build_evaluator
+from .calibration import LossBalanceHook
 from .hooks import build_distillation_hooks
 
 __all__ = ["Trainer", "wrap_distributed"]
@@ -83,5 +84,8 @@ class Trainer(DefaultTrainer):
         writer_at = next(
             (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret)
         )
-        ret[writer_at:writer_at] = build_distillation_hooks(self.cfg)
+        distill_hooks = build_distillation_hooks(self.cfg)
+        if distill_hooks:
+            distill_hooks.append(LossBalanceHook(self.cfg))
+        ret[writer_at:writer_at] = distill_hooks
         return ret

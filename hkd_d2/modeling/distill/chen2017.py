@@ -125,6 +125,8 @@ class Chen2017Distill(DistillTerm):
     ``loss_chen2017_rpn_reg`` (RPN), ``loss_chen2017_hint`` ``gamma L_hint``.
     """
 
+    WEIGHT_KEY = "MODEL.DISTILL.CHEN2017.WEIGHT"
+
     def __init__(
         self,
         cfg: CfgNode,

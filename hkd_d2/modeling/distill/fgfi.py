@@ -82,6 +82,8 @@ class FGFIDistill(DistillTerm):
     Loss: ``loss_fgfi`` = WEIGHT * L; stats ``distill/fgfi_imitation``, ``distill/fgfi_mask_locations``.
     """
 
+    WEIGHT_KEY = "MODEL.DISTILL.FGFI.WEIGHT"
+
     teacher_needs = frozenset({"features"})
 
     def __init__(

@@ -189,6 +189,8 @@ class GKDDistill(DistillTerm):
     :meth:`instance_vectors`.
     """
 
+    WEIGHT_KEY = "MODEL.DISTILL.GKD.WEIGHT"
+
     teacher_needs = frozenset({"features", "roi"})
 
     def __init__(

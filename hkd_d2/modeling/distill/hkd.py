@@ -82,6 +82,8 @@ PD_REDUCTIONS = {
 class PyramidDistill(DistillTerm):
     """MSE between student and teacher FPN maps, summed over levels."""
 
+    WEIGHT_KEY = "MODEL.DISTILL.PYRAMID.WEIGHT"
+
     teacher_needs = frozenset({"features"})
 
     def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
@@ -116,6 +118,8 @@ class PyramidDistill(DistillTerm):
 class RegionDistill(DistillTerm):
     """MSE between student and teacher pooled RoI features on the shared RoIs."""
 
+    WEIGHT_KEY = "MODEL.DISTILL.REGION.WEIGHT"
+
     teacher_needs = frozenset({"roi"})
 
     def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
@@ -139,6 +143,8 @@ class RegionDistill(DistillTerm):
 @DISTILL_TERM_REGISTRY.register()
 class LogitDistill(DistillTerm):
     """MSE between student and teacher box-head class logits (R, K+1) on the shared RoIs."""
+
+    WEIGHT_KEY = "MODEL.DISTILL.LOGIT.WEIGHT"
 
     teacher_needs = frozenset({"roi"})
 

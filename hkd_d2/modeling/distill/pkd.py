@@ -46,6 +46,8 @@ class PKDDistill(DistillTerm):
     Loss: ``loss_pkd`` = WEIGHT * sum over levels; stats ``distill/pkd_<level>`` (unweighted ``1 - r``).
     """
 
+    WEIGHT_KEY = "MODEL.DISTILL.PKD.WEIGHT"
+
     teacher_needs = frozenset({"features"})
 
     def __init__(
