@@ -52,6 +52,18 @@ def test_pyramid_is_sum_over_levels_of_mean_squared_error():
     assert term.teacher_needs == {"features"}
 
 
+def test_pyramid_element_mean_weights_levels_by_their_size():
+    term = PyramidDistill(_cfg(**{"MODEL.DISTILL.PYRAMID.REDUCTION": "element_mean"}), _shapes(4), _shapes(4))
+    ctx = _ctx(student_value=3.0, teacher_value=1.0)
+    ctx.student_features["p3"] = ctx.student_features["p3"] + 1.0  # 9 on P3, 4 elsewhere
+    counts = {f: ctx.teacher_features[f].numel() for f in ("p2", "p3", "p4", "p5")}
+    expected = sum((9.0 if f == "p3" else 4.0) * n for f, n in counts.items()) / sum(counts.values())
+    assert term(ctx)["loss_pd"].item() == pytest.approx(expected)
+    assert counts["p2"] / sum(counts.values()) > 0.7  # P2 dominates, as the key's comment says
+    with pytest.raises(ValueError, match="REDUCTION 'median'"):
+        PyramidDistill(_cfg(**{"MODEL.DISTILL.PYRAMID.REDUCTION": "median"}), _shapes(4), _shapes(4))
+
+
 def test_region_is_mean_over_pooled_features():
     term = RegionDistill(_cfg(**{"MODEL.DISTILL.REGION.WEIGHT": 2.0}), _shapes(4), _shapes(4))
     ctx = _ctx(student_value=1.0, teacher_value=0.0)

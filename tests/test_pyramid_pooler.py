@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 from torchvision.ops import roi_align
 
@@ -141,3 +141,25 @@ def test_pyroialign_rejects_unequal_channels():
     shape = dict(INPUT_SHAPE, p5=ShapeSpec(channels=CHANNELS * 2, stride=32))
     with pytest.raises(ValueError, match="equal channels"):
         build_box_pooler(_cfg("PyRoIAlign"), shape)
+
+
+def test_mean_fuse_init_starts_as_the_mean_over_levels():
+    torch.manual_seed(1)
+    pooler = PyRoIAlign(output_size=SIZE, scales=SCALES, sampling_ratio=2, in_channels=CHANNELS, fuse_relu=False,
+                        fuse_init="mean")
+    feats, boxes = _features(), _boxes()
+    rois = convert_boxes_to_pooler_format(boxes)
+    per_level = [level_pooler(f, rois) for level_pooler, f in zip(pooler.level_poolers, feats)]
+    torch.testing.assert_close(pooler(feats, boxes), torch.stack(per_level).mean(dim=0))
+    with pytest.raises(ValueError, match="unknown fuse_init 'zeros'"):
+        PyRoIAlign(output_size=SIZE, scales=SCALES, sampling_ratio=2, in_channels=CHANNELS, fuse_init="zeros")
+
+
+def test_msra_fuse_init_roughly_doubles_the_rms():
+    """Docstring claim: He-normal fusion of 4 levels gives about 2x the RMS of one level (with ReLU)."""
+    pooler = _pooler(fuse_relu=True)
+    feats, boxes = _features(), _boxes()
+    rois = convert_boxes_to_pooler_format(boxes)
+    one_level = pooler.level_poolers[0](feats[0], rois)
+    ratio = pooler(feats, boxes).pow(2).mean().sqrt() / one_level.pow(2).mean().sqrt()
+    assert 1.2 < float(ratio) < 3.5
