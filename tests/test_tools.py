@@ -411,3 +411,19 @@ def test_demo_shows_the_image_with_most_pedestrians():
         {"file_name": "c.png", "annotations": []},
     ]
     assert busiest_image(records) == "b.png"
+
+
+def test_ablation_report_only_uses_finished_runs(tmp_path):
+    for name, values in (("a", [40.0, 44.0]), ("b", [35.0, 41.0])):
+        for seed, v in enumerate(values):
+            write_json(tmp_path / name / f"seed{seed}" / "result.json",
+                       {"config": f"{name}.yaml", "name": name, "seed": seed, "overrides": ["K", "1"],
+                        "mr": {"Reasonable": v, "Reasonable_small": v}})
+    rows = ablation.main(["--configs", "x/a.yaml", "x/b.yaml", "--seeds", "3", "--out", str(tmp_path),
+                          "--report-only", "--compare", "b:a", "--", "K", "1"])
+    assert [len(r["seeds"]) for r in rows] == [2, 2]  # seed 2 was never run: left out, nothing trained
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["references"] == ["a"] and table["comparisons"][0]["mean"] == pytest.approx(4.0)
+    assert "Gain vs a" in (tmp_path / "table.md").read_text()
+    with pytest.raises(ValueError, match="overrides"):
+        ablation.main(["--configs", "x/a.yaml", "--seeds", "2", "--out", str(tmp_path), "--report-only", "--", "K", "2"])

@@ -236,6 +236,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--teacher-opts", nargs="*", default=[], help="extra KEY VALUE overrides of the teacher training only")
     p.add_argument("--reference", nargs="+", default=None, metavar="CONFIG",
                    help="rows every row is compared with, seed by seed (config names; default: the first config)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: build the tables from the runs already finished in OUT (others are left out)")
     p.add_argument("--compare", nargs="+", default=[], metavar="CANDIDATE:REFERENCE",
                    help="extra paired comparisons between rows, e.g. t3_3_ld:t3_1_baseline (the effect of LD)")
     p.add_argument("opts", nargs=argparse.REMAINDER,
@@ -259,8 +261,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     unknown = sorted({n for n in references + [n for pair in pairs for n in pair]} - stems)
     if unknown:  # before any training: a typo must not cost the whole ablation
         raise ValueError(f"--reference/--compare name configs that are not in --configs: {unknown}")
-    results = run_ablation(runs, args.opts, out, teacher_weights=parse_teacher_weights(args.teacher_weights),
-                           teacher_opts=args.teacher_opts)
+    if args.report_only:
+        missing = [f"{r.name} seed {r.seed}" for r in runs if not r.finished()]
+        if missing:
+            logger.warning(f"--report-only: {len(missing)} run(s) not finished, left out: {', '.join(missing)}")
+        runs = [r for r in runs if r.finished()]
+        for run in runs:
+            check_overrides(run, args.opts)
+        results = [json.loads(r.result_path.read_text()) for r in runs]
+    else:
+        results = run_ablation(runs, args.opts, out, teacher_weights=parse_teacher_weights(args.teacher_weights),
+                               teacher_opts=args.teacher_opts)
     rows = summarize_ablation(results)
     comparisons = paired_comparisons(results, rows, references, pairs)
     table = ablation_table(rows, references)
