@@ -202,6 +202,13 @@ def test_ablation_arguments_split_teacher_and_run_overrides():
     assert ablation.parse_args(["--configs", "a.yaml", "--seeds", "2", "SEED", "1"]).opts == ["SEED", "1"]
 
 
+def test_ablation_first_seed(tmp_path):
+    runs = ablation.plan_runs(["x/a.yaml"], 2, tmp_path, first_seed=3)
+    assert [(r.seed, r.output_dir.name) for r in runs] == [(3, "seed3"), (4, "seed4")]
+    with pytest.raises(ValueError, match="first-seed"):
+        ablation.plan_runs(["x/a.yaml"], 1, tmp_path, first_seed=-1)
+
+
 def test_ablation_rejects_bad_plans(tmp_path):
     with pytest.raises(ValueError, match="seeds"):
         ablation.plan_runs(["a.yaml"], 0, tmp_path)

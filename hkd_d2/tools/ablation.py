@@ -69,15 +69,17 @@ class AblationRun:
         return self.result_path.is_file()
 
 
-def plan_runs(config_files: Sequence[str], num_seeds: int, out: Path) -> List[AblationRun]:
-    """Runs in table order (config by config, seeds 0..num_seeds-1), each in ``out/<config>/seed<k>``."""
-    if num_seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {num_seeds}")
+def plan_runs(config_files: Sequence[str], num_seeds: int, out: Path, first_seed: int = 0) -> List[AblationRun]:
+    """Runs in table order (config by config, seeds first_seed..first_seed+num_seeds-1), each in
+    ``out/<config>/seed<k>``."""
+    if num_seeds < 1 or first_seed < 0:
+        raise ValueError(f"--seeds must be >= 1 and --first-seed >= 0, got {num_seeds} and {first_seed}")
     stems = [Path(c).stem for c in config_files]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise ValueError(f"Config file names must differ (they name the output folders): {duplicates}")
-    return [AblationRun(c, seed, out / Path(c).stem / f"seed{seed}") for c in config_files for seed in range(num_seeds)]
+    return [AblationRun(c, seed, out / Path(c).stem / f"seed{seed}") for c in config_files
+            for seed in range(first_seed, first_seed + num_seeds)]
 
 
 def train_and_evaluate(config_file: str, opts: List[str], output_dir: str) -> Dict[str, float]:
@@ -226,7 +228,9 @@ def parse_teacher_weights(items: Sequence[str]) -> Dict[str, str]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", required=True, help="config files, one table row each")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per config (0..N-1)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per config (FIRST..FIRST+N-1)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="first seed (e.g. to split one table's seeds over two processes writing the same OUT)")
     p.add_argument("--out", default="ablation_output", help="output folder (runs, teachers, tables)")
     p.add_argument("--table", default="table",
                    help="name of the table files OUT/<table>.{md,json} (tables of one OUT share its runs)")
@@ -254,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("detectron2", "hkd_d2"):
         setup_logger(output=str(out / "log.txt"), name=name, abbrev_name=name[:3])
-    runs = plan_runs(args.configs, args.seeds, out)
+    runs = plan_runs(args.configs, args.seeds, out, args.first_seed)
     references = [Path(r).stem for r in (args.reference or args.configs[:1])]
     pairs = parse_comparisons(args.compare)
     stems = {r.name for r in runs}
