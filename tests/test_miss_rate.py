@@ -16,8 +16,8 @@ from hkd_d2.evaluation.miss_rate import (
     evaluate_setup,
     load_detections,
     load_ground_truth,
-    main,
 )
+from hkd_d2.evaluation.miss_rate.cli import main
 
 CITYPERSONS_EXPECTED = {
     "Reasonable": 0.288963,

@@ -19,6 +19,7 @@ from detectron2.utils.registry import Registry
 
 from ..atomic import atomic_output
 from .miss_rate import Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
+from .plots import plot_mr_fppi
 
 __all__ = ["MissRateEvaluator", "EVALUATOR_REGISTRY", "build_evaluator"]
 
@@ -126,8 +127,6 @@ class MissRateEvaluator(DatasetEvaluator):
         mr = OrderedDict((name, 100.0 * c.log_average) for name, c in curves.items())
         logger.info("Miss rate (%%) on %s:\n%s", self._dataset_name, create_small_table(mr))
         if self._plot and self._output_dir:
-            from .plots import plot_mr_fppi
-
             plot_mr_fppi(curves, os.path.join(self._output_dir, PLOT_FILE),
                          title=f"{self._dataset_name} ({self._protocol.name})")
         return OrderedDict(MR=copy.deepcopy(mr))
