@@ -27,7 +27,8 @@ class MissRateCurve:
         fppi: (K,) false positives per image after each counted detection (score order).
         miss_rate: (K,) miss rate (1 - recall) after each counted detection.
         miss_at_refs: (R,) miss rate sampled at the protocol's reference FPPI points.
-        log_average: MR, ``exp(mean(log(max(1e-10, miss_at_refs))))``; NaN without positives.
+        log_average: MR, ``exp(mean(log(max(min_miss_rate, miss_at_refs))))``; NaN without positives
+            (the protocol's ``empty_setup_miss_rate`` when there are no detections either).
     """
 
     fppi: np.ndarray
@@ -46,11 +47,14 @@ def _standardise(boxes: np.ndarray, aspect_ratio: float) -> np.ndarray:
 
 
 def _setup_ignore(gt: GroundTruth, protocol: Protocol, setup: Setup) -> np.ndarray:
-    """(N,) bool ignore flags of the ground truth under one setup (inclusive ranges)."""
+    """(N,) bool ignore flags of the ground truth under one setup (see :class:`Setup` for the ranges)."""
     if gt.final:
         return gt.ignore
     (h0, h1), (v0, v1) = setup.height_range, setup.vis_range
-    ignore = gt.ignore | (gt.height < h0) | (gt.height > h1) | (gt.vis < v0) | (gt.vis > v1)
+    above = gt.height > h1 if protocol.height_top_inclusive else gt.height >= h1
+    ignore = gt.ignore | (gt.height < h0) | above | (gt.vis < v0) | (gt.vis > v1)
+    for levels, (lo, hi) in ((gt.occlusion, setup.occlusion_range), (gt.truncation, setup.truncation_range)):
+        ignore = ignore | (levels < lo) | (levels >= hi)
     if protocol.border is not None:
         x0, y0, x1, y1 = protocol.border
         boxes = gt.boxes
@@ -111,7 +115,9 @@ class _PairGeometry:
     inter_raw: np.ndarray  # (P,) intersection with the raw gt box (0 if none)
     inter_std: np.ndarray  # (P,) intersection with the standardised gt box (0 if none)
     union_std: np.ndarray  # (P,) union with the standardised gt box
+    union_raw: np.ndarray  # (P,) union with the raw gt box
     dt_area: np.ndarray  # (P,)
+    ioa: np.ndarray  # (N,) bool, gt (in gt_order) overlapped by IoA when ignored
 
     @classmethod
     def build(cls, gt: GroundTruth, dt: Detections, protocol: Protocol) -> "_PairGeometry":
@@ -134,13 +140,17 @@ class _PairGeometry:
         inter_std = np.where(hit_std, inter_std, 0.0)[keep]
         dt_area = (d[keep, 2] * d[keep, 3])
         union_std = dt_area + g_std[keep, 2] * g_std[keep, 3] - inter_std
+        union_raw = dt_area + g_raw[keep, 2] * g_raw[keep, 3] - inter_raw
         return cls(dt_order, dt_boxes[:, 3], gt_order, pair_dt[keep], pair_gt[keep],
-                   inter_raw, inter_std, union_std, dt_area)
+                   inter_raw, inter_std, union_std, union_raw, dt_area, gt.ioa[gt_order])
 
     def overlaps(self, pair_ignored: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-        """(len(pairs),) overlap of the selected pairs: IoA for ignored gt, IoU otherwise."""
+        """(len(pairs),) overlap of the selected pairs: for ignored gt IoA (regions) or IoU with
+        the raw box, otherwise IoU with the standardised box."""
+        region = pair_ignored & self.ioa[self.pair_gt[pairs]]
         inter = np.where(pair_ignored, self.inter_raw[pairs], self.inter_std[pairs])
-        denom = np.where(pair_ignored, self.dt_area[pairs], self.union_std[pairs])
+        denom = np.where(region, self.dt_area[pairs],
+                         np.where(pair_ignored, self.union_raw[pairs], self.union_std[pairs]))
         return np.divide(inter, denom, out=np.zeros_like(inter), where=inter > 0)
 
 
@@ -176,18 +186,23 @@ def _greedy_match(
 
 
 def log_average_miss_rate(
-    fppi: np.ndarray, recall: np.ndarray, fppi_refs: Sequence[float] = TOOLBOX_FPPI_REFS
+    fppi: np.ndarray,
+    recall: np.ndarray,
+    fppi_refs: Sequence[float] = TOOLBOX_FPPI_REFS,
+    min_miss_rate: float = MIN_MISS_RATE,
 ) -> Tuple[float, np.ndarray]:
     """MR over the reference points and the (R,) miss rates sampled there.
 
     ``fppi``/``recall`` (K,) follow the detections in score order. At each reference point the
     recall of the last detection with ``fppi <= ref`` is taken, 0 if there is none (bbGt
-    compRoc's ``[-inf; xs]`` / ``[0; ys]`` padding).
+    compRoc's ``[-inf; xs]`` / ``[0; ys]`` padding). Miss rates are clamped to
+    ``min_miss_rate`` before the log; with 0 (dbEval.m) a miss rate of 0 makes MR 0.
     """
     last = np.searchsorted(fppi, np.asarray(fppi_refs), side="right") - 1
     padded = np.concatenate(([0.0], np.asarray(recall, dtype=np.float64)))
     miss = 1.0 - padded[last + 1]
-    return float(np.exp(np.mean(np.log(np.maximum(MIN_MISS_RATE, miss))))), miss
+    with np.errstate(divide="ignore"):
+        return float(np.exp(np.mean(np.log(np.maximum(min_miss_rate, miss))))), miss
 
 
 def evaluate_setup(
@@ -211,7 +226,9 @@ def evaluate_setup(
     gt_ignore = _setup_ignore(gt, protocol, setup)[geo.gt_order]
 
     h0, h1 = setup.height_range
-    kept = (geo.dt_height >= h0 / protocol.expand_filter) & (geo.dt_height < h1 * protocol.expand_filter)
+    low = h0 / protocol.expand_filter
+    above_low = geo.dt_height >= low if protocol.det_min_height_inclusive else geo.dt_height > low
+    kept = above_low & (geo.dt_height < h1 * protocol.expand_filter)
     new_index = np.cumsum(kept) - 1
     pairs = np.flatnonzero(kept[geo.pair_dt])
     pair_gt = geo.pair_gt[pairs]
@@ -228,11 +245,13 @@ def evaluate_setup(
     tp = tp[counted][rank]
     fppi = np.cumsum(~tp) / gt.num_images
     if num_pos == 0:
-        logger.warning("%s: no non-ignored ground truth in this setup; MR is undefined (NaN)", gt.source)
-        nan = np.full(len(protocol.fppi_refs), np.nan)
-        return MissRateCurve(fppi, np.full(len(tp), np.nan), nan, math.nan, protocol.fppi_refs)
+        mr = protocol.empty_setup_miss_rate if len(tp) == 0 else math.nan
+        if math.isnan(mr):
+            logger.warning("%s: no non-ignored ground truth in this setup; MR is undefined (NaN)", gt.source)
+        at_refs = np.full(len(protocol.fppi_refs), mr)
+        return MissRateCurve(fppi, np.full(len(tp), np.nan), at_refs, mr, protocol.fppi_refs)
     recall = np.cumsum(tp) / num_pos
-    mr, miss = log_average_miss_rate(fppi, recall, protocol.fppi_refs)
+    mr, miss = log_average_miss_rate(fppi, recall, protocol.fppi_refs, protocol.min_miss_rate)
     return MissRateCurve(fppi, 1.0 - recall, miss, mr, protocol.fppi_refs)
 
 
