@@ -17,6 +17,8 @@ import numpy as np
 from ...atomic import atomic_output
 from ..caltech import CALTECH_SPLITS, VbbObject, caltech_image_name, prepare_caltech, write_seq, write_vbb
 from ..citypersons import write_citypersons_mat
+from ..crowdhuman import write_odgt
+from ..ecp import ecp_annotation, write_ecp_frame
 from ..pedestrian_json import make_annotation, save_pedestrian_json
 from .layout import SceneObject, SyntheticConfig, render_scene
 
@@ -25,17 +27,28 @@ __all__ = ["KIND_LABELS", "FORMATS", "FORMAT_WRITERS", "generate_synthetic", "ma
 logger = logging.getLogger(__name__)
 
 # Scene object kinds -> label in each format. Only "pedestrian" is a clean target (ignore 0).
+# CrowdHuman: every person is a "person" (riders and sitting people too), crowds / posters are
+# "mask" regions. ECP: (identity, tags); a poster person is a depicted group (not evaluated).
 KIND_LABELS = {
-    "pedestrian": {"citypersons": 1, "caltech": "person"},
-    "rider": {"citypersons": 2, "caltech": "person?"},
-    "sitting": {"citypersons": 3, "caltech": "person?"},
-    "other": {"citypersons": 4, "caltech": "person-fa"},
-    "group": {"citypersons": 5, "caltech": "people"},
-    "ignore": {"citypersons": 0, "caltech": "people"},
+    "pedestrian": {"citypersons": 1, "caltech": "person", "crowdhuman": "person", "ecp": ("pedestrian", ())},
+    "rider": {"citypersons": 2, "caltech": "person?", "crowdhuman": "person", "ecp": ("rider", ())},
+    "sitting": {"citypersons": 3, "caltech": "person?", "crowdhuman": "person",
+                "ecp": ("pedestrian", ("sitting-lying",))},
+    "other": {"citypersons": 4, "caltech": "person-fa", "crowdhuman": "mask",
+              "ecp": ("person-group-far-away", ("depiction",))},
+    "group": {"citypersons": 5, "caltech": "people", "crowdhuman": "mask", "ecp": ("person-group-far-away", ())},
+    "ignore": {"citypersons": 0, "caltech": "people", "crowdhuman": "mask", "ecp": ("person-group-far-away", ())},
 }
 TARGET_KIND = "pedestrian"
-FORMATS = ("citypersons", "caltech")
-SPLITS = {"citypersons": ("train", "val"), "caltech": ("train", "test")}
+FORMATS = ("citypersons", "caltech", "crowdhuman", "ecp")
+SPLITS = {"citypersons": ("train", "val"), "caltech": ("train", "test"), "crowdhuman": ("train", "val"),
+          "ecp": ("train", "val")}
+PNG_FORMATS, JPEG_FORMATS = ("citypersons", "ecp"), ("caltech", "crowdhuman")
+# CrowdHuman head box (hbox) inside a person box: x offset, width and height as fractions of it
+HEAD_BOX = (0.3, 0.4, 0.14)
+# ECP occlusion tags: the largest level whose fraction the hidden part reaches
+ECP_OCCLUSION_LEVELS = (10, 40, 80)
+ECP_TIME = "day"
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
 VAL_CITIES = ("frankfurt", "lindau", "munster")
 CITYPERSONS_LABEL_NAMES = {
@@ -50,9 +63,9 @@ def _render_task(args) -> Tuple[int, List[SceneObject], Optional[bytes], Optiona
     cfg, split_id, index, formats = args
     img, objects = render_scene(cfg, split_id, index)
     png = cv2.imencode(".png", img, PNG_OPTIONS)[1].tobytes() \
-        if "citypersons" in formats else None
+        if set(formats) & set(PNG_FORMATS) else None
     jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])[1].tobytes() \
-        if "caltech" in formats else None
+        if set(formats) & set(JPEG_FORMATS) else None
     return index, objects, png, jpg
 
 
@@ -113,10 +126,70 @@ def _write_caltech(root: Path, split: str, results, cfg: SyntheticConfig) -> Lis
 
 
 
+def _crowdhuman_box(o: SceneObject) -> Dict:
+    x, y, w, h = o.box
+    dx, hw, hh = HEAD_BOX
+    tag = KIND_LABELS[o.kind]["crowdhuman"]
+    return {
+        "tag": tag,
+        "fbox": list(o.box),
+        "vbox": list(o.vis_box),
+        "hbox": [x + int(dx * w), y, max(1, int(hw * w)), max(1, int(hh * h))],
+        "extra": {"ignore": 0 if tag == "person" else 1, "occ": int(o.occluded)},
+    }
+
+
+def _write_crowdhuman(root: Path, split: str, results, cfg: SyntheticConfig) -> List[Dict]:
+    """``Images/<ID>.jpg`` + ``annotation_<split>.odgt`` (with width / height per line)."""
+    entries = []
+    for index, objects, _, jpg in results:
+        image_id = f"{split}_{index:06d}"
+        path = root / "Images" / f"{image_id}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpg)
+        entries.append({"ID": image_id, "width": cfg.width, "height": cfg.height,
+                        "gtboxes": [_crowdhuman_box(o) for o in objects]})
+    write_odgt(root / f"annotation_{split}.odgt", entries)
+    return [
+        {"file_name": f"{e['ID']}.jpg", "image_id": k + 1, "height": cfg.height, "width": cfg.width,
+         "annotations": [make_annotation(b["fbox"], b["vbox"], b["extra"]["ignore"], b["tag"]) for b in e["gtboxes"]]}
+        for k, e in enumerate(entries)
+    ]
+
+
+def _ecp_object(o: SceneObject) -> Dict:
+    identity, tags = KIND_LABELS[o.kind]["ecp"]
+    x, y, w, h = o.box
+    hidden = 1.0 - (o.vis_box[2] * o.vis_box[3]) / float(w * h)
+    levels = [level for level in ECP_OCCLUSION_LEVELS if hidden >= level / 100]
+    tags = list(tags) + ([f"occluded>{levels[-1]}"] if levels else [])
+    return {"identity": identity, "x0": x, "y0": y, "x1": x + w, "y1": y + h, "tags": tags}
+
+
+def _write_ecp(root: Path, split: str, results, cfg: SyntheticConfig) -> List[Dict]:
+    """``day/img/<split>/<city>/<city>_<n>.png`` + ``day/labels/<split>/<city>/<city>_<n>.json``."""
+    cities = TRAIN_CITIES if split == "train" else VAL_CITIES
+    records = []
+    for index, objects, png, _ in results:
+        city = cities[index % len(cities)]
+        name = f"{city}_{index:05d}"
+        image = root / ECP_TIME / "img" / split / city / f"{name}.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(png)
+        children = [_ecp_object(o) for o in objects]
+        write_ecp_frame(root / ECP_TIME / "labels" / split / city / f"{name}.json", cfg.width, cfg.height, children)
+        records.append({"file_name": f"{city}/{name}.png", "image_id": 0, "height": cfg.height, "width": cfg.width,
+                        "annotations": [ecp_annotation(c) for c in children]})
+    records.sort(key=lambda r: r["file_name"])  # the order load_ecp reads them in
+    return [dict(r, image_id=k + 1) for k, r in enumerate(records)]
+
+
 # format -> writer(root, split, rendered results, cfg) -> ground-truth records
 FORMAT_WRITERS: Dict[str, Callable[[Path, str, List, SyntheticConfig], List[Dict]]] = {
     "citypersons": _write_citypersons,
     "caltech": _write_caltech,
+    "crowdhuman": _write_crowdhuman,
+    "ecp": _write_ecp,
 }
 
 
@@ -134,7 +207,7 @@ def generate_synthetic(
     Args:
         num_train: images of the train split; num_val: images of the val (CityPersons) /
             test (Caltech) split. Both formats hold the same scenes.
-        formats: subset of ("citypersons", "caltech").
+        formats: subset of FORMATS ("citypersons", "caltech", "crowdhuman", "ecp").
         workers: rendering processes (default: CPU count; 0 = in this process).
         extract_caltech: also run :func:`~hkd_d2.data.caltech.prepare_caltech` on the Caltech
             tree (every frame) into ``<out>/caltech/prepared/{train,test}.json`` + ``images/``.
@@ -185,13 +258,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplier on every person height")
     parser.add_argument("--height-median", type=float, default=SyntheticConfig.height_median,
                         help="median person height in px at 480 px image height")
-    parser.add_argument("--format", choices=("citypersons", "caltech", "both"), default="both")
+    parser.add_argument("--format", choices=FORMATS + ("both", "all"), default="both",
+                        help="both = citypersons + caltech; all = every format")
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = SyntheticConfig(width=args.width, height=args.height, seed=args.seed, scale=args.scale,
                           height_median=args.height_median)
-    formats = FORMATS if args.format == "both" else (args.format,)
+    formats = {"both": ("citypersons", "caltech"), "all": FORMATS}.get(args.format, (args.format,))
     generate_synthetic(args.out, args.num_train, args.num_val, cfg, formats, args.workers)
 
 
