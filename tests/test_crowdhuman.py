@@ -114,3 +114,30 @@ def test_generated_data_end_to_end(tmp_path):
         evaluator.process([{"image_id": record["image_id"]}], [{"instances": inst}])
     result = evaluator.evaluate()["crowdhuman"]
     assert result == pytest.approx({k: 100 * v for k, v in metrics.items()}, abs=1e-4)
+
+
+def test_train_box_visible_reaches_the_training_batches(tmp_path):
+    from detectron2.config import get_cfg
+
+    from hkd_d2.config import add_hkd_config
+    from hkd_d2.engine.trainer import Trainer
+
+    generate_synthetic(tmp_path / "syn", 3, 1, SyntheticConfig(width=160, height=120, scale=2.0),
+                       formats=("crowdhuman",), workers=0)
+    root = tmp_path / "syn" / "crowdhuman"
+    name = "test_crowdhuman_train_box"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_pedestrian_dataset(name, root / "annotation_train.odgt", image_root=root / "Images")
+    cfg = add_hkd_config(get_cfg())
+    cfg.merge_from_list(["DATASETS.TRAIN", (name,), "DATASETS.TRAIN_BOX", "visible", "INPUT.RANDOM_FLIP", "none",
+                         "INPUT.MIN_SIZE_TRAIN", (120,), "INPUT.MAX_SIZE_TRAIN", 160, "SOLVER.IMS_PER_BATCH", 1,
+                         "DATALOADER.NUM_WORKERS", 0])
+    by_file = {r["file_name"]: r for r in DatasetCatalog.get(name)}
+    (item,) = next(iter(Trainer.build_train_loader(cfg)))
+    record = by_file[item["file_name"]]
+    expected = sorted([x, y, x + w, y + h] for x, y, w, h in (a["vis_bbox"] for a in record["annotations"]))
+    got = sorted(item["instances"].gt_boxes.tensor.tolist())
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert any(a["vis_bbox"] != a["bbox"] for r in by_file.values() for a in r["annotations"])

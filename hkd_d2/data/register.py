@@ -176,10 +176,15 @@ def _caltech(split: str, synthetic: bool, new: bool = False) -> Callable[[], Lis
     return load
 
 
+# A synthetic/ tree generated before the CrowdHuman / ECP formats existed lacks them.
+_REGENERATE = "Delete the synthetic/ folder to have it generated again with every format"
+
+
 def _crowdhuman(split: str, synthetic: bool) -> Callable[[], List[Dict]]:
     def load() -> List[Dict]:
         root = ensure_synthetic() / "crowdhuman" if synthetic else datasets_root() / "crowdhuman"
-        how = "Put CrowdHuman's annotation_{train,val}.odgt in crowdhuman/ and its images in crowdhuman/Images/"
+        how = (_REGENERATE if synthetic else
+               "Put CrowdHuman's annotation_{train,val}.odgt in crowdhuman/ and its images in crowdhuman/Images/")
         return load_crowdhuman(_require(root / f"annotation_{split}.odgt", how), _require(root / "Images", how))
 
     return load
@@ -188,7 +193,8 @@ def _crowdhuman(split: str, synthetic: bool) -> Callable[[], List[Dict]]:
 def _ecp(time: str, split: str, synthetic: bool) -> Callable[[], List[Dict]]:
     def load() -> List[Dict]:
         root = (ensure_synthetic() / "ecp" if synthetic else datasets_root() / "ECP") / time
-        how = f"Unpack EuroCity Persons so that ECP/{time}/labels/{split}/ and ECP/{time}/img/{split}/ exist"
+        how = _REGENERATE if synthetic else (
+            f"Unpack EuroCity Persons so that ECP/{time}/labels/{split}/ and ECP/{time}/img/{split}/ exist")
         return load_ecp(_require(root / "labels" / split, how), _require(root / "img" / split, how))
 
     return load
