@@ -149,6 +149,11 @@ def _add_eval_config(cfg: CN) -> None:
     cfg.TEST.MISS_RATE.PLOT = True
 
 
+def _add_data_config(cfg: CN) -> None:
+    # Which box of each annotation trains: "full" (bbox, e.g. CrowdHuman fbox) or "visible" (vis_bbox, vbox).
+    cfg.DATASETS.TRAIN_BOX = "full"
+
+
 def add_hkd_config(cfg: CN) -> CN:
     """Add every hkd_d2 key (with its default) to ``cfg`` in place and return it."""
     for add in (
@@ -158,6 +163,7 @@ def add_hkd_config(cfg: CN) -> CN:
         _add_pooler_config,
         _add_ignore_config,
         _add_eval_config,
+        _add_data_config,
     ):
         add(cfg)
     return cfg

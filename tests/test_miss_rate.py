@@ -16,8 +16,8 @@ from hkd_d2.evaluation.miss_rate import (
     evaluate_setup,
     load_detections,
     load_ground_truth,
-    main,
 )
+from hkd_d2.evaluation.miss_rate.cli import main
 
 CITYPERSONS_EXPECTED = {
     "Reasonable": 0.288963,
@@ -216,19 +216,19 @@ def test_caltech_labels_border_and_standardisation():
     gt = _gt([[person]], protocol="caltech")
     # 100 px wide detection with the person's centre: IoU 0.4 raw, 1.0 once both are 0.41*h wide.
     wide = [70, 100, 100, 100]
-    assert _mr(gt, _dt(gt, [(1, wide, 0.9)], "caltech"), protocol="caltech") == pytest.approx(MIN_MISS_RATE)
+    assert _mr(gt, _dt(gt, [(1, wide, 0.9)], "caltech"), protocol="caltech") == 0.0  # dbEval.m: no clamp
     gt_cp = _gt([[[100, 100, 40, 100]]])
     assert _mr(gt_cp, _dt(gt_cp, [(1, wide, 0.9)])) == pytest.approx(1.0)
 
-    unsure = ([300, 100, 40, 100], {"label": "person?"})
+    fa = ([300, 100, 40, 100], {"label": "person-fa"})
     people = ([400, 100, 80, 100], {"label": "people"})
     border = ([2, 100, 40, 100], {"label": "person"})
-    gt = _gt([[person, unsure, people, border]], protocol="caltech")
-    assert int((~gt.ignore).sum()) == 2 and len(gt.boxes) == 3  # person? removed, people ignore
-    # Detections on "people" and on the border person are ignored; the one on "person?" is a FP.
+    gt = _gt([[person, fa, people, border]], protocol="caltech")
+    assert int((~gt.ignore).sum()) == 2 and len(gt.boxes) == 3  # person-fa removed, people ignore
+    # Detections on "people" and on the border person are ignored; the one on "person-fa" is a FP.
     dets = [(1, [400, 100, 80, 100], 0.95), (1, [2, 100, 40, 100], 0.94), (1, person[0], 0.9)]
-    assert _mr(gt, _dt(gt, dets, "caltech"), protocol="caltech") == pytest.approx(MIN_MISS_RATE)
-    dets.append((1, unsure[0], 0.99))
+    assert _mr(gt, _dt(gt, dets, "caltech"), protocol="caltech") == 0.0
+    dets.append((1, fa[0], 0.99))
     curve = evaluate_setup(gt, _dt(gt, dets, "caltech"), "caltech", "Reasonable")
     np.testing.assert_allclose(curve.fppi, [1.0, 1.0])
 
@@ -237,7 +237,7 @@ def test_caltech_unoccluded_visibility_is_inf():
     gt = _gt([[([10, 10, 20, 100], {"label": "person", "vis_ratio": 1.0}),
                ([100, 10, 20, 100], {"label": "person", "vis_ratio": 0.8})]], protocol="caltech")
     dt = _dt(gt, [(1, [10, 10, 20, 100], 0.9)], "caltech")
-    assert _mr(gt, dt, "Occ=none", "caltech") == pytest.approx(MIN_MISS_RATE)
+    assert _mr(gt, dt, "Occ=none", "caltech") == 0.0
     assert _mr(gt, dt, "Occ=partial", "caltech") == pytest.approx(1.0)
 
 
@@ -301,3 +301,33 @@ def test_cli_empty_detections(tmp_path, capsys):
     dt = _write(tmp_path / "dt.json", [])
     assert main([str(gt), str(dt), "--json", "--setups", "Reasonable", "All"]) == 0
     assert json.loads(capsys.readouterr().out) == {"Reasonable": 1.0, "All": 1.0}
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2, 3]", "detection #0 is not an object"),
+    ("null", "expected a COCO results list"),
+    (json.dumps([{"image_id": 1, "bbox": [1, 2, 3, 4, 5], "score": 0.5}] * 4), "bad bbox"),
+    (json.dumps([{"image_id": 1, "bbox": [1, 2, 3], "score": 0.5}] * 4), "bad bbox"),
+])
+def test_cli_malformed_detections_exit_2(tmp_path, capsys, content, message):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [{"id": 1}], "annotations": [{"image_id": 1, "bbox": PED}]}))
+    dt = tmp_path / "dt.json"
+    dt.write_text(content)
+    assert main([str(gt), str(dt)]) == 2
+    err = capsys.readouterr().err
+    assert "dt.json" in err and message in err
+
+
+def test_cli_binary_file_directory_and_duplicate_image_exit_2(tmp_path, capsys):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [{"id": 1}, {"id": 1}], "annotations": []}))
+    binary = tmp_path / "dt.json"
+    binary.write_bytes(bytes(range(256)))
+    assert main([str(gt), str(binary)]) == 2
+    assert "image id 1 is listed twice" in capsys.readouterr().err
+    gt.write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    assert main([str(gt), str(binary)]) == 2
+    assert "dt.json: not a text file" in capsys.readouterr().err
+    assert main([str(gt), str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -12,8 +12,11 @@ from typing import Callable, Dict, List, Optional, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..evaluation.evaluator import EVALUATOR_OF_PROTOCOL
 from .caltech import prepare_caltech
 from .citypersons import load_citypersons
+from .crowdhuman import load_crowdhuman
+from .ecp import load_ecp
 from .pedestrian_json import PathLike, load_pedestrian_json
 from .synthetic import SyntheticConfig, generate_synthetic
 
@@ -21,7 +24,7 @@ __all__ = ["register_pedestrian_dataset", "register_all_pedestrian", "datasets_r
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("citypersons", "caltech")
+PROTOCOLS = tuple(EVALUATOR_OF_PROTOCOL)
 # The synthetic data generated on first use of a synthetic_* name: the input size of
 # configs/synthetic (240x320), person heights doubled so the Reasonable range (>= 50 px) is populated.
 SYNTHETIC_DEFAULTS = {"num_train": 300, "num_val": 150, "width": 320, "height": 240, "scale": 2.0, "seed": 0}
@@ -55,19 +58,31 @@ def _caltech_loader(source, image_root, split: Optional[str] = None, new_annotat
     return load
 
 
+def _odgt_loader(source, image_root, **kw) -> Callable[[], List[Dict]]:
+    return lambda: load_crowdhuman(source, image_root)
+
+
+def _ecp_loader(source, image_root, **kw) -> Callable[[], List[Dict]]:
+    return lambda: load_ecp(source, image_root)
+
+
 # source kind -> (loader factory, protocol implied by the source or None)
 _SOURCE_KINDS = {
     "json": (_json_loader, None),
     "citypersons_mat": (_mat_loader, "citypersons"),
     "caltech_root": (_caltech_loader, "caltech"),
+    "crowdhuman_odgt": (_odgt_loader, "crowdhuman"),
+    "ecp_labels": (_ecp_loader, "ecp"),
 }
-_SUFFIX_KINDS = {".json": "json", ".mat": "citypersons_mat"}
+_SUFFIX_KINDS = {".json": "json", ".mat": "citypersons_mat", ".odgt": "crowdhuman_odgt"}
 
 
-def _source_kind(source: PathLike) -> str:
+def _source_kind(source: PathLike, protocol: Optional[str] = None) -> str:
     path = Path(source)
     if path.suffix in _SUFFIX_KINDS:
         return _SUFFIX_KINDS[path.suffix]
+    if protocol == "ecp":
+        return "ecp_labels"
     if path.is_dir() or not path.suffix:
         return "caltech_root"
     raise ValueError(f"cannot tell the format of data source {source} (expected .json, .mat or a Caltech root folder)")
@@ -84,12 +99,14 @@ def register_pedestrian_dataset(
 
     Args:
         name: data set name.
-        source: a generic pedestrian ``.json``, a CityPersons ``anno_*.mat``, a Caltech root
+        source: a generic pedestrian ``.json``, a CityPersons ``anno_*.mat``, a CrowdHuman
+            ``.odgt``, an ECP labels folder (``labels/<split>``, with ``protocol="ecp"``), a Caltech root
             folder (then ``split=`` and optionally ``new_annotations=``/``step=`` in ``kw``;
             frames are extracted into ``image_root`` on first use), or a callable returning
             records. Nothing is read before ``DatasetCatalog.get(name)``.
-        protocol: "citypersons" or "caltech" (the evaluator's rules); implied by .mat and
-            Caltech sources, required otherwise.
+        protocol: a key of EVALUATOR_OF_PROTOCOL ("citypersons", "caltech", "ecp",
+            "crowdhuman"; the evaluator's rules); implied by .mat, .odgt and Caltech sources,
+            required otherwise.
         image_root: folder the images are relative to (``leftImg8bit/<split>`` for CityPersons).
         kw: extra source options (Caltech) and extra metadata.
     """
@@ -97,7 +114,7 @@ def register_pedestrian_dataset(
     if callable(source):
         loader, implied = source, None
     else:
-        kind = _source_kind(source)
+        kind = _source_kind(source, protocol)
         factory, implied = _SOURCE_KINDS[kind]
         if image_root is None:
             raise ValueError(f"register_pedestrian_dataset({name!r}): image_root is required for {source}")
@@ -108,7 +125,8 @@ def register_pedestrian_dataset(
     if protocol not in PROTOCOLS:
         raise ValueError(f"register_pedestrian_dataset({name!r}): protocol must be one of {PROTOCOLS}, got {protocol!r}")
     DatasetCatalog.register(name, loader)
-    metadata = {"thing_classes": ["person"], "evaluator_type": "miss_rate", "protocol": protocol, **kw}
+    metadata = {"thing_classes": ["person"], "evaluator_type": EVALUATOR_OF_PROTOCOL[protocol], "protocol": protocol,
+                **kw}
     if image_root is not None:
         metadata["image_root"] = str(image_root)
     MetadataCatalog.get(name).set(**metadata)
@@ -158,6 +176,41 @@ def _caltech(split: str, synthetic: bool, new: bool = False) -> Callable[[], Lis
     return load
 
 
+# A synthetic/ tree generated before the CrowdHuman / ECP formats existed lacks them.
+_REGENERATE = "Delete the synthetic/ folder to have it generated again with every format"
+
+
+def _crowdhuman(split: str, synthetic: bool) -> Callable[[], List[Dict]]:
+    def load() -> List[Dict]:
+        root = ensure_synthetic() / "crowdhuman" if synthetic else datasets_root() / "crowdhuman"
+        how = (_REGENERATE if synthetic else
+               "Put CrowdHuman's annotation_{train,val}.odgt in crowdhuman/ and its images in crowdhuman/Images/")
+        return load_crowdhuman(_require(root / f"annotation_{split}.odgt", how), _require(root / "Images", how))
+
+    return load
+
+
+def _ecp(time: str, split: str, synthetic: bool) -> Callable[[], List[Dict]]:
+    def load() -> List[Dict]:
+        root = (ensure_synthetic() / "ecp" if synthetic else datasets_root() / "ECP") / time
+        how = _REGENERATE if synthetic else (
+            f"Unpack EuroCity Persons so that ECP/{time}/labels/{split}/ and ECP/{time}/img/{split}/ exist")
+        return load_ecp(_require(root / "labels" / split, how), _require(root / "img" / split, how))
+
+    return load
+
+
+# built-in name prefix -> protocol
+_BUILTIN_PROTOCOLS = (("crowdhuman", "crowdhuman"), ("ecp", "ecp"), ("caltech", "caltech"))
+
+
+def _builtin_protocol(name: str) -> str:
+    for part, protocol in _BUILTIN_PROTOCOLS:
+        if part in name:
+            return protocol
+    return "citypersons"
+
+
 def _builtin_loaders() -> Dict[str, Callable[[], List[Dict]]]:
     return {
         "caltech_train_10x": _caltech("train_10x", False),
@@ -170,6 +223,16 @@ def _builtin_loaders() -> Dict[str, Callable[[], List[Dict]]]:
         "synthetic_citypersons_val": _citypersons("val", True),
         "synthetic_caltech_train": _caltech("train", True),
         "synthetic_caltech_test": _caltech("test", True),
+        "crowdhuman_train": _crowdhuman("train", False),
+        "crowdhuman_val": _crowdhuman("val", False),
+        "synthetic_crowdhuman_train": _crowdhuman("train", True),
+        "synthetic_crowdhuman_val": _crowdhuman("val", True),
+        "ecp_day_train": _ecp("day", "train", False),
+        "ecp_day_val": _ecp("day", "val", False),
+        "ecp_night_train": _ecp("night", "train", False),
+        "ecp_night_val": _ecp("night", "val", False),
+        "synthetic_ecp_train": _ecp("day", "train", True),
+        "synthetic_ecp_val": _ecp("day", "val", True),
     }
 
 
@@ -178,8 +241,7 @@ def register_all_pedestrian() -> None:
     for name, loader in _builtin_loaders().items():
         if name in DatasetCatalog.list():
             continue
-        protocol = "caltech" if "caltech" in name else "citypersons"
-        register_pedestrian_dataset(name, loader, protocol=protocol)
+        register_pedestrian_dataset(name, loader, protocol=_builtin_protocol(name))
 
 
 register_all_pedestrian()

@@ -17,7 +17,7 @@ from typing import List, Optional
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -25,6 +25,7 @@ from detectron2.evaluation import DatasetEvaluator
 
 from ..checkpoint import HKDCheckpointer
 from ..data import PedestrianDatasetMapper
+from ..data.crowdhuman import with_training_box
 from ..evaluation import build_evaluator
 from .calibration import LossBalanceHook
 from .hooks import build_distillation_hooks
@@ -63,7 +64,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=PedestrianDatasetMapper(cfg, True))
+        mapper = PedestrianDatasetMapper(cfg, True)
+        if cfg.DATASETS.TRAIN_BOX == "full":
+            return build_detection_train_loader(cfg, mapper=mapper)
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=with_training_box(dataset, cfg.DATASETS.TRAIN_BOX))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

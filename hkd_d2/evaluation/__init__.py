@@ -1,4 +1,5 @@
-"""Miss-rate (MR^-2) evaluation: protocol core, Detectron2 evaluator, MR-FPPI plots."""
+"""Pedestrian evaluation: miss-rate protocols (CityPersons, Caltech, ECP), CrowdHuman metrics,
+Detectron2 evaluators picked by metadata, MR-FPPI plots."""
 from .miss_rate import (
     PROTOCOLS,
     Detections,
@@ -11,7 +12,8 @@ from .miss_rate import (
     load_ground_truth,
     miss_rate_curves,
 )
-from .evaluator import EVALUATOR_REGISTRY, MissRateEvaluator, build_evaluator
+from .crowdhuman import crowdhuman_metrics
+from .evaluator import EVALUATOR_OF_PROTOCOL, EVALUATOR_REGISTRY, CrowdHumanEvaluator, MissRateEvaluator, build_evaluator
 from .plots import plot_mr_fppi
 
 __all__ = [
@@ -26,6 +28,9 @@ __all__ = [
     "load_ground_truth",
     "load_detections",
     "MissRateEvaluator",
+    "CrowdHumanEvaluator",
+    "crowdhuman_metrics",
+    "EVALUATOR_OF_PROTOCOL",
     "EVALUATOR_REGISTRY",
     "build_evaluator",
     "plot_mr_fppi",

@@ -18,9 +18,17 @@ from detectron2.utils.logger import create_small_table
 from detectron2.utils.registry import Registry
 
 from ..atomic import atomic_output
-from .miss_rate import Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
+from .crowdhuman import CrowdHumanImage, crowdhuman_metrics
+from .miss_rate import PROTOCOLS, Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
+from .plots import plot_mr_fppi
 
-__all__ = ["MissRateEvaluator", "EVALUATOR_REGISTRY", "build_evaluator"]
+__all__ = [
+    "MissRateEvaluator",
+    "CrowdHumanEvaluator",
+    "EVALUATOR_REGISTRY",
+    "EVALUATOR_OF_PROTOCOL",
+    "build_evaluator",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +41,40 @@ Each is called as ``builder(cfg, dataset_name, output_dir)`` and returns a Datas
 # COCO category id written for detections (the "pedestrian" id of CityPersons' val_gt.json).
 RESULTS_CATEGORY_ID = 1
 DETECTIONS_FILE = "miss_rate_detections.json"
+CROWDHUMAN_DETECTIONS_FILE = "crowdhuman_detections.json"
 PLOT_FILE = "mr_fppi.png"
+# A data set's evaluation protocol -> the evaluator_type (EVALUATOR_REGISTRY key) that scores it:
+# the one home of the protocol names (register_pedestrian_dataset validates against it).
+EVALUATOR_OF_PROTOCOL = {**{name: "miss_rate" for name in PROTOCOLS}, "crowdhuman": "crowdhuman"}
+
+
+def coco_results(inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """COCO results (XYWH ``bbox``, ``score``) of a batch's ``outputs[i]["instances"]``."""
+    results = []
+    for inp, out in zip(inputs, outputs):
+        instances = out["instances"].to("cpu")
+        boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        scores = instances.scores.numpy().astype(np.float64)
+        results.extend(
+            {"image_id": inp["image_id"], "category_id": RESULTS_CATEGORY_ID, "bbox": b, "score": s}
+            for b, s in zip(xywh.tolist(), scores.tolist())
+        )
+    return results
+
+
+def gather_results(results: List[Dict[str, Any]], output_dir: Optional[str], file_name: str) -> Optional[List[Dict]]:
+    """All processes' results on the main process (written to ``output_dir/file_name``), None elsewhere."""
+    comm.synchronize()
+    gathered = comm.gather(results, dst=0)
+    if not comm.is_main_process():
+        return None
+    predictions = list(itertools.chain.from_iterable(gathered))
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with atomic_output(os.path.join(output_dir, file_name)) as tmp:
+            tmp.write_text(json.dumps(predictions))
+    return predictions
 
 
 def ground_truth_from_records(records: Sequence[Dict[str, Any]], protocol: Protocol, source: str) -> GroundTruth:
@@ -79,7 +120,7 @@ class MissRateEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         protocol = MetadataCatalog.get(dataset_name).get("protocol")
         if protocol is None:
-            raise ValueError(f"Dataset {dataset_name!r} has no 'protocol' in its metadata (citypersons|caltech)")
+            raise ValueError(f"Dataset {dataset_name!r} has no 'protocol' in its metadata ({'|'.join(PROTOCOLS)})")
         self._protocol = get_protocol(protocol)
         self._setups = list(setups) if setups else list(self._protocol.default_setups)
         unknown = [s for s in self._setups if s not in self._protocol.setups]
@@ -94,27 +135,13 @@ class MissRateEvaluator(DatasetEvaluator):
 
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
         """Collect ``outputs[i]["instances"]`` (pred_boxes XYXY (R, 4), scores (R,)) per image."""
-        for inp, out in zip(inputs, outputs):
-            instances = out["instances"].to("cpu")
-            boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
-            xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-            scores = instances.scores.numpy().astype(np.float64)
-            self._predictions.extend(
-                {"image_id": inp["image_id"], "category_id": RESULTS_CATEGORY_ID, "bbox": b, "score": s}
-                for b, s in zip(xywh.tolist(), scores.tolist())
-            )
+        self._predictions.extend(coco_results(inputs, outputs))
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """{"MR": {setup: miss rate in percent}} on the main process, {} elsewhere."""
-        comm.synchronize()
-        gathered = comm.gather(self._predictions, dst=0)
-        if not comm.is_main_process():
+        predictions = gather_results(self._predictions, self._output_dir, DETECTIONS_FILE)
+        if predictions is None:
             return {}
-        predictions = list(itertools.chain.from_iterable(gathered))
-        if self._output_dir:
-            os.makedirs(self._output_dir, exist_ok=True)
-            with atomic_output(os.path.join(self._output_dir, DETECTIONS_FILE)) as tmp:
-                tmp.write_text(json.dumps(predictions))
         if not predictions:
             logger.warning("%s: no detections; every miss rate is 100%%", self._dataset_name)
 
@@ -126,8 +153,6 @@ class MissRateEvaluator(DatasetEvaluator):
         mr = OrderedDict((name, 100.0 * c.log_average) for name, c in curves.items())
         logger.info("Miss rate (%%) on %s:\n%s", self._dataset_name, create_small_table(mr))
         if self._plot and self._output_dir:
-            from .plots import plot_mr_fppi
-
             plot_mr_fppi(curves, os.path.join(self._output_dir, PLOT_FILE),
                          title=f"{self._dataset_name} ({self._protocol.name})")
         return OrderedDict(MR=copy.deepcopy(mr))
@@ -139,6 +164,59 @@ def miss_rate(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> Dat
     return MissRateEvaluator(
         dataset_name, output_dir, setups=cfg.TEST.MISS_RATE.SETUPS or None, plot=cfg.TEST.MISS_RATE.PLOT
     )
+
+
+class CrowdHumanEvaluator(DatasetEvaluator):
+    """AP@0.5, MR^-2 and JI (%) of a CrowdHuman-style data set, as CrowdDet computes them
+    (:mod:`hkd_d2.evaluation.crowdhuman`), against the records' full boxes (``bbox``)."""
+
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
+        self._dataset_name = dataset_name
+        self._output_dir = output_dir
+        self._predictions: List[Dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self._predictions = []
+
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+        self._predictions.extend(coco_results(inputs, outputs))
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        """{"crowdhuman": {"AP", "MR", "JI"} in percent} on the main process, {} elsewhere."""
+        predictions = gather_results(self._predictions, self._output_dir, CROWDHUMAN_DETECTIONS_FILE)
+        if predictions is None:
+            return {}
+        by_image: Dict[Any, List[Dict]] = {}
+        for p in predictions:
+            by_image.setdefault(p["image_id"], []).append(p)
+        images = [crowdhuman_image(r, by_image.get(r["image_id"], ())) for r in DatasetCatalog.get(self._dataset_name)]
+        metrics = OrderedDict((k, 100.0 * v) for k, v in crowdhuman_metrics(images).items())
+        logger.info("CrowdHuman metrics (%%) on %s:\n%s", self._dataset_name, create_small_table(metrics))
+        return OrderedDict(crowdhuman=metrics)
+
+
+def crowdhuman_image(record: Dict[str, Any], results: Sequence[Dict[str, Any]]) -> CrowdHumanImage:
+    """A record (annotations with full ``bbox``, ``ignore``) and its COCO results as one image."""
+    anns = record.get("annotations", ())
+    gt = []
+    for a in anns:
+        box = BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS)
+        gt.append(box)
+    dt = [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in results)]
+    return CrowdHumanImage(
+        gt=np.asarray(gt, np.float64).reshape(-1, 4),
+        ignore=np.array([bool(a.get("ignore", 0)) for a in anns], bool),
+        dt=np.asarray(dt, np.float64).reshape(-1, 4),
+        scores=np.array([r["score"] for r in results], np.float64),
+        width=record["width"],
+        height=record["height"],
+    )
+
+
+@EVALUATOR_REGISTRY.register()
+def crowdhuman(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> DatasetEvaluator:
+    """Builder of :class:`CrowdHumanEvaluator` for ``evaluator_type == "crowdhuman"``."""
+    return CrowdHumanEvaluator(dataset_name, output_dir)
 
 
 def build_evaluator(cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None) -> DatasetEvaluator:

@@ -10,7 +10,8 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .miss_rate import TOOLBOX_FPPI_REFS, MissRateCurve, log_average_miss_rate
+from .miss_rate.matching import MissRateCurve, log_average_miss_rate
+from .miss_rate.protocols import TOOLBOX_FPPI_REFS
 
 __all__ = ["plot_mr_fppi", "MISS_RATE_TICKS"]
 

@@ -1,0 +1,279 @@
+"""The matching core of the miss-rate protocols: MR-FPPI curves and log-average miss rates.
+
+Per setup, ground truth outside the setup's ranges becomes ignore, detections outside the expanded
+height range are dropped, detections are matched greedily in score order (non-ignored ground truth
+preferred; ignored boxes may absorb many detections and take them off the curve), and recall is
+sampled at the protocol's reference FPPI points (see the package docstring).
+"""
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .inputs import Detections, GroundTruth
+from .protocols import MIN_MISS_RATE, TOOLBOX_FPPI_REFS, Protocol, Setup, get_protocol
+
+__all__ = ["MissRateCurve", "log_average_miss_rate", "evaluate_setup", "miss_rate_curves", "evaluate_miss_rate"]
+
+logger = logging.getLogger(__name__)
+
+@dataclass
+class MissRateCurve:
+    """Result of one setup.
+
+    Attributes:
+        fppi: (K,) false positives per image after each counted detection (score order).
+        miss_rate: (K,) miss rate (1 - recall) after each counted detection.
+        miss_at_refs: (R,) miss rate sampled at the protocol's reference FPPI points.
+        log_average: MR, ``exp(mean(log(max(min_miss_rate, miss_at_refs))))``; NaN without positives
+            (the protocol's ``empty_setup_miss_rate`` when there are no detections either).
+    """
+
+    fppi: np.ndarray
+    miss_rate: np.ndarray
+    miss_at_refs: np.ndarray
+    log_average: float
+    fppi_refs: Tuple[float, ...] = field(default=TOOLBOX_FPPI_REFS)
+
+
+def _standardise(boxes: np.ndarray, aspect_ratio: float) -> np.ndarray:
+    """(N, 4) xywh -> same height and centre, width ``aspect_ratio * h`` (bbApply squarify 3)."""
+    out = boxes.copy()
+    out[:, 2] = boxes[:, 3] * aspect_ratio
+    out[:, 0] = boxes[:, 0] + (boxes[:, 2] - out[:, 2]) / 2
+    return out
+
+
+def _setup_ignore(gt: GroundTruth, protocol: Protocol, setup: Setup) -> np.ndarray:
+    """(N,) bool ignore flags of the ground truth under one setup (see :class:`Setup` for the ranges)."""
+    if gt.final:
+        return gt.ignore
+    (h0, h1), (v0, v1) = setup.height_range, setup.vis_range
+    above = gt.height > h1 if protocol.height_top_inclusive else gt.height >= h1
+    ignore = gt.ignore | (gt.height < h0) | above | (gt.vis < v0) | (gt.vis > v1)
+    for levels, (lo, hi) in ((gt.occlusion, setup.occlusion_range), (gt.truncation, setup.truncation_range)):
+        ignore = ignore | (levels < lo) | (levels >= hi)
+    if protocol.border is not None:
+        x0, y0, x1, y1 = protocol.border
+        boxes = gt.boxes
+        right, bottom = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+        inside = (
+            (boxes[:, 0] >= x0) & (boxes[:, 0] <= x1) & (right >= x0) & (right <= x1)
+            & (boxes[:, 1] >= y0) & (boxes[:, 1] <= y1) & (bottom >= y0) & (bottom <= y1)
+        )
+        ignore = ignore | ~inside
+    return ignore
+
+
+def _ranked_detections(dt: Detections, protocol: Protocol) -> np.ndarray:
+    """Indices of ``dt`` ordered by (image, score descending, file order), top ``max_dets`` each."""
+    order = np.lexsort((np.arange(len(dt.scores)), -dt.scores, dt.image_index))
+    if protocol.max_dets is not None and len(order):
+        images = dt.image_index[order]
+        first = np.searchsorted(images, images, side="left")
+        order = order[np.arange(len(order)) - first < protocol.max_dets]
+    return order
+
+
+def _pairs(dt_image: np.ndarray, gt_image: np.ndarray, num_images: int) -> Tuple[np.ndarray, np.ndarray]:
+    """All (detection, gt) index pairs within the same image; gt must be sorted by image."""
+    gt_count = np.bincount(gt_image, minlength=num_images)
+    gt_start = np.concatenate(([0], np.cumsum(gt_count)[:-1]))
+    per_dt = gt_count[dt_image]
+    pair_dt = np.repeat(np.arange(len(dt_image)), per_dt)
+    block_start = np.repeat(np.cumsum(per_dt) - per_dt, per_dt)
+    pair_gt = np.repeat(gt_start[dt_image], per_dt) + np.arange(len(pair_dt)) - block_start
+    return pair_dt, pair_gt
+
+
+def _intersections(dt_boxes: np.ndarray, gt_boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Row-wise intersection area of (P, 4) xywh pairs, and whether they overlap at all (P,)."""
+    iw = np.minimum(dt_boxes[:, 0] + dt_boxes[:, 2], gt_boxes[:, 0] + gt_boxes[:, 2]) - np.maximum(
+        dt_boxes[:, 0], gt_boxes[:, 0])
+    ih = np.minimum(dt_boxes[:, 1] + dt_boxes[:, 3], gt_boxes[:, 1] + gt_boxes[:, 3]) - np.maximum(
+        dt_boxes[:, 1], gt_boxes[:, 1])
+    return iw * ih, (iw > 0) & (ih > 0)
+
+
+@dataclass
+class _PairGeometry:
+    """Setup-independent work shared by all setups of one (gt, dt) evaluation.
+
+    Detections are ranked (image, score desc, file order; top ``max_dets`` per image) and
+    standardised; ground truth is sorted by image. Only overlapping (detection, gt) pairs are
+    kept, with the areas needed for IoU against the standardised gt box (used when the gt is
+    not ignored) and intersection-over-detection-area against the raw gt box (when ignored).
+    """
+
+    dt_order: np.ndarray  # (M,) indices into the Detections
+    dt_height: np.ndarray  # (M,)
+    gt_order: np.ndarray  # (N,) indices into the GroundTruth
+    pair_dt: np.ndarray  # (P,) into dt_order
+    pair_gt: np.ndarray  # (P,) into gt_order
+    inter_raw: np.ndarray  # (P,) intersection with the raw gt box (0 if none)
+    inter_std: np.ndarray  # (P,) intersection with the standardised gt box (0 if none)
+    union_std: np.ndarray  # (P,) union with the standardised gt box
+    union_raw: np.ndarray  # (P,) union with the raw gt box
+    dt_area: np.ndarray  # (P,)
+    ioa: np.ndarray  # (N,) bool, gt (in gt_order) overlapped by IoA when ignored
+
+    @classmethod
+    def build(cls, gt: GroundTruth, dt: Detections, protocol: Protocol) -> "_PairGeometry":
+        dt_order = _ranked_detections(dt, protocol)
+        dt_boxes = dt.boxes[dt_order]
+        if protocol.aspect_ratio is not None and not dt.final:
+            dt_boxes = _standardise(dt_boxes, protocol.aspect_ratio)
+        gt_order = np.argsort(gt.image_index, kind="stable")
+        gt_raw = gt.boxes[gt_order]
+        pair_dt, pair_gt = _pairs(dt.image_index[dt_order], gt.image_index[gt_order], gt.num_images)
+        d, g_raw = dt_boxes[pair_dt], gt_raw[pair_gt]
+        inter_raw, hit_raw = _intersections(d, g_raw)
+        if protocol.aspect_ratio is not None and not gt.final:
+            g_std = _standardise(g_raw, protocol.aspect_ratio)
+            inter_std, hit_std = _intersections(d, g_std)
+        else:
+            g_std, inter_std, hit_std = g_raw, inter_raw, hit_raw
+        keep = hit_raw | hit_std
+        inter_raw = np.where(hit_raw, inter_raw, 0.0)[keep]
+        inter_std = np.where(hit_std, inter_std, 0.0)[keep]
+        dt_area = (d[keep, 2] * d[keep, 3])
+        union_std = dt_area + g_std[keep, 2] * g_std[keep, 3] - inter_std
+        union_raw = dt_area + g_raw[keep, 2] * g_raw[keep, 3] - inter_raw
+        return cls(dt_order, dt_boxes[:, 3], gt_order, pair_dt[keep], pair_gt[keep],
+                   inter_raw, inter_std, union_std, union_raw, dt_area, gt.ioa[gt_order])
+
+    def overlaps(self, pair_ignored: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """(len(pairs),) overlap of the selected pairs: for ignored gt IoA (regions) or IoU with
+        the raw box, otherwise IoU with the standardised box."""
+        region = pair_ignored & self.ioa[self.pair_gt[pairs]]
+        inter = np.where(pair_ignored, self.inter_raw[pairs], self.inter_std[pairs])
+        denom = np.where(region, self.dt_area[pairs],
+                         np.where(pair_ignored, self.union_raw[pairs], self.union_std[pairs]))
+        return np.divide(inter, denom, out=np.zeros_like(inter), where=inter > 0)
+
+
+def _greedy_match(
+    num_dt: int, pair_dt: np.ndarray, pair_gt: np.ndarray, overlap: np.ndarray, pair_ignored: np.ndarray,
+    num_gt: int, threshold: float,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Greedy matching of detections (in processing order) to ground truth.
+
+    Returns (M,) bool true positives and (M,) bool "matched an ignore region" flags. A detection
+    takes the unmatched non-ignored gt of highest overlap >= threshold (ties: the later gt, as
+    the toolbox's ``>=`` update does); failing that, any ignored gt with overlap >= threshold.
+    """
+    hit = overlap >= min(threshold, 1 - 1e-10)
+    on_ignore = np.zeros(num_dt, dtype=bool)
+    on_ignore[pair_dt[hit & pair_ignored]] = True
+    regular = hit & ~pair_ignored
+    cand_dt, cand_gt, cand_ov = pair_dt[regular], pair_gt[regular], overlap[regular]
+    order = np.lexsort((-cand_gt, -cand_ov, cand_dt))
+    cand_dt, cand_gt = cand_dt[order].tolist(), cand_gt[order].tolist()
+    tp = np.zeros(num_dt, dtype=bool)
+    used = bytearray(num_gt)
+    current, done = -1, False
+    for d, g in zip(cand_dt, cand_gt):
+        if d != current:
+            current, done = d, False
+        if done or used[g]:
+            continue
+        used[g] = 1
+        tp[d] = True
+        done = True
+    return tp, on_ignore & ~tp
+
+
+def log_average_miss_rate(
+    fppi: np.ndarray,
+    recall: np.ndarray,
+    fppi_refs: Sequence[float] = TOOLBOX_FPPI_REFS,
+    min_miss_rate: float = MIN_MISS_RATE,
+) -> Tuple[float, np.ndarray]:
+    """MR over the reference points and the (R,) miss rates sampled there.
+
+    ``fppi``/``recall`` (K,) follow the detections in score order. At each reference point the
+    recall of the last detection with ``fppi <= ref`` is taken, 0 if there is none (bbGt
+    compRoc's ``[-inf; xs]`` / ``[0; ys]`` padding). Miss rates are clamped to
+    ``min_miss_rate`` before the log; with 0 (dbEval.m) a miss rate of 0 makes MR 0.
+    """
+    last = np.searchsorted(fppi, np.asarray(fppi_refs), side="right") - 1
+    padded = np.concatenate(([0.0], np.asarray(recall, dtype=np.float64)))
+    miss = 1.0 - padded[last + 1]
+    with np.errstate(divide="ignore"):
+        return float(np.exp(np.mean(np.log(np.maximum(min_miss_rate, miss))))), miss
+
+
+def evaluate_setup(
+    gt: GroundTruth,
+    dt: Detections,
+    protocol: Union[str, Protocol],
+    setup: Union[str, Setup],
+    geometry: Optional[_PairGeometry] = None,
+) -> MissRateCurve:
+    """MR-FPPI curve and MR of ``dt`` against ``gt`` under one setup of ``protocol``.
+
+    ``geometry`` (setup-independent pair work) is built when not given; :func:`miss_rate_curves`
+    shares one between setups.
+    """
+    protocol = get_protocol(protocol)
+    if isinstance(setup, str):
+        if setup not in protocol.setups:
+            raise KeyError(f"Unknown setup {setup!r} of protocol {protocol.name!r}; known: {list(protocol.setups)}")
+        setup = protocol.setups[setup]
+    geo = geometry if geometry is not None else _PairGeometry.build(gt, dt, protocol)
+    gt_ignore = _setup_ignore(gt, protocol, setup)[geo.gt_order]
+
+    h0, h1 = setup.height_range
+    low = h0 / protocol.expand_filter
+    above_low = geo.dt_height >= low if protocol.det_min_height_inclusive else geo.dt_height > low
+    kept = above_low & (geo.dt_height < h1 * protocol.expand_filter)
+    new_index = np.cumsum(kept) - 1
+    pairs = np.flatnonzero(kept[geo.pair_dt])
+    pair_gt = geo.pair_gt[pairs]
+    pair_ignored = gt_ignore[pair_gt]
+    overlap = geo.overlaps(pair_ignored, pairs)
+    num_dt = int(kept.sum())
+    tp, ignored = _greedy_match(
+        num_dt, new_index[geo.pair_dt[pairs]], pair_gt, overlap, pair_ignored, len(gt_ignore), protocol.iou_threshold
+    )
+    num_pos = int(np.count_nonzero(~gt_ignore))
+    counted = ~ignored
+    dt_scores = dt.scores[geo.dt_order[kept]]
+    rank = np.argsort(-dt_scores[counted], kind="stable")
+    tp = tp[counted][rank]
+    fppi = np.cumsum(~tp) / gt.num_images
+    if num_pos == 0:
+        mr = protocol.empty_setup_miss_rate if len(tp) == 0 else math.nan
+        if math.isnan(mr):
+            logger.warning("%s: no non-ignored ground truth in this setup; MR is undefined (NaN)", gt.source)
+        at_refs = np.full(len(protocol.fppi_refs), mr)
+        return MissRateCurve(fppi, np.full(len(tp), np.nan), at_refs, mr, protocol.fppi_refs)
+    recall = np.cumsum(tp) / num_pos
+    mr, miss = log_average_miss_rate(fppi, recall, protocol.fppi_refs, protocol.min_miss_rate)
+    return MissRateCurve(fppi, 1.0 - recall, miss, mr, protocol.fppi_refs)
+
+
+def miss_rate_curves(
+    gt: GroundTruth,
+    dt: Detections,
+    protocol: Union[str, Protocol] = "citypersons",
+    setups: Optional[Sequence[str]] = None,
+) -> Dict[str, MissRateCurve]:
+    """{setup: MissRateCurve} for ``setups`` (default: the protocol's standard ones)."""
+    protocol = get_protocol(protocol)
+    geometry = _PairGeometry.build(gt, dt, protocol)
+    return {name: evaluate_setup(gt, dt, protocol, name, geometry) for name in (setups or protocol.default_setups)}
+
+
+def evaluate_miss_rate(
+    gt: GroundTruth,
+    dt: Detections,
+    protocol: Union[str, Protocol] = "citypersons",
+    setups: Optional[Sequence[str]] = None,
+) -> Dict[str, float]:
+    """{setup: log-average miss rate as a fraction} (NaN where a setup has no positives)."""
+    return {name: c.log_average for name, c in miss_rate_curves(gt, dt, protocol, setups).items()}
+
+
