@@ -160,11 +160,12 @@ def pytorch(cfg: CfgNode, model: nn.Module, state: Dict[str, torch.Tensor], out:
 
 
 def load_student_config(config_file: str, opts: Optional[Sequence[str]] = None) -> CfgNode:
-    """Load an exported ``student.yaml`` (hkd keys at their defaults) with a relative
-    ``MODEL.WEIGHTS`` taken relative to the YAML's folder."""
+    """Load an exported ``student.yaml`` (hkd keys at their defaults); a relative
+    ``MODEL.WEIGHTS`` is taken relative to the YAML's folder when the file is there."""
     cfg = load_config(config_file, opts)
-    if cfg.MODEL.WEIGHTS and not os.path.isabs(cfg.MODEL.WEIGHTS):
-        cfg.MODEL.WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(config_file)), cfg.MODEL.WEIGHTS)
+    weights = os.path.join(os.path.dirname(os.path.abspath(config_file)), cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS and not os.path.isabs(cfg.MODEL.WEIGHTS) and os.path.isfile(weights):
+        cfg.MODEL.WEIGHTS = weights
     return cfg
 
 

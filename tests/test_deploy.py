@@ -24,6 +24,9 @@ from hkd_d2.deploy import METADATA_KEY, DeployedPredictor, ExportMetadata
 from hkd_d2.export import load_student_config
 from hkd_d2.tools.inference import build_predictor
 from hkd_d2.tools.runs import build_run_config, evaluate, train
+from hkd_d2.tools.video import main as video_main
+
+from .test_tools import _write_video
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "export_student.py"
@@ -173,3 +176,13 @@ def test_metadata_round_trip_and_version_check():
     assert ExportMetadata.from_json(meta.to_json(), "x.onnx") == meta
     with pytest.raises(ValueError, match="x.onnx: malformed"):
         ExportMetadata.from_json(json.dumps({"format_version": 1, "surprise": 2}), "x.onnx")
+
+
+@pytest.mark.slow
+def test_video_tool_runs_the_onnx_student(exported, tmp_path):
+    src, dst = tmp_path / "in.avi", tmp_path / "out.mp4"
+    _write_video(src, 3, size=(96, 72))
+    figures = video_main(["--exported", exported["written"]["onnx"], "--input", str(src), "--output", str(dst)])
+    assert figures["frames"] == 3 and figures["detector_fps"] > 0
+    assert figures["score_threshold"] == pytest.approx(0.3)  # the export's deployment threshold
+    assert dst.is_file() and json.loads(Path(f"{dst}.json").read_text())["frames"] == 3
