@@ -24,7 +24,7 @@ from hkd_d2.tools.runs import evaluate
 logger = logging.getLogger("hkd_d2.export")
 
 # Calibration images for --int8 (evenly spaced over the first training set).
-DEFAULT_CALIB_IMAGES = 32
+DEFAULT_CALIB_IMAGES = 100
 INT8_REPORT = "int8_miss_rate.json"
 
 
