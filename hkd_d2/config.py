@@ -154,6 +154,13 @@ def _add_data_config(cfg: CN) -> None:
     cfg.DATASETS.TRAIN_BOX = "full"
 
 
+def _add_export_config(cfg: CN) -> None:
+    cfg.EXPORT = CN()
+    # Deployment score threshold: SCORE_THRESH_TEST of the exported student.yaml and the default of
+    # DeployedPredictor (the config's own SCORE_THRESH_TEST, for miss rates, stays inside the graphs).
+    cfg.EXPORT.SCORE_THRESH_TEST = 0.3
+
+
 def add_hkd_config(cfg: CN) -> CN:
     """Add every hkd_d2 key (with its default) to ``cfg`` in place and return it."""
     for add in (
@@ -164,6 +171,7 @@ def add_hkd_config(cfg: CN) -> CN:
         _add_ignore_config,
         _add_eval_config,
         _add_data_config,
+        _add_export_config,
     ):
         add(cfg)
     return cfg

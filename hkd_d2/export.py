@@ -1,33 +1,91 @@
-"""Export the student of a distillation run as a plain detector (checkpoint + config).
+"""Export the student of a distillation run: a plain detector, TorchScript, ONNX (fp32, int8).
 
-The written ``student.yaml`` has ``META_ARCHITECTURE: GeneralizedRCNN``, default (unused)
-``MODEL.TEACHER``/``MODEL.DISTILL`` and ``MODEL.WEIGHTS`` set to the absolute path of
-``student.pth``, which holds exactly the student detector's keys (distillation-only
-parameters such as channel adapters are dropped). Load it with::
+Formats (``EXPORT_FORMATS``, any subset):
 
-    import hkd_d2
-    cfg = hkd_d2.add_hkd_config(get_cfg()); cfg.merge_from_file("student.yaml")
-    predictor = DefaultPredictor(cfg)
+* ``"pytorch"``: ``student.pth`` (exactly the student detector's keys; distillation-only
+  parameters such as channel adapters are dropped) + ``student.yaml``, a plain
+  ``GeneralizedRCNN`` config without the teacher/distillation/export keys, with
+  ``MODEL.WEIGHTS: student.pth`` (relative to the YAML) and the deployment threshold
+  ``EXPORT.SCORE_THRESH_TEST`` as ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``. Load it with
+  :func:`load_student_config`, or with Detectron2 alone (see the README)::
+
+      import hkd_d2
+      cfg = hkd_d2.export.load_student_config("student/student.yaml")
+      predictor = DefaultPredictor(cfg)
+
+* ``"torchscript"``: ``student.ts``, :class:`DetectorGraph` scripted with
+  ``detectron2.export.scripting_with_instances`` (control flow kept, any input size);
+* ``"onnx"``: ``student.onnx``, :class:`DetectorGraph` traced by ``torch.onnx.export``
+  (``dynamo=False``, opset ``>= MIN_ONNX_OPSET`` for aligned RoIAlign) with dynamic H and W;
+  optionally ``student.int8.onnx`` (:func:`quantize_onnx`, ONNX Runtime static quantization).
+
+Graph files carry :class:`~hkd_d2.deploy.ExportMetadata`; run them with
+:class:`~hkd_d2.deploy.DeployedPredictor`. Written files are mode ``FILE_MODE``.
 """
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data.detection_utils import read_image
+from detectron2.export import scripting_with_instances
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes
+from detectron2.utils.registry import Registry
+from torch import nn
 
+from . import __version__
 from .atomic import atomic_output
 from .config import add_hkd_config
+from .deploy import EXPORT_FORMAT_VERSION, GRAPH_INPUT, GRAPH_OUTPUTS, METADATA_KEY, ExportMetadata
+from .engine.setup import load_config
 from .modeling.distiller import DISTILL_ONLY_PREFIXES
 
-__all__ = ["export_student", "student_config", "student_state_dict"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "DetectorGraph",
+    "export_student",
+    "export_formats",
+    "load_student",
+    "load_student_config",
+    "quantize_onnx",
+    "student_config",
+    "student_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
 STUDENT_WEIGHTS = "student.pth"
 STUDENT_CONFIG = "student.yaml"
+TORCHSCRIPT_FILE = "student.ts"
+ONNX_FILE = "student.onnx"
+INT8_FILE = "student.int8.onnx"
+# Permissions of every written file (Detectron2's outputs are 0644; mkstemp gives 0600).
+FILE_MODE = 0o644
+# Opset 16 is the first whose RoiAlign has the aligned (half-pixel) mode of ROIAlignV2; with
+# Detectron2's stable opset 11 the exported boxes silently differ.
+MIN_ONNX_OPSET = 16
+ONNX_OPSET = 17
+# Keys of the distillation config that the plain student config leaves out.
+TRAINING_ONLY_KEYS = (("MODEL", "TEACHER"), ("MODEL", "DISTILL"), ("EXPORT",))
+# Instances fields used inside GeneralizedRCNN inference (scripting needs them declared).
+INSTANCES_FIELDS = {
+    "proposal_boxes": Boxes,
+    "objectness_logits": torch.Tensor,
+    "pred_boxes": Boxes,
+    "scores": torch.Tensor,
+    "pred_classes": torch.Tensor,
+}
+
+EXPORT_FORMATS = Registry("EXPORT_FORMAT")
+EXPORT_FORMATS.__doc__ = """
+Export formats by name. Each is ``fn(cfg, model, state, out: Path, **options) -> Dict[str, str]``
+(``cfg``: the student config; ``model``: the student GeneralizedRCNN, eval mode, CPU, weights
+loaded; ``state``: its state dict) and returns {artifact name: written path}.
+"""
 
 
 def student_config(cfg: CfgNode) -> CfgNode:
@@ -56,34 +114,224 @@ def student_state_dict(
     return kept
 
 
-def export_student(cfg: CfgNode, weights: str, out_dir: str) -> Tuple[str, str]:
-    """Write ``student.pth`` and ``student.yaml`` for the student trained under ``cfg``.
-
-    Args:
-        cfg: the distillation config (e.g. ``configs/*/hkd_R50_to_R18.yaml``).
-        weights: a checkpoint written by the trainer for that config (``model_final.pth``).
-        out_dir: output folder (created).
-
-    Returns:
-        Paths of the written checkpoint and config.
-    """
+def load_student(cfg: CfgNode, weights: str) -> Tuple[CfgNode, nn.Module, Dict[str, torch.Tensor]]:
+    """The student config, the student detector (eval, CPU) with the weights of ``weights`` (a
+    checkpoint of ``cfg``), and its state dict. Raises naming the file when it is missing or
+    holds another model."""
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"Distillation checkpoint not found: {weights}")
     student_cfg = student_config(cfg)
-    check_cfg = student_cfg.clone()
-    check_cfg.MODEL.DEVICE = "cpu"
-    model = build_model(check_cfg)
+    student_cfg.MODEL.DEVICE = "cpu"
+    model = build_model(student_cfg)
     checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
     state = student_state_dict(checkpoint.get("model", checkpoint), model.state_dict().keys(), weights)
     model.load_state_dict(state, strict=True)
+    return student_cfg, model.eval(), state
 
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+
+def _finish(path: Path) -> str:
+    os.chmod(path, FILE_MODE)
+    return str(path)
+
+
+def deploy_config(student_cfg: CfgNode, deploy_threshold: float) -> CfgNode:
+    """``student_cfg`` as written to ``student.yaml``: training-only keys removed, deployment
+    score threshold, weights next to the YAML."""
+    cfg = student_cfg.clone()
+    for *parents, key in TRAINING_ONLY_KEYS:
+        node = cfg
+        for name in parents:
+            node = node[name]
+        node.pop(key, None)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = deploy_threshold
+    cfg.MODEL.WEIGHTS = STUDENT_WEIGHTS
+    return cfg
+
+
+@EXPORT_FORMATS.register()
+def pytorch(cfg: CfgNode, model: nn.Module, state: Dict[str, torch.Tensor], out: Path, **_) -> Dict[str, str]:
+    """``student.pth`` + ``student.yaml``."""
     weights_path, config_path = out / STUDENT_WEIGHTS, out / STUDENT_CONFIG
     with atomic_output(weights_path) as tmp:
         torch.save({"model": state}, tmp)
-    student_cfg.MODEL.WEIGHTS = str(weights_path)
     with atomic_output(config_path) as tmp:
-        tmp.write_text(student_cfg.dump())
-    logger.info(f"Student exported to {weights_path} and {config_path}")
-    return str(weights_path), str(config_path)
+        tmp.write_text(deploy_config(cfg, cfg.EXPORT.SCORE_THRESH_TEST).dump())
+    return {"weights": _finish(weights_path), "config": _finish(config_path)}
+
+
+def load_student_config(config_file: str, opts: Optional[Sequence[str]] = None) -> CfgNode:
+    """Load an exported ``student.yaml`` (hkd keys at their defaults); a relative
+    ``MODEL.WEIGHTS`` is taken relative to the YAML's folder when the file is there."""
+    cfg = load_config(config_file, opts)
+    weights = os.path.join(os.path.dirname(os.path.abspath(config_file)), cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS and not os.path.isabs(cfg.MODEL.WEIGHTS) and os.path.isfile(weights):
+        cfg.MODEL.WEIGHTS = weights
+    return cfg
+
+
+class DetectorGraph(nn.Module):
+    """The exported graph: a ``GeneralizedRCNN`` on one image, without the final resize.
+
+    ``forward(image Tensor (3, H, W) float32, INPUT.FORMAT)`` -> ``boxes (R, 4)`` XYXY in
+    that image's coordinates, ``scores (R,)``, ``classes (R,)`` int64: the box head's
+    inference (its score threshold, NMS, ``DETECTIONS_PER_IMAGE``) with normalisation and
+    padding inside.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        instances = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+def export_metadata(cfg: CfgNode, fmt: str, int8: bool = False) -> ExportMetadata:
+    return ExportMetadata(
+        format_version=EXPORT_FORMAT_VERSION,
+        hkd_d2_version=__version__,
+        format=fmt,
+        int8=int8,
+        input_format=cfg.INPUT.FORMAT,
+        min_size_test=cfg.INPUT.MIN_SIZE_TEST,
+        max_size_test=cfg.INPUT.MAX_SIZE_TEST,
+        graph_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        score_thresh=cfg.EXPORT.SCORE_THRESH_TEST,
+        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+    )
+
+
+def _sample_image(cfg: CfgNode) -> torch.Tensor:
+    """A random ``(3, MIN_SIZE_TEST, MAX_SIZE_TEST)`` input to trace with (H, W stay dynamic)."""
+    generator = torch.Generator().manual_seed(0)
+    size = (3, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    return torch.randint(0, 256, size, generator=generator).float()
+
+
+@EXPORT_FORMATS.register()
+def torchscript(cfg: CfgNode, model: nn.Module, state, out: Path, **_) -> Dict[str, str]:
+    """``student.ts``: the scripted :class:`DetectorGraph`."""
+    scripted = scripting_with_instances(DetectorGraph(model).eval(), INSTANCES_FIELDS)
+    path = out / TORCHSCRIPT_FILE
+    with atomic_output(path) as tmp:
+        torch.jit.save(scripted, str(tmp), _extra_files={f"{METADATA_KEY}.json": export_metadata(cfg, "torchscript").to_json()})
+    return {"torchscript": _finish(path)}
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("ONNX export needs the onnx package, which is not installed: pip install -e .[deploy]") from None
+    return onnx
+
+
+def _stamp_onnx(path: Path, meta: ExportMetadata) -> None:
+    """Write ``meta`` into the ONNX file's ``metadata_props``."""
+    onnx_lib = _import_onnx()
+    proto = onnx_lib.load(str(path))
+    del proto.metadata_props[:]
+    onnx_lib.helper.set_model_props(proto, {METADATA_KEY: meta.to_json()})
+    onnx_lib.save(proto, str(path))
+
+
+@EXPORT_FORMATS.register()
+def onnx(cfg: CfgNode, model: nn.Module, state, out: Path, opset: int = ONNX_OPSET,
+         calibration: Optional[Callable[[], Iterable[np.ndarray]]] = None, **_) -> Dict[str, str]:
+    """``student.onnx`` (traced :class:`DetectorGraph`, dynamic H and W); with ``calibration``
+    (a callable yielding graph inputs), ``student.int8.onnx`` too."""
+    if opset < MIN_ONNX_OPSET:
+        raise ValueError(f"ONNX opset {opset} has no aligned RoIAlign: use opset >= {MIN_ONNX_OPSET}")
+    _import_onnx()
+    path = out / ONNX_FILE
+    dynamic = {GRAPH_INPUT: {1: "height", 2: "width"}, **{name: {0: "detections"} for name in GRAPH_OUTPUTS}}
+    with atomic_output(path) as tmp, torch.no_grad():
+        torch.onnx.export(DetectorGraph(model).eval(), (_sample_image(cfg),), str(tmp), dynamo=False,
+                          opset_version=opset, input_names=[GRAPH_INPUT], output_names=list(GRAPH_OUTPUTS),
+                          dynamic_axes=dynamic)
+        _stamp_onnx(tmp, export_metadata(cfg, "onnx"))
+    written = {"onnx": _finish(path)}
+    if calibration is not None:
+        int8_path = out / INT8_FILE
+        with atomic_output(int8_path) as tmp:
+            quantize_onnx(path, tmp, calibration())
+            _stamp_onnx(tmp, export_metadata(cfg, "onnx", int8=True))
+        written["onnx_int8"] = _finish(int8_path)
+    return written
+
+
+# Ops given int8 weights and activations; the rest (RoiAlign, NMS, TopK, box decoding) stay fp32.
+INT8_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def quantize_onnx(fp32_path: os.PathLike, int8_path: os.PathLike, images: Iterable[np.ndarray]) -> None:
+    """ONNX Runtime static quantization of ``fp32_path`` into ``int8_path``: QDQ format, int8
+    per-channel weights, uint8 activations whose ranges are calibrated (min-max) on ``images``
+    (graph inputs, ``(3, H, W)`` float32)."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise ImportError("int8 export needs ONNX Runtime, which is not installed: pip install -e .[deploy]") from None
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.inputs = iter({GRAPH_INPUT: np.ascontiguousarray(x, dtype=np.float32)} for x in images)
+
+        def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+            return next(self.inputs, None)
+
+    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(INT8_OPS), per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def export_formats(cfg: CfgNode, weights: str, out_dir: str, formats: Sequence[str] = ("pytorch",),
+                   **options) -> Dict[str, str]:
+    """Export the student trained under ``cfg`` (checkpoint ``weights``) in ``formats``.
+
+    Args:
+        cfg: the distillation (or plain student) config.
+        weights: a checkpoint written by the trainer for that config (``model_final.pth``).
+        out_dir: output folder (created).
+        formats: names in ``EXPORT_FORMATS``.
+        options: passed to every format (``opset``, ``calibration`` for int8 ONNX).
+
+    Returns:
+        {artifact: path}: ``weights``/``config`` (pytorch), ``torchscript``, ``onnx``, ``onnx_int8``.
+    """
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ValueError(f"Unknown export format(s) {unknown}; choose from {sorted(name for name, _ in EXPORT_FORMATS)}")
+    student_cfg, model, state = load_student(cfg, weights)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    written: Dict[str, str] = {}
+    for fmt in formats:
+        written.update(EXPORT_FORMATS.get(fmt)(student_cfg, model, state, out, **options))
+    for name, path in written.items():
+        logger.info(f"Exported {name}: {path}")
+    return written
+
+
+def export_student(cfg: CfgNode, weights: str, out_dir: str) -> Tuple[str, str]:
+    """Write ``student.pth`` and ``student.yaml`` for the student trained under ``cfg``;
+    return their paths (the ``"pytorch"`` format of :func:`export_formats`)."""
+    written = export_formats(cfg, weights, out_dir, ("pytorch",))
+    return written["weights"], written["config"]
+
+
+def calibration_images(records: List[Dict], count: int,
+                       preprocess: Callable[[np.ndarray], torch.Tensor]) -> Callable[[], Iterable[np.ndarray]]:
+    """A callable yielding ``count`` graph inputs: records (Detectron2 dicts with ``file_name``)
+    evenly spaced over ``records``, read as BGR and passed through ``preprocess`` (e.g.
+    :meth:`~hkd_d2.deploy.DeployedPredictor.preprocess`)."""
+    if count < 1 or not records:
+        raise ValueError(f"int8 calibration needs at least one image (got {count} of {len(records)} records)")
+    picks = np.linspace(0, len(records) - 1, min(count, len(records))).round().astype(int)
+
+    def images():
+        for i in picks:
+            yield preprocess(read_image(records[i]["file_name"], format="BGR")).numpy()
+
+    return images

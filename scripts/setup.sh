@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up: creates .venv in the repo, installs torch/torchvision, detectron2 and
-# hkd_d2 (editable, with test extras). A second run only checks and returns in seconds.
+# hkd_d2 (editable, with test and deploy extras). A second run only checks and returns in seconds.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${HKD_VENV:-$ROOT/.venv}"
@@ -9,7 +9,7 @@ TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
 D2_PIN="sal-detectron2==0.7.2"
 STAMP="$VENV/.hkd_setup_done"
 
-if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import detectron2, torchvision, hkd_d2" 2>/dev/null; then
+if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import detectron2, torchvision, hkd_d2, onnx, onnxruntime" 2>/dev/null; then
   exit 0
 fi
 
@@ -45,8 +45,8 @@ if ! "$VPY" -c "import detectron2" 2>/dev/null; then
   pip_install black  # detectron2 needs it to dump lazy configs
 fi
 
-echo "[setup] installing hkd_d2 (editable) with test extras"
-pip_install -e "$ROOT[test]"
-"$VPY" -c "import detectron2, torchvision, hkd_d2"
+echo "[setup] installing hkd_d2 (editable) with test and deploy extras"
+pip_install -e "$ROOT[test,deploy]"
+"$VPY" -c "import detectron2, torchvision, hkd_d2, onnx, onnxruntime"
 touch "$STAMP"
 echo "[setup] done"

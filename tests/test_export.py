@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 
 from hkd_d2.checkpoint import load_detector_weights
-from hkd_d2.config import add_hkd_config
-from hkd_d2.export import export_student
+from hkd_d2.export import export_formats, export_student, load_student_config
 
 from .hkd_helpers import build_hkd, hkd_cfg, student_keys, write_teacher
 
@@ -36,12 +34,11 @@ def test_exported_student_loads_exactly_and_predicts(distilled, tmp_path):
     assert set(saved) == student_keys(cfg)
     assert not any(k.startswith("distill_terms.") for k in saved)
 
-    student_cfg = add_hkd_config(get_cfg())
-    student_cfg.merge_from_file(config_path)
+    student_cfg = load_student_config(config_path)
     assert student_cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
     assert student_cfg.MODEL.TEACHER.CONFIG_FILE == "" and student_cfg.MODEL.TEACHER.WEIGHTS == ""
     assert student_cfg.MODEL.ROI_BOX_HEAD.POOLER_NAME == "PyRoIAlign"
-    assert student_cfg.MODEL.WEIGHTS == weights_path
+    assert student_cfg.MODEL.WEIGHTS == weights_path  # "student.pth" in the file, relative to it
 
     predictor = DefaultPredictor(student_cfg)
     load_detector_weights(predictor.model, weights_path)  # strict: raises on any key mismatch
@@ -74,3 +71,10 @@ def test_command_line_tool(distilled, tmp_path):
     out = tmp_path / "cli"
     tool.main(["--config-file", str(config_file), "--weights", weights, "--output", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ["student.pth", "student.yaml"]
+
+
+def test_unknown_format_is_refused(distilled, tmp_path):
+    cfg, _, weights = distilled
+    with pytest.raises(ValueError, match=r"Unknown export format\(s\) \['tensorrt'\]; choose from \['onnx', 'pytorch', 'torchscript'\]"):
+        export_formats(cfg, weights, str(tmp_path / "export"), ["pytorch", "tensorrt"])
+    assert not (tmp_path / "export").exists()

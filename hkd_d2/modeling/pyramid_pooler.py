@@ -13,7 +13,6 @@ from typing import Dict, List, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
@@ -122,7 +121,8 @@ class PyRoIAlign(ROIPooler):
             len(scales) * in_channels,
             in_channels,
             kernel_size=1,
-            activation=F.relu if fuse_relu else None,
+            # A module, not F.relu: a function held as an attribute cannot be scripted.
+            activation=nn.ReLU() if fuse_relu else None,
         )
         if fuse_init not in FUSE_INITS:
             raise ValueError(f"PyRoIAlign: unknown fuse_init '{fuse_init}', expected one of {sorted(FUSE_INITS)}")
@@ -156,9 +156,8 @@ class PyRoIAlign(ROIPooler):
         if len(box_lists) != x[0].shape[0]:
             raise ValueError(f"{len(box_lists)} box lists for a batch of {x[0].shape[0]} images")
         rois = convert_boxes_to_pooler_format(box_lists)
-        pooled = torch.cat(
-            [pooler(level, rois) for pooler, level in zip(self.level_poolers, x)], dim=1
-        )
+        # enumerate over the ModuleList (not zip with x): the form TorchScript compiles.
+        pooled = torch.cat([pooler(x[level], rois) for level, pooler in enumerate(self.level_poolers)], dim=1)
         return self.fuse(pooled)
 
 

@@ -1,6 +1,6 @@
 """Box head for pedestrians: a pluggable RoI pooler, ignore-aware sampling, and one entry point
 (:meth:`PedestrianROIHeads.pool_and_predict`) that the distiller calls on student and teacher."""
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -23,6 +23,11 @@ class PedestrianROIHeads(StandardROIHeads):
     labels background and that an ignore box covers (IoA >= ``ignore_ioa_threshold``) is
     never sampled. Targets without ``gt_ignore`` are handled exactly as by Detectron2.
     """
+
+    # Constants for TorchScript, as ``detectron2.export`` annotates StandardROIHeads (a subclass
+    # has annotations of its own): scripting then skips the absent mask and keypoint heads.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @configurable
     def __init__(self, *, ignore_regions: bool = True, ignore_ioa_threshold: float = 0.5, **kwargs):
@@ -70,10 +75,11 @@ class PedestrianROIHeads(StandardROIHeads):
         )
         return pooled, self.box_predictor(self.box_head(pooled))
 
-    def _forward_box(
-        self, features: Dict[str, torch.Tensor], proposals: List[Instances]
-    ) -> Union[Dict[str, torch.Tensor], List[Instances]]:
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         """Box branch on top of :meth:`pool_and_predict`.
+
+        No return annotation, as in Detectron2: scripting drops the training branch (a frozen
+        ``training``) and infers ``List[Instances]``; a ``Union`` would not fit its callers.
 
         Returns:
             In training, the box losses (and, with ``train_on_pred_boxes``, ``proposals``

@@ -1,4 +1,4 @@
-"""Benchmark: teacher vs student inference latency, size and compute; HKD training cost; evaluator.
+"""Benchmark: teacher vs student (PyTorch and exported) latency, size and compute; HKD training cost.
 
 Figures (written to ``OUT/benchmark.json`` and ``OUT/benchmark.md``):
 
@@ -13,11 +13,13 @@ Figures (written to ``OUT/benchmark.json`` and ``OUT/benchmark.md``):
   ``HKD step / (student step + teacher forward)``; peak memory: ``torch.cuda.max_memory_allocated``
   on GPU; on CPU the growth of the process's peak resident set (``ru_maxrss``) during the
   steps, each measurement in its own fresh process so the peaks do not mask each other;
-* evaluator time of the vectorised miss-rate core vs the straightforward reference loop of
-  ``benchmarks/miss_rate.py`` on the same input (the shared CityPersons reference files).
+* the exported student (``hkd_d2.export``: TorchScript, ONNX Runtime fp32, ONNX Runtime int8
+  calibrated on generated scenes) in the same latency table, on CPU, through
+  :class:`~hkd_d2.deploy.DeployedPredictor`'s model (``--no-exported`` leaves it out).
+
+The evaluator's speed against a reference loop is ``benchmarks/miss_rate.py``'s.
 """
 import argparse
-import importlib.util
 import logging
 import multiprocessing
 import resource
@@ -34,7 +36,9 @@ from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 from ..data.synthetic import SyntheticConfig, render_scene
+from ..deploy import DeployedPredictor
 from ..engine.setup import load_config
+from ..export import ONNX_FILE, export_formats
 from ..modeling.teacher import REPO_ROOT
 from .complexity import backbone_gmacs, count_parameters
 from .inference import build_predictor, model_inputs
@@ -57,8 +61,15 @@ CONFIGS = {
 HKD_CONFIG = "configs/synthetic/hkd_R50_to_R18.yaml"
 # The student of HKD_CONFIG trained alone (training cost).
 STUDENT_CONFIG = "configs/synthetic/student_R18_FPN.yaml"
-EVAL_REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "citypersons"
-EVAL_BENCHMARK = REPO_ROOT / "benchmarks" / "miss_rate.py"
+# The exported student's rows: name -> file written by export_formats (the "student R18-FPN" detector).
+EXPORTED = {
+    "student R18-FPN, TorchScript": "torchscript",
+    "student R18-FPN, ONNX Runtime fp32": "onnx",
+    "student R18-FPN, ONNX Runtime int8": "onnx_int8",
+}
+EXPORTED_CONFIG = "student R18-FPN"
+# Generated scenes the int8 student is calibrated on.
+CALIBRATION_SCENES = 8
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -71,6 +82,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--train-size", default="480x640", help="training-cost image size HxW")
     p.add_argument("--train-batch", type=int, default=2, help="images per training step")
     p.add_argument("--no-narrow", action="store_true", help="leave out the FPN-32 student")
+    p.add_argument("--no-exported", action="store_true", help="leave out the exported student (TorchScript, ONNX)")
+    p.add_argument("--no-training", action="store_true", help="leave out the training cost (latency only)")
     return p.parse_args(argv)
 
 
@@ -209,20 +222,34 @@ def training_cost(device: str, size: List[int], batch: int, repeats: int) -> Dic
     return results
 
 
-def evaluator_speed(repeats: int) -> Optional[Dict]:
-    """Vectorised miss-rate core vs the reference loop of benchmarks/miss_rate.py (None without
-    the shared reference files or that script)."""
-    gt, dt = EVAL_REFERENCE / "val_gt.json", EVAL_REFERENCE / "dt_synthetic_seed1.json"
-    if not (gt.is_file() and dt.is_file() and EVAL_BENCHMARK.is_file()):
-        logger.warning(f"Evaluator benchmark skipped: needs {gt}, {dt} and {EVAL_BENCHMARK}")
-        return None
-    spec = importlib.util.spec_from_file_location("hkd_benchmarks_miss_rate", EVAL_BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fast = time_call(lambda: module.fast(gt, dt), repeats, warmup=1)
-    simple = time_call(lambda: module.simple(gt, dt), repeats, warmup=1)
-    return {"input": [str(gt), str(dt)], "vectorised": fast.to_dict(), "reference_loop": simple.to_dict(),
-            "speedup": simple.median / fast.median}
+def exported_latency_table(sizes: Sequence[List[int]], repeats: int) -> List[Dict]:
+    """Rows of the exported ``EXPORTED_CONFIG`` student (random weights, CPU): one per runtime
+    and size, timed as :func:`latency_table` times the PyTorch detectors (batch 1, fixed size)."""
+    config, opts = CONFIGS[EXPORTED_CONFIG]
+    cfg = _cfg(config, opts, "cpu")
+    model = build_predictor(cfg).model
+    image, _ = render_scene(SyntheticConfig(), 1, 0)
+    scenes = [render_scene(SyntheticConfig(), 0, i)[0] for i in range(CALIBRATION_SCENES)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = str(Path(tmp) / "student_random.pth")
+        torch.save({"model": model.state_dict()}, weights)
+        onnx_file = str(Path(tmp) / "export" / ONNX_FILE)
+
+        def calibration():
+            preprocess = DeployedPredictor(onnx_file).preprocess
+            return (preprocess(scene).numpy() for scene in scenes)
+
+        written = export_formats(cfg, weights, str(Path(tmp) / "export"), ("torchscript", "onnx"), calibration=calibration)
+        for name, artifact in EXPORTED.items():
+            runner = DeployedPredictor(written[artifact]).model
+            for h, w in sizes:
+                inputs = model_inputs(image, h, w)
+                stats = time_call(lambda: runner(inputs), repeats, warmup=1)
+                rows.append({"model": name, "device": "cpu", "size": [h, w], "params_M": count_parameters(model) / 1e6,
+                             "backbone_GMACs": backbone_gmacs(model, h, w), "latency": stats.to_dict()})
+                logger.info(f"{name} cpu {h}x{w}: {stats.format_ms()}")
+    return rows
 
 
 def _latency_markdown(rows: List[Dict]) -> str:
@@ -255,26 +282,19 @@ def run_benchmark(args: argparse.Namespace) -> Dict:
         raise RuntimeError("--device cuda given but no GPU is available")
     configs = {k: v for k, v in CONFIGS.items() if not (args.no_narrow and "FPN 32" in k)}
     sizes = [_size(s) for s in args.sizes]
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "latency": [], "training": [],
-              "evaluator": None}
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "latency": [], "training": []}
     md = ["# hkd_d2 benchmark", "", f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
           f"median of {args.repeats} runs after one warm-up; randomly initialised detectors.", ""]
     for device in devices:
         rows = latency_table(configs, sizes, device, args.repeats)
+        if device == "cpu" and not args.no_exported:
+            rows += exported_latency_table(sizes, args.repeats)
         result["latency"] += rows
-        cost = training_cost(device, _size(args.train_size), args.train_batch, args.repeats)
-        result["training"].append(cost)
-        md += [f"## Inference latency ({device}, batch 1)", "", _latency_markdown(rows), "",
-               f"## Training cost ({device})", "", _training_markdown(cost), ""]
-    result["evaluator"] = evaluator_speed(args.repeats)
-    if result["evaluator"]:
-        e = result["evaluator"]
-        md += ["## Miss-rate evaluator (CityPersons val_gt.json, 4 setups)", "",
-               markdown_table(["Implementation", "Median (ms)", "Min-max (ms)"],
-                              [[n, f"{1e3 * e[k]['median']:.0f}", f"{1e3 * e[k]['min']:.0f}-{1e3 * e[k]['max']:.0f}"]
-                               for k, n in (("vectorised", "hkd_d2 (vectorised)"),
-                                            ("reference_loop", "reference loop (benchmarks/miss_rate.py)"))]),
-               "", f"Speed-up: {e['speedup']:.1f}x", ""]
+        md += [f"## Inference latency ({device}, batch 1)", "", _latency_markdown(rows), ""]
+        if not args.no_training:
+            cost = training_cost(device, _size(args.train_size), args.train_batch, args.repeats)
+            result["training"].append(cost)
+            md += [f"## Training cost ({device})", "", _training_markdown(cost), ""]
     out = Path(args.out)
     write_json(out / "benchmark.json", result)
     write_text(out / "benchmark.md", "\n".join(md))

@@ -19,7 +19,9 @@ from detectron2.structures import Instances
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
-from ..engine.setup import load_config, resolve_device
+from ..deploy import DeployedPredictor
+from ..engine.setup import resolve_device
+from ..export import load_student_config
 from .inference import build_predictor
 from .report import write_json
 from .visualize import draw_detections
@@ -32,6 +34,8 @@ logger = logging.getLogger("hkd_d2.video")
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 # Frame rate written when the input does not report one.
 DEFAULT_FPS = 25.0
+# Score from which detections are drawn (a detector built from a config).
+DEFAULT_SCORE_THRESHOLD = 0.5
 # Permissions of the written video (mkstemp creates files readable by the owner only).
 OUTPUT_FILE_MODE = 0o644
 
@@ -76,12 +80,13 @@ def annotate_video(
     input_path: str,
     output_path: str,
     max_frames: Optional[int] = None,
-    score_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
 ) -> Dict[str, float]:
     """Detect on every frame of ``input_path`` (up to ``max_frames``), write the annotated video
     to ``output_path`` and the speed figures to ``<output_path>.json``; return those figures.
 
-    ``predictor(frame_bgr (H, W, 3) uint8) -> {"instances": Instances}`` (e.g. a DefaultPredictor).
+    ``predictor(frame_bgr (H, W, 3) uint8) -> {"instances": Instances}`` (a DefaultPredictor or
+    a :class:`~hkd_d2.deploy.DeployedPredictor`).
     """
     capture = open_video(input_path)
     try:
@@ -127,12 +132,18 @@ def annotate_video(
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config-file", required=True, help="detector config (a plain detector; export HKD students first)")
-    p.add_argument("--weights", required=True, help="detector weights (model_final.pth / student.pth)")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config-file", help="detector config (a plain detector; export HKD students first)")
+    model.add_argument("--exported", help="exported student (student.ts / student.onnx / student.int8.onnx)")
+    p.add_argument("--weights", default=None,
+                   help="detector weights (default: the config's MODEL.WEIGHTS, relative to the config)")
+    p.add_argument("--device", default="cpu", help="device of an --exported student (cpu or cuda)")
     p.add_argument("--input", required=True, help="input video, e.g. /usr/share/doc/opencv-doc/examples/data/vtest.avi")
     p.add_argument("--output", required=True, help="annotated video (.mp4, .avi or .mkv)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="detections drawn from this score on")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help=f"detections drawn from this score on (default {DEFAULT_SCORE_THRESHOLD}; "
+                        "an --exported student's own deployment threshold)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (e.g. MODEL.DEVICE cpu)")
     return p.parse_args(argv)
 
@@ -141,8 +152,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
     setup_logger(name="hkd_d2")
     open_video(args.input).release()  # fail before building the model
-    predictor = build_predictor(resolve_device(load_config(args.config_file, args.opts)), args.weights)
-    figures = annotate_video(predictor, args.input, args.output, args.max_frames, args.score_threshold)
+    if args.exported:
+        predictor = DeployedPredictor(args.exported, args.score_threshold, args.device)
+        threshold = predictor.model.score_threshold
+    else:
+        predictor = build_predictor(resolve_device(load_student_config(args.config_file, args.opts)), args.weights)
+        threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    figures = annotate_video(predictor, args.input, args.output, args.max_frames, threshold)
     print(f"{figures['frames']} frames: detector {figures['detector_fps']:.2f} fps, "
           f"end to end {figures['end_to_end_fps']:.2f} fps -> {args.output} (+ .json)")
     return figures

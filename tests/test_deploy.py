@@ -1,0 +1,188 @@
+"""Exported students (TorchScript, ONNX, int8 ONNX) give the PyTorch student's detections and MR.
+
+One small student is trained for a few dozen iterations on generated 72x96 images (so its
+scores are not flat) and exported once by the command-line tool; every test reads that export.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from hkd_d2.data import register_pedestrian_dataset
+from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
+from hkd_d2.deploy import METADATA_KEY, DeployedPredictor, ExportMetadata
+from hkd_d2.export import load_student_config
+from hkd_d2.tools.inference import build_predictor
+from hkd_d2.tools.runs import build_run_config, evaluate, train
+from hkd_d2.tools.video import main as video_main
+
+from .test_tools import _write_video
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = REPO / "tools" / "export_student.py"
+STUDENT = REPO / "configs" / "synthetic" / "student_R18_FPN.yaml"
+# Parity tolerances (README, "Deployment"): boxes in original-image pixels, scores, MR points.
+BOX_TOL_PX = 1e-2
+SCORE_TOL = 1e-4
+MR_TOL = 0.1
+# Detections compared from this score on (the graph keeps scores > SCORE_THRESH_TEST 0.01).
+COMPARE_THRESH = 0.05
+TRAIN, VAL = "deploy_test_train", "deploy_test_val"
+RUNTIMES = ("torchscript", "onnx")
+
+
+def _train_opts(iters: int):
+    return ["MODEL.DEVICE", "cpu", "MODEL.ROI_BOX_HEAD.POOLER_NAME", "PyRoIAlign", "MODEL.FPN.OUT_CHANNELS", "32",
+            "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "DATASETS.TRAIN", f"('{TRAIN}',)", "DATASETS.TEST", f"('{VAL}',)",
+            "INPUT.MIN_SIZE_TRAIN", "(72,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "72",
+            "INPUT.MAX_SIZE_TEST", "96", "SOLVER.MAX_ITER", str(iters), "SOLVER.WARMUP_ITERS", "5",
+            "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0", "SEED", "0"]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("export_student_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Train a small student (30 iterations), export every format + int8 with the CLI."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    generate_synthetic(tmp / "data", 8, 1, SyntheticConfig(width=96, height=72, scale=5.0),
+                       formats=("citypersons",), workers=0)
+    cp = tmp / "data" / "citypersons"
+    # Validated on the training images: after 30 iterations they are the ones with MR < 100.
+    for name in (TRAIN, VAL):
+        register_pedestrian_dataset(name, cp / "ground_truth_train.json", protocol="citypersons",
+                                    image_root=cp / "leftImg8bit" / "train")
+    try:
+        cfg = build_run_config(str(STUDENT), _train_opts(30), str(tmp / "train"))
+        train(cfg)
+        config_file = tmp / "student_train.yaml"
+        config_file.write_text(cfg.dump())
+        out = tmp / "export"
+        written = _load_tool().main(["--config-file", str(config_file), "--weights", str(tmp / "train" / "model_final.pth"),
+                                     "--output", str(out), "--format", "pytorch", "torchscript", "onnx",
+                                     "--int8", "--calib-images", "4"])
+        yield {"cfg": cfg, "written": written, "out": out, "tmp": tmp}
+    finally:
+        for name in (TRAIN, VAL):
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def _pytorch_predictor(written, threshold: float):
+    return build_predictor(load_student_config(written["config"], ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(threshold)]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_same_detections_as_pytorch(exported, runtime):
+    pytorch = _pytorch_predictor(exported["written"], COMPARE_THRESH)
+    deployed = DeployedPredictor(exported["written"][runtime], score_threshold=COMPARE_THRESH)
+    scores = []
+    for record in DatasetCatalog.get(VAL):
+        image = cv2.imread(record["file_name"])
+        # An odd size too: the graphs take any H, W (the predictor resizes as DefaultPredictor).
+        for im in (image, cv2.resize(image, (101, 83))):
+            a, b = pytorch(im)["instances"], deployed(im)["instances"]
+            assert b.image_size == a.image_size == im.shape[:2]
+            assert len(a) == len(b)
+            assert torch.equal(a.pred_classes, b.pred_classes)
+            assert torch.allclose(a.scores, b.scores, atol=SCORE_TOL, rtol=0)
+            assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=BOX_TOL_PX, rtol=0)
+            scores += a.scores.tolist()
+    # Detections were compared, and their scores are not flat (a trained model).
+    assert len(scores) > 0 and np.ptp(scores) > 0.05
+
+
+@pytest.mark.slow
+def test_same_miss_rate_as_pytorch_and_int8_report(exported):
+    cfg, written, out = exported["cfg"], exported["written"], exported["out"]
+    threshold = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    reference = evaluate(cfg, _pytorch_predictor(written, threshold).model, str(out / "eval_pt"), VAL)
+    assert reference["All"] < 100.0
+    for runtime in RUNTIMES:
+        mr = evaluate(cfg, DeployedPredictor(written[runtime], score_threshold=0.0).model, str(out / f"eval_{runtime}"), VAL)
+        assert mr.keys() == reference.keys()
+        for setup, value in reference.items():
+            assert value == pytest.approx(mr[setup], abs=MR_TOL, nan_ok=True), (runtime, setup)
+    report = json.loads((out / "int8_miss_rate.json").read_text())
+    assert report["dataset"] == VAL
+    assert report["MR"]["onnx"]["All"] == pytest.approx(reference["All"], abs=MR_TOL)
+    assert 0.0 <= report["MR"]["onnx_int8"]["All"] <= 100.0
+    int8 = DeployedPredictor(written["onnx_int8"])
+    assert int8.export_metadata.int8 and int8.export_metadata.format == "onnx"
+
+
+@pytest.mark.slow
+def test_student_yaml_is_plain_detectron2_with_relative_weights(exported):
+    written = exported["written"]
+    plain = get_cfg()
+    plain.set_new_allowed(True)  # the pedestrian heads' keys (POOLER_NAME, IGNORE_REGIONS) are new to get_cfg()
+    plain.merge_from_file(written["config"])
+    assert plain.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    assert "DISTILL" not in plain.MODEL and "TEACHER" not in plain.MODEL and "EXPORT" not in plain
+    assert plain.MODEL.WEIGHTS == "student.pth"
+    assert plain.MODEL.ROI_HEADS.SCORE_THRESH_TEST == pytest.approx(0.3)
+    moved = exported["tmp"] / "moved"
+    shutil.copytree(exported["out"], moved)
+    cfg = load_student_config(str(moved / "student.yaml"))
+    assert cfg.MODEL.WEIGHTS == str(moved / "student.pth")
+    for path in written.values():
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
+
+
+@pytest.mark.slow
+def test_clear_errors_for_foreign_files(exported, tmp_path, monkeypatch):
+    import onnx
+
+    source = exported["written"]["onnx"]
+    proto = onnx.load(source)
+    fields = json.loads(proto.metadata_props[0].value)
+    fields["format_version"] = 0
+    proto.metadata_props[0].value = json.dumps(fields)
+    old = tmp_path / "old.onnx"
+    onnx.save(proto, str(old))
+    with pytest.raises(ValueError, match="old.onnx was exported with format version 0"):
+        DeployedPredictor(str(old))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ValueError, match=f"bare.onnx holds no {METADATA_KEY} metadata"):
+        DeployedPredictor(str(tmp_path / "bare.onnx"))
+    (tmp_path / "model.engine").write_bytes(b"")
+    with pytest.raises(ValueError, match="unknown exported model type '.engine'"):
+        DeployedPredictor(str(tmp_path / "model.engine"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"pip install -e \.\[deploy\]"):
+        DeployedPredictor(source)
+
+
+def test_metadata_round_trip_and_version_check():
+    meta = ExportMetadata(format_version=1, hkd_d2_version="0.1.0", format="onnx", int8=False, input_format="BGR",
+                          min_size_test=72, max_size_test=96, graph_score_thresh=0.01, score_thresh=0.3, num_classes=1)
+    assert ExportMetadata.from_json(meta.to_json(), "x.onnx") == meta
+    with pytest.raises(ValueError, match="x.onnx: malformed"):
+        ExportMetadata.from_json(json.dumps({"format_version": 1, "surprise": 2}), "x.onnx")
+
+
+@pytest.mark.slow
+def test_video_tool_runs_the_onnx_student(exported, tmp_path):
+    src, dst = tmp_path / "in.avi", tmp_path / "out.mp4"
+    _write_video(src, 3, size=(96, 72))
+    figures = video_main(["--exported", exported["written"]["onnx"], "--input", str(src), "--output", str(dst)])
+    assert figures["frames"] == 3 and figures["detector_fps"] > 0
+    assert figures["score_threshold"] == pytest.approx(0.3)  # the export's deployment threshold
+    assert dst.is_file() and json.loads(Path(f"{dst}.json").read_text())["frames"] == 3
