@@ -1,8 +1,17 @@
-"""Loading weights: Detectron2 checkpoints and torchvision ImageNet ResNets, with clear errors.
+"""Loading and saving weights: Detectron2 checkpoints and torchvision ImageNet ResNets, with clear errors.
 
-:class:`HKDCheckpointer` is Detectron2's ``DetectionCheckpointer`` plus three things:
+:class:`HKDCheckpointer` is Detectron2's ``DetectionCheckpointer`` plus these things:
 
 * a missing weights file raises ``FileNotFoundError`` naming it (not a bare assert);
+* a truncated, empty or foreign file raises :class:`CheckpointFileError` naming it and saying
+  what is wrong (not PyTorch's "failed finding central directory");
+* checkpoints are written atomically (:func:`~hkd_d2.atomic.atomic_output`: temporary file,
+  fsync, rename) and ``last_checkpoint`` is updated only after the rename, so a kill or a full
+  disk never leaves a truncated file under a checkpoint's name; a full disk raises
+  :class:`~hkd_d2.atomic.DiskFullError` naming the file, the folder and the intact previous checkpoint;
+* ``resume_or_load(resume=True)`` falls back, with a warning, from an unreadable newest
+  checkpoint to the newest intact one (:class:`ResumeError` when there is none);
+* each checkpoint can carry the YAML of its run's config (``run_config``) for resume checks;
 * a torchvision ResNet ``state_dict`` (``conv1.weight``, ``layer1.0.bn1.weight``, ...) is converted
   on load to Detectron2's backbone names (``backbone.bottom_up.stem.conv1.weight``, ...);
 * weights of another architecture raise :class:`WeightsMismatchError` listing the missing,
@@ -11,17 +20,27 @@
 A backbone-only checkpoint (a converted ImageNet ResNet, or Detectron2's / pycls' ImageNet
 ``.pkl``) may leave the FPN and heads uninitialised: only its own keys must all match.
 """
+import glob
 import logging
 import os
+import pickle
 import re
-from typing import Dict, List, Tuple
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .atomic import DiskFullError, atomic_output
+
 __all__ = [
+    "CONFIG_KEY",
+    "CheckpointFileError",
     "HKDCheckpointer",
+    "ResumeError",
     "WeightsMismatchError",
+    "check_checkpoint_file",
     "convert_torchvision_resnet",
     "is_torchvision_resnet",
     "load_detector_weights",
@@ -32,6 +51,18 @@ logger = logging.getLogger(__name__)
 BACKBONE_PREFIX = "backbone.bottom_up."
 # Box-predictor layers whose shape depends on the number of classes (fine-tuning from COCO).
 CLASS_DEPENDENT_PREFIX = "roi_heads.box_predictor."
+# Checkpoint entry holding the YAML config of the run that wrote it.
+CONFIG_KEY = "config"
+# Names of the training checkpoints (fvcore's PeriodicCheckpointer: model_0000999.pth, model_final.pth).
+TRAINING_CHECKPOINTS = "model_*.pth"
+# First bytes of what torch.save writes (a zip archive) and of a pickle (protocol 2 or later).
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"
+# What torch.load / pickle.load raise on a damaged or foreign file.
+_PARSE_ERRORS = (
+    RuntimeError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
+    AttributeError, IndexError, ImportError, zipfile.BadZipFile,
+)
 
 # torchvision ResNet name fragments -> Detectron2 ResNet name fragments, applied in order.
 _TORCHVISION_TO_D2 = (
@@ -57,6 +88,67 @@ class WeightsMismatchError(RuntimeError):
             lines.append(f"  {len(shapes)} keys with another shape: {shown}")
         super().__init__("\n".join(lines))
         self.path, self.missing, self.unexpected, self.shapes = path, missing, unexpected, shapes
+
+
+class CheckpointFileError(ValueError):
+    """A weights file that cannot be read as a checkpoint: names the file and what is wrong with it."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"Cannot load weights file {path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+class ResumeError(RuntimeError):
+    """``--resume`` found checkpoints in OUTPUT_DIR but none of them is intact."""
+
+
+def _unreadable(path: str, error: BaseException) -> CheckpointFileError:
+    """The :class:`CheckpointFileError` for a file that ``torch.load`` / ``pickle`` failed on."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return CheckpointFileError(path, "the file is empty (0 bytes; a save or copy cut short?)")
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    cause = f"[{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}]"
+    if head == ZIP_MAGIC:
+        try:
+            zipfile.ZipFile(path).close()
+        except zipfile.BadZipFile:
+            return CheckpointFileError(
+                path, f"truncated or damaged PyTorch archive ({size} bytes; a save or copy cut short?) {cause}"
+            )
+        return CheckpointFileError(path, f"a PyTorch file that does not hold a checkpoint {cause}")
+    if head[:1] == PICKLE_MAGIC:
+        return CheckpointFileError(path, f"truncated, damaged or foreign pickle ({size} bytes) {cause}")
+    return CheckpointFileError(
+        path, f"not a PyTorch checkpoint or pickle (starts with {head!r}, {size} bytes) {cause}"
+    )
+
+
+def _check_structure(data: Any, path: str) -> None:
+    """Raise :class:`CheckpointFileError` unless ``data`` is ``{"model": {name: tensor/array}, ...}``."""
+    model = data.get("model") if isinstance(data, dict) else data
+    if not isinstance(model, dict):
+        raise CheckpointFileError(
+            path, f"not a checkpoint: it holds a {type(model).__name__}, expected a state dict "
+            "(name -> tensor) or {'model': state dict, ...}"
+        )
+    bad = [str(k) for k, v in model.items() if not isinstance(v, (torch.Tensor, np.ndarray))]
+    if bad:
+        raise CheckpointFileError(path, f"not a checkpoint: entries that are not tensors: {_abbreviate(bad)}")
+
+
+def check_checkpoint_file(path: str) -> Dict[str, Any]:
+    """Read a ``.pth`` checkpoint and return it; ``FileNotFoundError`` or :class:`CheckpointFileError`
+    (naming ``path`` and the problem) when it is absent, truncated, empty or not a checkpoint."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Weights file not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu")
+    except _PARSE_ERRORS as e:
+        raise _unreadable(path, e) from e
+    _check_structure(data, path)
+    return data
 
 
 def _abbreviate(keys: List[str], limit: int = 8) -> str:
@@ -95,6 +187,8 @@ class HKDCheckpointer(DetectionCheckpointer):
             detector trained on other classes); those layers keep their fresh initialisation.
         allow_backbone_only: accept a backbone-only file (ImageNet weights), leaving the FPN
             and heads as initialised; off for a teacher, which must be loaded whole.
+        run_config: YAML of the training config, stored in every checkpoint under
+            :data:`CONFIG_KEY` (empty = not stored).
         Other arguments as ``DetectionCheckpointer``.
     """
 
@@ -105,11 +199,14 @@ class HKDCheckpointer(DetectionCheckpointer):
         *,
         allow_new_classes: bool = True,
         allow_backbone_only: bool = True,
+        run_config: str = "",
         **kwargs,
     ):
         super().__init__(model, save_dir, **kwargs)
         self.allow_new_classes = allow_new_classes
         self.allow_backbone_only = allow_backbone_only
+        self.run_config = run_config
+        self.resumed_from = ""
         self._path_being_loaded = ""
 
     def load(self, path: str, *args, **kwargs):
@@ -118,8 +215,79 @@ class HKDCheckpointer(DetectionCheckpointer):
         self._path_being_loaded = path
         return super().load(path, *args, **kwargs)
 
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Write ``<save_dir>/<name>.pth`` atomically, then point ``last_checkpoint`` at it.
+
+        Raises :class:`~hkd_d2.atomic.DiskFullError` naming the file, its folder and the
+        previous checkpoint (intact) when the disk is full.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if "://" in self.save_dir:  # remote storage: PathManager's own write semantics
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        if self.run_config:
+            data[CONFIG_KEY] = self.run_config
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        try:
+            with atomic_output(save_file) as tmp:
+                with open(tmp, "wb") as f:
+                    torch.save(data, f)
+            self.tag_last_checkpoint(basename)
+        except DiskFullError as e:
+            intact = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint"
+            raise DiskFullError(e.path, f"{intact}; free space, then train with --resume") from e
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``last_checkpoint`` atomically (a kill never leaves it empty)."""
+        if "://" in self.save_dir:
+            return super().tag_last_checkpoint(last_filename_basename)
+        with atomic_output(os.path.join(self.save_dir, "last_checkpoint")) as tmp:
+            tmp.write_text(last_filename_basename)
+
+    def resume_candidates(self) -> List[str]:
+        """Checkpoints to resume from, best first: the one ``last_checkpoint`` names, then the
+        other ``model_*.pth`` of ``save_dir`` by modification time, newest first."""
+        tagged = self.get_checkpoint_file()
+        others = [p for p in glob.glob(os.path.join(self.save_dir, TRAINING_CHECKPOINTS)) if p != tagged]
+        others.sort(key=os.path.getmtime, reverse=True)
+        return [tagged, *others] if tagged else others
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """As fvcore's, but a resume skips unreadable checkpoints (with a warning naming each)
+        and loads the newest intact one; :class:`ResumeError` when none is intact.
+        ``resumed_from`` is then the file loaded."""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        skipped = []
+        for candidate in self.resume_candidates():
+            try:
+                check_checkpoint_file(candidate)  # read once before touching model or optimizer
+            except (CheckpointFileError, FileNotFoundError) as e:
+                logger.warning(f"Not resuming from {candidate}: {e}")
+                skipped.append(str(e))
+                continue
+            extra = self.load(candidate)
+            if skipped:
+                logger.warning(f"Resumed from {candidate}, the newest intact checkpoint")
+            self.resumed_from = candidate
+            return extra
+        raise ResumeError(
+            f"--resume: no intact checkpoint in {self.save_dir}: " + "; ".join(skipped)
+            + ". Remove these files (or choose another OUTPUT_DIR) to train from the start."
+        )
+
     def _load_file(self, filename: str):
-        data = super()._load_file(filename)
+        try:
+            data = super()._load_file(filename)
+        except _PARSE_ERRORS as e:
+            raise _unreadable(filename, e) from e
+        _check_structure(data, filename)
         if isinstance(data.get("model"), dict) and is_torchvision_resnet(data["model"]):
             logger.info(f"{filename}: torchvision ResNet weights, converted to Detectron2 names")
             data["model"] = convert_torchvision_resnet(data["model"])

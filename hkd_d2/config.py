@@ -24,6 +24,11 @@ def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL.WARMUP_ITERS = 0
     # Add a trainable 1x1 conv on the student side when its channels differ from the teacher's.
     cfg.MODEL.DISTILL.ADAPT_CHANNELS = True
+    # Runaway guard: stop training when a distillation loss exceeds this multiple of the
+    # summed detection loss (0 = guard off).
+    cfg.MODEL.DISTILL.MAX_RATIO = 1000.0
+    # ... for this many consecutive iterations.
+    cfg.MODEL.DISTILL.MAX_RATIO_ITERS = 20
 
     cfg.MODEL.DISTILL.AUTO_BALANCE = CN()
     # Before training, set every term's weight so that it starts at TARGET x the detection loss (opt-in).

@@ -21,7 +21,7 @@ from ..atomic import atomic_output
 from .pedestrian_json import (
     PathLike,
     PedestrianDataError,
-    drop_degenerate,
+    drop_degenerate_boxes,
     load_mat,
     image_size,
     make_annotation,
@@ -74,18 +74,25 @@ def read_citypersons_mat(anno_mat: PathLike) -> List[Tuple[str, str, np.ndarray]
     Returns:
         list of ``(cityname, im_name, bbs)`` in file order, ``bbs`` an int64 array (M, 10).
         (``loadmat`` gives uint8/uint16/int16 depending on the image; we widen to int64 so that
-        arithmetic cannot overflow, and keep negative x1.)
+        arithmetic cannot overflow, and keep negative x1.) NaN/inf values raise
+        :class:`PedestrianDataError` naming the file, the image and the row.
     """
     mat = load_mat(anno_mat, "CityPersons annotation file")
     entries = []
     for cell in _variable(mat, anno_mat).reshape(-1):
         try:
             struct = cell.reshape(-1)[0]
-            bbs = np.asarray(struct["bbs"]).astype(np.int64).reshape(-1, BBS_COLUMNS)
-            entries.append((_str_field(struct["cityname"]), _str_field(struct["im_name"]), bbs))
-        except (ValueError, IndexError, KeyError) as e:
+            raw = np.asarray(struct["bbs"], dtype=np.float64).reshape(-1, BBS_COLUMNS)
+            name = _str_field(struct["im_name"])
+            entries.append((_str_field(struct["cityname"]), name, raw))
+        except (ValueError, IndexError, KeyError, TypeError) as e:
             raise PedestrianDataError(f"{anno_mat}: malformed entry {len(entries)}: {e!r}") from e
-    return entries
+        bad_rows = np.flatnonzero(~np.isfinite(raw).all(axis=1))
+        if bad_rows.size:
+            raise PedestrianDataError(
+                f"{anno_mat}, image {name}: non-finite values in bbs row {int(bad_rows[0])}: {raw[bad_rows[0]].tolist()}"
+            )
+    return [(city, name, raw.astype(np.int64)) for city, name, raw in entries]
 
 
 def citypersons_annotations(bbs: np.ndarray) -> List[Dict]:
@@ -138,11 +145,11 @@ def load_citypersons(
                 "image_id": image_id,
                 "height": height,
                 "width": width,
-                "annotations": drop_degenerate(annotations, f"{anno_mat}:{name}"),
+                "annotations": annotations,
             }
         )
     logger.info("Loaded %d CityPersons images from %s", len(records), anno_mat)
-    return records
+    return drop_degenerate_boxes(records, anno_mat)
 
 
 def write_citypersons_mat(

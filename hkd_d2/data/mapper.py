@@ -8,6 +8,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data.transforms import TransformList
 from detectron2.structures import Instances
 
+from .pedestrian_json import PedestrianDataError
+
 __all__ = ["PedestrianDatasetMapper"]
 
 
@@ -24,7 +26,8 @@ class PedestrianDatasetMapper(DatasetMapper):
     and, when ``keep_ignore`` is on, ``gt_ignore`` (bool): the record's ignore annotations
     (``"ignore": 1``) stay as instances flagged True, for the ignore-aware RPN and box
     head; when it is off they are dropped, as Detectron2 drops crowd boxes. Boxes that
-    the transforms leave empty are dropped. Inference is Detectron2's.
+    the transforms leave empty are dropped. Inference is Detectron2's. An image that cannot be
+    read (truncated, not an image) raises :class:`PedestrianDataError` naming its file.
     """
 
     @configurable
@@ -37,6 +40,13 @@ class PedestrianDatasetMapper(DatasetMapper):
         """
         super().__init__(is_train, **kwargs)
         self.keep_ignore = keep_ignore
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        try:
+            return super().__call__(dataset_dict)
+        except OSError as e:  # PIL: "image file is truncated", UnidentifiedImageError, ...
+            name = dataset_dict.get("file_name", "<no file_name>")
+            raise PedestrianDataError(f"cannot read image {name}: {e}") from e
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict:

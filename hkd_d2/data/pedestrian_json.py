@@ -16,12 +16,14 @@ record/annotation format itself (:func:`make_annotation`) and of reading MATLAB 
 """
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import scipy.io
 from detectron2.structures import BoxMode
+from scipy.io.matlab import MatReadError
 from PIL import Image
 
 from ..atomic import atomic_output
@@ -31,6 +33,7 @@ __all__ = [
     "PedestrianDataError",
     "make_annotation",
     "drop_degenerate",
+    "drop_degenerate_boxes",
     "image_size",
     "resolve_image",
     "load_pedestrian_json",
@@ -57,7 +60,7 @@ def load_mat(path: PathLike, what: str) -> Dict:
         return scipy.io.loadmat(str(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} not found") from None
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, MatReadError) as e:
         raise PedestrianDataError(f"{path}: not a readable MATLAB file: {e}") from e
 
 
@@ -75,9 +78,13 @@ def make_annotation(
         ignore: 1 for ignore regions / not-a-clean-pedestrian boxes, else 0.
         label: the source's label string.
         vis_ratio: visible fraction as the source gives it; computed from the boxes when None.
+
+    Raises ValueError for NaN/inf coordinates.
     """
     bbox = [float(v) for v in bbox]
     vis_bbox = list(bbox) if vis_bbox is None else [float(v) for v in vis_bbox]
+    if not all(math.isfinite(v) for v in bbox + vis_bbox):
+        raise ValueError(f"non-finite coordinates in bbox {bbox} / vis_bbox {vis_bbox}")
     if vis_ratio is None:
         area = bbox[2] * bbox[3]
         vis_ratio = vis_bbox[2] * vis_bbox[3] / area if area > 0 else 0.0
@@ -92,12 +99,28 @@ def make_annotation(
     }
 
 
+def _has_area(annotation: Dict) -> bool:
+    return annotation["bbox"][2] > 0 and annotation["bbox"][3] > 0
+
+
 def drop_degenerate(annotations: List[Dict], source: PathLike) -> List[Dict]:
     """Remove annotations whose full box has w <= 0 or h <= 0, logging how many (per source)."""
-    kept = [a for a in annotations if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    kept = [a for a in annotations if _has_area(a)]
     if len(kept) < len(annotations):
         logger.info("%s: dropped %d degenerate boxes (w<=0 or h<=0)", source, len(annotations) - len(kept))
     return kept
+
+
+def drop_degenerate_boxes(records: List[Dict], source: PathLike) -> List[Dict]:
+    """Remove every record's degenerate boxes (see :func:`drop_degenerate`), logging one total for ``source``."""
+    dropped = 0
+    for rec in records:
+        kept = [a for a in rec["annotations"] if _has_area(a)]
+        dropped += len(rec["annotations"]) - len(kept)
+        rec["annotations"] = kept
+    if dropped:
+        logger.info("%s: dropped %d degenerate boxes (w<=0 or h<=0) in %d images", source, dropped, len(records))
+    return records
 
 
 def image_size(file_name: PathLike) -> tuple:
@@ -168,18 +191,30 @@ def load_pedestrian_json(json_file: PathLike, image_root: PathLike) -> List[Dict
     """
     data = _read_json(json_file)
     labels = {c["id"]: c["name"] for c in data.get("categories", []) if "id" in c and "name" in c}
-    anns_by_image: Dict[int, List[Dict]] = {}
-    for ann in data.get("annotations", []):
-        if not isinstance(ann, dict) or "image_id" not in ann:
-            raise PedestrianDataError(f"{json_file}: annotation without image_id: {ann!r}")
-        anns_by_image.setdefault(ann["image_id"], []).append(
-            _annotation_from_json(ann, labels, json_file)
-        )
-    records = []
+    images: Dict = {}
     for img in data["images"]:
         name = img.get("file_name", img.get("im_name")) if isinstance(img, dict) else None
         if name is None or "id" not in img:
             raise PedestrianDataError(f"{json_file}: image entry needs 'id' and 'file_name'/'im_name': {img!r}")
+        if img["id"] in images:
+            raise PedestrianDataError(
+                f"{json_file}: duplicate image id {img['id']!r} ({images[img['id']][0]!r} and {name!r})"
+            )
+        images[img["id"]] = (name, img)
+    anns_by_image: Dict[int, List[Dict]] = {}
+    for ann in data.get("annotations", []):
+        if not isinstance(ann, dict) or "image_id" not in ann:
+            raise PedestrianDataError(f"{json_file}: annotation without image_id: {ann!r}")
+        if ann["image_id"] not in images:
+            raise PedestrianDataError(
+                f"{json_file}: annotation {ann.get('id')!r} refers to image id {ann['image_id']!r}, "
+                "which is not in 'images'"
+            )
+        anns_by_image.setdefault(ann["image_id"], []).append(
+            _annotation_from_json(ann, labels, json_file)
+        )
+    records = []
+    for name, img in images.values():
         path = resolve_image(image_root, name)
         if "height" in img and "width" in img:
             height, width = int(img["height"]), int(img["width"])
@@ -191,11 +226,11 @@ def load_pedestrian_json(json_file: PathLike, image_root: PathLike) -> List[Dict
                 "image_id": img["id"],
                 "height": height,
                 "width": width,
-                "annotations": drop_degenerate(anns_by_image.get(img["id"], []), json_file),
+                "annotations": anns_by_image.get(img["id"], []),
             }
         )
     logger.info("Loaded %d images from %s", len(records), json_file)
-    return records
+    return drop_degenerate_boxes(records, json_file)
 
 
 def records_to_coco(records: List[Dict], image_root: Optional[PathLike] = None) -> Dict:

@@ -6,7 +6,11 @@ Differences from ``DefaultTrainer``:
 * the evaluator is the one the dataset's metadata names (``evaluator_type``);
 * checkpoints go through :class:`~hkd_d2.checkpoint.HKDCheckpointer` (torchvision ResNet
   weights converted, mismatched weights refused with the offending keys);
-* distillation hooks (schedule, per-term metrics) are added when the model distills;
+* distillation hooks (schedule, per-term metrics) are added when the model distills, with the
+  runaway guard (:mod:`~hkd_d2.engine.guards`) before the checkpointer;
+* one training per OUTPUT_DIR (:mod:`~hkd_d2.engine.lock`); SIGINT/SIGTERM save a checkpoint and
+  exit with status 128 + N (:mod:`~hkd_d2.engine.interrupt`); checkpoints carry their config and
+  a resume warns about changed keys (:mod:`~hkd_d2.engine.resume`) or a MAX_ITER already reached;
 * several processes work on CPU too (Detectron2's DDP wrapper always passes CUDA device ids).
 """
 import logging
@@ -23,14 +27,20 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.evaluation import DatasetEvaluator
 
-from ..checkpoint import HKDCheckpointer
+from ..checkpoint import CONFIG_KEY, CheckpointFileError, HKDCheckpointer, check_checkpoint_file
 from ..data import PedestrianDatasetMapper
 from ..data.crowdhuman import with_training_box
 from ..evaluation import build_evaluator
 from .calibration import LossBalanceHook
+from .guards import build_runaway_guard
 from .hooks import build_distillation_hooks
+from .interrupt import StopOnSignal, TrainingInterrupted
+from .lock import lock_output_dir
+from .resume import config_changes, describe_config_changes
 
 __all__ = ["Trainer", "wrap_distributed"]
+
+logger = logging.getLogger(__name__)
 
 
 def wrap_distributed(model: nn.Module) -> nn.Module:
@@ -48,6 +58,9 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        if not logging.getLogger("hkd_d2").handlers:  # data, resume and guard messages reach log.txt
+            setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hkd_d2", abbrev_name="hkd")
+        self._output_lock = lock_output_dir(cfg.OUTPUT_DIR)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -56,7 +69,9 @@ class Trainer(DefaultTrainer):
         step_runner = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = step_runner(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = HKDCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = HKDCheckpointer(
+            model, cfg.OUTPUT_DIR, run_config=cfg.dump(), trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -91,8 +106,52 @@ class Trainer(DefaultTrainer):
         writer_at = next(
             (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret)
         )
-        distill_hooks = build_distillation_hooks(self.cfg)
-        if distill_hooks:
-            distill_hooks.append(LossBalanceHook(self.cfg))
-        ret[writer_at:writer_at] = distill_hooks
+        distillation = build_distillation_hooks(self.cfg)
+        if distillation:
+            distillation.append(LossBalanceHook(self.cfg))
+        ret[writer_at:writer_at] = distillation
+        guard = build_runaway_guard(self.cfg) if distillation else None
+        if guard is not None:  # before the checkpointer (main process) / evaluation (all): a runaway is never saved
+            at = next(i for i, h in enumerate(ret) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
+            ret.insert(at, guard)
+        ret.append(StopOnSignal())
         return ret
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """DefaultTrainer's (with :class:`HKDCheckpointer`'s fallback to the newest intact
+        checkpoint), plus a warning listing the config keys that differ from the checkpoint's run."""
+        extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
+            changes = config_changes(extra[CONFIG_KEY], self.cfg) if CONFIG_KEY in extra else []
+            if changes:
+                logger.warning(describe_config_changes(changes, self.checkpointer.resumed_from))
+
+    def train(self):
+        """DefaultTrainer's, plus: a clear message (and nothing trained) when SOLVER.MAX_ITER is
+        already reached; on SIGINT/SIGTERM a checkpoint, one line and ``SystemExit(128 + N)``."""
+        try:
+            if self.start_iter >= self.max_iter:
+                return self._already_finished()
+            return super().train()
+        except TrainingInterrupted as stop:
+            logger.warning(str(stop))
+            raise SystemExit(stop.exit_code) from None
+        finally:
+            self._output_lock.release()
+
+    def _already_finished(self) -> None:
+        """Say so; rewrite a missing or unreadable ``model_final.pth`` from the resumed checkpoint
+        when that one is of the last iteration (the same state the final one holds)."""
+        logger.warning(
+            f"Nothing to train: {self.checkpointer.resumed_from} is at iteration {self.start_iter - 1} "
+            f"and SOLVER.MAX_ITER is {self.max_iter}. Raise SOLVER.MAX_ITER to train further."
+        )
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        if self.start_iter != self.max_iter or not comm.is_main_process():
+            return
+        try:
+            check_checkpoint_file(final)
+        except (FileNotFoundError, CheckpointFileError) as e:
+            logger.warning(f"{e}; rewriting it from {self.checkpointer.resumed_from} (the same iteration)")
+            self.checkpointer.save("model_final", iteration=self.iter)

@@ -1,0 +1,113 @@
+"""The runaway guard: stop training when a distillation term dwarfs the detection loss.
+
+Detectron2 stops on a NaN/inf loss only; a distillation term that is finite but huge (say
+``MODEL.DISTILL.PYRAMID.WEIGHT 1e30``) would "train" a meaningless student to the end.
+:class:`RunawayDistillationGuard` reads the iteration's losses from the EventStorage (where
+Detectron2's trainer puts them, averaged over ranks, on the main process) and raises
+:class:`RunawayDistillationError` once one term has exceeded ``MODEL.DISTILL.MAX_RATIO`` times
+the detection loss for ``MODEL.DISTILL.MAX_RATIO_ITERS`` consecutive iterations. The trainer
+registers it before the checkpointer, so the runaway iteration is never saved and the last
+good checkpoint stays the newest one.
+"""
+from typing import Dict, Optional, Tuple
+
+from detectron2.config import CfgNode
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+__all__ = [
+    "DETECTION_LOSSES",
+    "RunawayDistillationError",
+    "RunawayDistillationGuard",
+    "any_rank",
+    "build_runaway_guard",
+    "find_runaway",
+]
+
+# The losses of Detectron2's RPN and ROI box heads; every other ``loss_*`` is a distillation term.
+DETECTION_LOSSES = frozenset({"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"})
+
+
+class RunawayDistillationError(RuntimeError):
+    """A distillation term stayed above ``MAX_RATIO`` times the detection loss; names term, value, ratio."""
+
+
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is True on any process (every process must call it at the same point)."""
+    if comm.get_world_size() == 1:
+        return flag
+    return any(comm.all_gather(bool(flag)))
+
+
+def find_runaway(losses: Dict[str, float], max_ratio: float) -> Optional[Tuple[str, float, float]]:
+    """The largest distillation term above ``max_ratio`` x the summed detection loss, if any.
+
+    Args:
+        losses: ``{loss name: value}`` of one iteration (``loss_*`` keys; others are ignored).
+        max_ratio: allowed multiple of the detection loss.
+
+    Returns:
+        ``(name, value, ratio)`` of the worst offender, or None when every term is within bounds
+        (or there is no detection loss to compare with).
+    """
+    detection = sum(v for k, v in losses.items() if k in DETECTION_LOSSES)
+    terms = {k: v for k, v in losses.items() if k.startswith("loss_") and k not in DETECTION_LOSSES}
+    if detection <= 0 or not terms:
+        return None
+    name = max(terms, key=terms.get)
+    ratio = terms[name] / detection
+    return (name, terms[name], ratio) if ratio > max_ratio else None
+
+
+class RunawayDistillationGuard(HookBase):
+    """Raises :class:`RunawayDistillationError` after ``patience`` consecutive runaway iterations."""
+
+    def __init__(self, max_ratio: float, patience: int):
+        """
+        Args:
+            max_ratio: a term above this multiple of the detection loss is a runaway iteration.
+            patience: consecutive runaway iterations that stop training (at least 1).
+        """
+        if max_ratio <= 0 or patience < 1:
+            raise ValueError(
+                f"MODEL.DISTILL.MAX_RATIO must be > 0 (got {max_ratio}) and "
+                f"MODEL.DISTILL.MAX_RATIO_ITERS >= 1 (got {patience}) for the runaway guard"
+            )
+        self.max_ratio = float(max_ratio)
+        self.patience = int(patience)
+        self.streak = 0
+        self.worst: Optional[Tuple[str, float, float]] = None
+
+    def _latest_losses(self) -> Dict[str, float]:
+        """This iteration's ``loss_*`` scalars (empty on processes other than the main one)."""
+        return {
+            k: float(v)
+            for k, (v, it) in self.trainer.storage.latest().items()
+            if k.startswith("loss_") and it == self.trainer.iter
+        }
+
+    def after_step(self) -> None:
+        losses = self._latest_losses()
+        if losses:  # iterations whose losses were not gathered leave the count as it is
+            runaway = find_runaway(losses, self.max_ratio)
+            self.streak = self.streak + 1 if runaway else 0
+            self.worst = runaway or self.worst
+        if not any_rank(self.streak >= self.patience):
+            return
+        if self.worst is None:  # another process saw it: this one has no loss values
+            raise RunawayDistillationError(f"runaway distillation at iteration {self.trainer.iter}")
+        name, value, ratio = self.worst
+        raise RunawayDistillationError(
+            f"Distillation term {name} = {value:.4g} is {ratio:.4g} x the detection loss "
+            f"(> MODEL.DISTILL.MAX_RATIO {self.max_ratio:g}) for {self.streak} consecutive iterations, "
+            f"up to iteration {self.trainer.iter}: training stopped, this iteration was not saved "
+            "(the newest checkpoint is the last good one). Lower that term's WEIGHT, or set "
+            "MODEL.DISTILL.MAX_RATIO 0 to turn this guard off."
+        )
+
+
+def build_runaway_guard(cfg: CfgNode) -> Optional[RunawayDistillationGuard]:
+    """The guard configured by ``MODEL.DISTILL.MAX_RATIO`` (None when it is 0: guard off)."""
+    if cfg.MODEL.DISTILL.MAX_RATIO <= 0:
+        return None
+    return RunawayDistillationGuard(cfg.MODEL.DISTILL.MAX_RATIO, cfg.MODEL.DISTILL.MAX_RATIO_ITERS)
