@@ -277,7 +277,9 @@ class GKDDistill(DistillTerm):
         num_images, _, height, width = shape
         inside = box_location_masks(boxes, height, width, stride).to(weights.dtype) * weights.view(-1, 1, 1)
         fg_map = weights.new_zeros(num_images, height, width)
-        return fg_map.index_reduce_(0, image_of, inside, "amax", include_self=True)
+        for n in image_of.unique().tolist():
+            fg_map[n] = inside[image_of == n].amax(dim=0)
+        return fg_map
 
     @staticmethod
     def _ignore_mask(ignore_boxes: List[torch.Tensor], shape: torch.Size, stride: int) -> torch.Tensor:
