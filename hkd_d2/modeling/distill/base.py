@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.registry import Registry
 
@@ -36,6 +37,7 @@ __all__ = [
     "TEACHER_OUTPUTS",
     "DistillContext",
     "DistillTerm",
+    "Shapes",
     "build_distill_terms",
     "config_value",
     "enabled_term_classes",
@@ -48,6 +50,9 @@ Distillation terms. Each is called as ``Term(cfg, student_shapes, teacher_shapes
 shapes are ``Dict[str, ShapeSpec]`` of the two backbones' outputs, and returns an nn.Module
 whose ``forward(ctx: DistillContext) -> Dict[str, Tensor]`` gives weighted losses.
 """
+
+# Output shapes of a backbone by level name, as the terms receive them.
+Shapes = Dict[str, ShapeSpec]
 
 # What a term may ask of the teacher: backbone maps, RPN outputs on the student's anchors,
 # pooled RoI features / box-head predictions on the student's sampled RoIs.

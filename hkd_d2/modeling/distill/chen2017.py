@@ -42,11 +42,11 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
 from .common import level_adapters, mse
 
 __all__ = [
@@ -151,12 +151,7 @@ class Chen2017Distill(DistillTerm):
         # Distil the RPN (2-class soft objectness + bounded regression on its sampled positive anchors).
         cfg.MODEL.DISTILL.CHEN2017.RPN = True
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        student_shapes: Dict[str, ShapeSpec],
-        teacher_shapes: Dict[str, ShapeSpec],
-    ):
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)
         c = cfg.MODEL.DISTILL.CHEN2017
         self.mu = c.MU

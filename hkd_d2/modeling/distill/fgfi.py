@@ -25,12 +25,11 @@ from typing import Dict, List
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.structures import Boxes, pairwise_iou
 
 from ..ignore import split_ignored
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
 from .common import level_adapters
 
 __all__ = ["FGFIDistill", "imitation_masks", "masked_imitation_loss"]
@@ -107,12 +106,7 @@ class FGFIDistill(DistillTerm):
         # Iteration from which the imitation loss is on (authors: 400).
         cfg.MODEL.DISTILL.FGFI.START_ITER = 400
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        student_shapes: Dict[str, ShapeSpec],
-        teacher_shapes: Dict[str, ShapeSpec],
-    ):
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         c = cfg.MODEL.DISTILL.FGFI
         super().__init__(cfg, start_iter=c.START_ITER)
         self.threshold_ratio = c.THRESHOLD_RATIO

@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from detectron2.config import CfgNode
-from detectron2.layers import ROIAlign, ShapeSpec, cat
+from detectron2.layers import ROIAlign, cat
 from detectron2.modeling.poolers import assign_boxes_to_levels, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes, Instances
 
 from ..ignore import split_ignored
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
 from .common import level_adapters
 from .gkd_prototypes import PrototypeHook, Prototypes
 
@@ -154,12 +154,7 @@ class GKDDistill(DistillTerm):
         # Attenuate the two feature losses linearly from 1 at iteration 0 to 0 at SOLVER.MAX_ITER.
         cfg.MODEL.DISTILL.GKD.ATTENUATE = True
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        student_shapes: Dict[str, ShapeSpec],
-        teacher_shapes: Dict[str, ShapeSpec],
-    ):
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         c = cfg.MODEL.DISTILL.GKD
         super().__init__(cfg, attenuated=FEATURE_LOSSES if c.ATTENUATE else ())
         self.in_features = list(c.IN_FEATURES)

@@ -22,7 +22,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
 from .common import feature_adapter, level_adapters, mse
 
 __all__ = ["PyramidDistill", "RegionDistill", "LogitDistill"]
@@ -70,7 +70,7 @@ class PyramidDistill(DistillTerm):
         # (one mean over every element of every level, which weights P2 by its ~75% share).
         cfg.MODEL.DISTILL.PYRAMID.REDUCTION = "level_sum"
 
-    def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)
         self.in_features = list(cfg.MODEL.DISTILL.PYRAMID.IN_FEATURES)
         self.reduction = cfg.MODEL.DISTILL.PYRAMID.REDUCTION
@@ -102,7 +102,7 @@ class RegionDistill(DistillTerm):
         # lambda_RD: weight of the MSE between pooled RoI features on shared RoIs.
         cfg.MODEL.DISTILL.REGION.WEIGHT = 1.0
 
-    def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)
         self.adapter = feature_adapter(
             cfg,
@@ -130,7 +130,7 @@ class LogitDistill(DistillTerm):
         # lambda_LD: weight of the MSE between box-head class logits on shared RoIs.
         cfg.MODEL.DISTILL.LOGIT.WEIGHT = 1.0
 
-    def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:

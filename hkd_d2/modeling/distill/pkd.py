@@ -18,9 +18,8 @@ from typing import Dict
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec
 
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
 from .common import level_adapters
 
 __all__ = ["PKDDistill", "standardize_channels", "pearson_loss"]
@@ -63,12 +62,7 @@ class PKDDistill(DistillTerm):
         # Added to each channel's standard deviation before dividing by it.
         cfg.MODEL.DISTILL.PKD.EPS = 1e-6
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        student_shapes: Dict[str, ShapeSpec],
-        teacher_shapes: Dict[str, ShapeSpec],
-    ):
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)
         c = cfg.MODEL.DISTILL.PKD
         self.eps = c.EPS
