@@ -1,6 +1,7 @@
 """Chen et al. 2017 term: soft CE, teacher-bounded regression, hint, RPN part; values by hand."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -93,8 +94,11 @@ def test_hint_loss_through_adaptation_conv():
     assert losses["loss_chen2017_hint"].item() == pytest.approx(0.5 * 14.0)
 
 
-def _rpn(objectness, deltas, anchors):
-    return {"objectness_logits": [objectness], "anchor_deltas": [deltas], "anchors": [anchors]}
+def _rpn(objectness, deltas, anchors, labels=None, matched=None):
+    out = {"objectness_logits": [objectness], "anchor_deltas": [deltas], "anchors": [anchors]}
+    if labels is not None:
+        out.update(gt_labels=list(labels), gt_boxes=list(matched))
+    return out
 
 
 def test_rpn_soft_objectness_and_bounded_regression_by_hand():
@@ -102,16 +106,15 @@ def test_rpn_soft_objectness_and_bounded_regression_by_hand():
     assert term.teacher_needs == frozenset({"rpn"})
     assert term.detector_loss_scales == {"loss_rpn_cls": 0.5}
     anchors = Boxes(torch.tensor([[0.0, 0, 10, 10], [20.0, 0, 30, 10]]))
-    # gt = anchor 0 (IoU 1 -> positive); an ignore box on anchor 1 must not make it positive.
-    gt = Instances((10, 30), gt_boxes=Boxes(torch.tensor([[0.0, 0, 10, 10], [20.0, 0, 30, 10]])),
-                   gt_classes=torch.tensor([0, 0]), gt_ignore=torch.tensor([False, True]))
-    ctx = make_ctx(torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 4), torch.zeros(2, 4), gt=gt)
+    ctx = make_ctx(torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 4), torch.zeros(2, 4))
     obj_s = torch.tensor([[[[0.0, 1.0]]]])  # (N, A, H, W) = (1, 1, 1, 2)
     obj_t = torch.tensor([[[[2.0, -1.0]]]])
     deltas_s = torch.zeros(1, 4, 1, 2)
     deltas_s[0, 0, 0, 0] = 0.5  # anchor 0: dx 0.5, target 0 -> error 0.25
     deltas_t = torch.zeros(1, 4, 1, 2)  # teacher exact -> error 0
-    ctx.student_rpn = _rpn(obj_s, deltas_s, anchors)
+    # The RPN's own labels: anchor 0 positive (matched to itself), anchor 1 background.
+    labels, matched = torch.tensor([[1, 0]]), anchors.tensor.clone().unsqueeze(0)
+    ctx.student_rpn = _rpn(obj_s, deltas_s, anchors, labels, matched)
     ctx.teacher_rpn = _rpn(obj_t, deltas_t, anchors)
     losses = term(ctx)
 
@@ -121,10 +124,59 @@ def test_rpn_soft_objectness_and_bounded_regression_by_hand():
     def soft(zs, zt):
         return -(sig(zt) * math.log(sig(zs)) + 1.5 * (1 - sig(zt)) * math.log(1 - sig(zs)))
 
-    expected_soft = (soft(0.0, 2.0) + soft(1.0, -1.0)) / 2
+    # Summed over the mini-batch, / (RPN.BATCH_SIZE_PER_IMAGE 256 * 1 image) like loss_rpn_cls.
+    expected_soft = (soft(0.0, 2.0) + soft(1.0, -1.0)) / 256
     assert losses["loss_chen2017_rpn_cls"].item() == pytest.approx(0.5 * expected_soft, rel=1e-5)
-    # 0.25 on the one positive anchor, / (RPN.BATCH_SIZE_PER_IMAGE 256 * 1 image), nu 0.5.
+    # 0.25 on the one positive anchor, / 256, nu 0.5.
     assert losses["loss_chen2017_rpn_reg"].item() == pytest.approx(0.5 * 0.25 / 256, rel=1e-5)
+
+
+def test_rpn_losses_cover_the_rpns_sampled_minibatch_at_a_realistic_anchor_count():
+    """3 anchors x 90 x 120 locations x 2 images (about 32,000 anchors per image, as at stride 8
+    on 720x960): only the 256 anchors per image the RPN sampled (labels 0/1) count, including
+    none of the -1 (ignore regions, unsampled)."""
+    cfg = make_cfg(BOX_HEAD=False, HINT_WEIGHT=0.0, MU=0.25, BG_WEIGHT=2.0, TEMPERATURE=2.0)
+    term = Chen2017Distill(cfg, SHAPES, SHAPES)
+    g = torch.Generator().manual_seed(0)
+    n, a, h, w = 2, 3, 90, 120
+    num = a * h * w
+    obj_s, obj_t = torch.randn(n, a, h, w, generator=g), torch.randn(n, a, h, w, generator=g)
+    deltas_s, deltas_t = torch.randn(n, 4 * a, h, w, generator=g), torch.randn(n, 4 * a, h, w, generator=g)
+    xy = torch.rand(num, 2, generator=g) * 900
+    anchors = Boxes(torch.cat([xy, xy + 20 + torch.rand(num, 2, generator=g) * 60], dim=1))
+    labels = torch.full((n, num), -1)
+    for i in range(n):
+        sampled = torch.randperm(num, generator=g)[:256]
+        labels[i, sampled[:40]] = 1
+        labels[i, sampled[40:]] = 0
+    matched = anchors.tensor.unsqueeze(0).repeat(n, 1, 1) + torch.randn(n, num, 4, generator=g)
+    ctx = make_ctx(torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 4), torch.zeros(2, 4))
+    ctx.student_rpn = _rpn(obj_s, deltas_s, anchors, labels, matched)
+    ctx.teacher_rpn = _rpn(obj_t, deltas_t, anchors)
+    losses = term(ctx)
+
+    # Oracle: loops over the sampled anchors, in Detectron2's (H, W, A) anchor order.
+    zs, zt = obj_s.permute(0, 2, 3, 1).reshape(n, -1).numpy(), obj_t.permute(0, 2, 3, 1).reshape(n, -1).numpy()
+    ds = deltas_s.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4).numpy()
+    dt = deltas_t.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4).numpy()
+    box, gtb, lab = anchors.tensor.numpy(), matched.numpy(), labels.numpy()
+    soft = bounded = 0.0
+    for i in range(n):
+        for j in np.nonzero(lab[i] >= 0)[0]:
+            ps = np.exp([zs[i, j] / 2, 0.0]) / np.exp([zs[i, j] / 2, 0.0]).sum()
+            pt = np.exp([zt[i, j] / 2, 0.0]) / np.exp([zt[i, j] / 2, 0.0]).sum()
+            soft -= pt[0] * np.log(ps[0]) + 2.0 * pt[1] * np.log(ps[1])
+            if lab[i, j] == 1:
+                aw, ah = box[j, 2] - box[j, 0], box[j, 3] - box[j, 1]
+                gw, gh = gtb[i, j, 2] - gtb[i, j, 0], gtb[i, j, 3] - gtb[i, j, 1]
+                target = np.array([
+                    ((gtb[i, j, 0] + gw / 2) - (box[j, 0] + aw / 2)) / aw,
+                    ((gtb[i, j, 1] + gh / 2) - (box[j, 1] + ah / 2)) / ah,
+                    np.log(gw / aw), np.log(gh / ah)])  # RPN.BBOX_REG_WEIGHTS (1, 1, 1, 1)
+                err_s, err_t = np.sum((ds[i, j] - target) ** 2), np.sum((dt[i, j] - target) ** 2)
+                bounded += err_s if err_s > err_t else 0.0
+    assert losses["loss_chen2017_rpn_cls"].item() == pytest.approx(0.75 * soft / (256 * n), rel=1e-4)
+    assert losses["loss_chen2017_rpn_reg"].item() == pytest.approx(0.5 * bounded / (256 * n), rel=1e-4)
 
 
 def test_weight_multiplies_every_part():

@@ -1,4 +1,5 @@
 """FGFI term: imitation mask from anchors and the masked imitation loss; values by hand."""
+import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -19,6 +20,7 @@ def make_cfg(psi=0.5):
     cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]]
     cfg.MODEL.DISTILL.FGFI.IN_FEATURES = ["p2"]
     cfg.MODEL.DISTILL.FGFI.THRESHOLD_RATIO = psi
+    cfg.MODEL.DISTILL.FGFI.ADAPTER_KERNEL_SIZE = 1
     return cfg
 
 
@@ -100,3 +102,74 @@ def test_built_from_terms_list_and_level_check():
     cfg.MODEL.DISTILL.FGFI.IN_FEATURES = ["p3"]
     with pytest.raises(ValueError, match="FGFI.IN_FEATURES"):
         FGFIDistill(cfg, SHAPES, SHAPES)
+
+
+def _iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _fgfi_oracle(gt_boxes, student, teacher, levels, psi):
+    """FGFI with plain loops: one square anchor per location of each level (size, stride),
+    centred on the location's top-left corner (Detectron2's offset 0); a location imitates when
+    one of its anchors has IoU > psi * max IoU of a gt box; sum of squared errors over the mask
+    (and channels) over twice the mask locations, all levels together."""
+    anchors = []  # (level, n-independent y, x, box)
+    for f, (size, stride, (h, w)) in levels.items():
+        for y in range(h):
+            for x in range(w):
+                cx, cy = x * stride, y * stride
+                anchors.append((f, y, x, (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)))
+    total, locations = 0.0, 0
+    for n, boxes in enumerate(gt_boxes):
+        hit = set()
+        for box in boxes:
+            ious = [_iou(box, a[3]) for a in anchors]
+            best = max(ious)
+            hit |= {(a[0], a[1], a[2]) for a, iou in zip(anchors, ious) if iou > psi * best and iou > 0}
+        for f, y, x in hit:
+            total += float(np.sum((student[f][n, :, y, x] - teacher[f][n, :, y, x]) ** 2))
+            locations += 1
+    return total / (2 * max(locations, 1))
+
+
+def test_several_levels_match_the_reference_with_a_3x3_adapter():
+    levels = {"p2": (16, 4, (8, 12)), "p3": (32, 8, (4, 6)), "p4": (64, 16, (2, 3))}
+    shapes = {f: ShapeSpec(channels=3, stride=st) for f, (_, st, _) in levels.items()}
+    cfg = add_hkd_config(get_cfg())
+    cfg.MODEL.RPN.IN_FEATURES = list(levels)
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[size] for size, _, _ in levels.values()]
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]]
+    cfg.MODEL.DISTILL.FGFI.IN_FEATURES = list(levels)
+    term = FGFIDistill(cfg, shapes, shapes)
+    assert all(a.kernel_size == (3, 3) for a in term.adapters.values())  # the authors' default
+    with torch.no_grad():
+        for adapter in term.adapters.values():  # identity 3x3 conv: A(s) = s
+            adapter.weight.zero_()
+            adapter.weight[:, :, 1, 1] = torch.eye(3)
+            adapter.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    student = {f: torch.randn(2, 3, *hw, generator=g) for f, (_, _, hw) in levels.items()}
+    teacher = {f: torch.randn(2, 3, *hw, generator=g) for f, (_, _, hw) in levels.items()}
+    gt_boxes = [[[4.0, 2.0, 20.0, 30.0], [24.0, 4.0, 44.0, 28.0]], [[2.0, 0.0, 40.0, 32.0]]]
+    ctx = DistillContext(
+        images=ImageList(torch.zeros(2, 3, 32, 48), [(32, 48)] * 2),
+        gt_instances=[Instances((32, 48), gt_boxes=Boxes(torch.tensor(b)), gt_classes=torch.zeros(len(b), dtype=torch.long))
+                      for b in gt_boxes],
+        student_features=student,
+        proposals=[],
+        student_roi_features=torch.zeros(0, 3, 1, 1),
+        student_predictions=(torch.zeros(0, 2), torch.zeros(0, 4)),
+        teacher_features=teacher,
+    )
+    expected = _fgfi_oracle(gt_boxes, {f: v.numpy() for f, v in student.items()},
+                            {f: v.numpy() for f, v in teacher.items()}, levels, 0.5)
+    assert term(ctx)["loss_fgfi"].item() == pytest.approx(0.01 * expected, rel=1e-5)
+    assert ctx.stats["distill/fgfi_mask_locations"] > 3  # several levels take part
+
+
+def test_imitation_starts_at_the_authors_iteration():
+    term = FGFIDistill(make_cfg(), SHAPES, SHAPES)
+    assert [term.schedule.loss_scale("loss_fgfi", i) for i in (0, 399, 400, 1000)] == [0.0, 0.0, 1.0, 1.0]

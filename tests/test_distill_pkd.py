@@ -1,6 +1,7 @@
 """PKD term: Pearson-correlation loss of channel-standardised maps; values by hand."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -14,24 +15,52 @@ from hkd_d2.modeling.distill.pkd import PKDDistill, pearson_loss
 S = torch.tensor([1.0, 2.0, 3.0]).view(1, 1, 1, 3)
 T = torch.tensor([2.0, 4.0, 7.0]).view(1, 1, 1, 3)
 # Pearson r of (1, 2, 3) and (2, 4, 7): cov 5/3, var_s 2/3, var_t 114/27 -> r = 15 / sqrt(228).
+# With MMRazor's sample std over M = 3 values the half MSE is (1 - r) * (M - 1) / M.
 ONE_MINUS_R = 1 - 15 / math.sqrt(228)
+SAMPLE = 2 / 3
+
+
+def _oracle(student: np.ndarray, teacher: np.ndarray, eps: float = 1e-6) -> float:
+    """MMRazor's PKD loss with plain loops: per channel, standardise over (N, H, W) with the
+    sample std, then half the mean squared difference over all elements."""
+    total, count = 0.0, 0
+    for c in range(student.shape[1]):
+        s, t = student[:, c].ravel().astype(np.float64), teacher[:, c].ravel().astype(np.float64)
+        zs = (s - s.mean()) / (s.std(ddof=1) + eps)
+        zt = (t - t.mean()) / (t.std(ddof=1) + eps)
+        for a, b in zip(zs, zt):
+            total += (a - b) ** 2 / 2
+            count += 1
+    return total / count
 
 
 def test_pearson_loss_is_one_minus_r():
-    assert pearson_loss(S, T).item() == pytest.approx(ONE_MINUS_R, abs=1e-5)
+    assert pearson_loss(S, T).item() == pytest.approx(ONE_MINUS_R * SAMPLE, abs=1e-5)
 
 
-def test_pearson_loss_invariant_to_affine_maps_and_two_for_anticorrelation():
+def test_pearson_loss_matches_the_reference_on_random_maps():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g) * 3 + 1
+    assert pearson_loss(s, t).item() == pytest.approx(_oracle(s.numpy(), t.numpy()), rel=1e-5)
+
+
+def test_pearson_loss_invariant_to_affine_maps_and_maximal_for_anticorrelation():
     x = torch.randn(2, 3, 4, 5)
     assert pearson_loss(x, 3 * x + 5).item() == pytest.approx(0.0, abs=1e-5)
-    assert pearson_loss(x, -x).item() == pytest.approx(2.0, abs=1e-5)
+    assert pearson_loss(x, -x).item() == pytest.approx(2.0 * 39 / 40, abs=1e-5)
 
 
 def test_channels_are_standardised_over_batch_and_space_separately():
-    # Channel 0 perfectly correlated, channel 1 anti-correlated -> mean of 0 and 2.
+    # Channel 0 perfectly correlated, channel 1 anti-correlated -> mean of 0 and 2 (x 2/3).
     s = torch.stack([S[:, 0], S[:, 0]], dim=1)
     t = torch.stack([T[:, 0] * 0 + S[:, 0] * 2, -S[:, 0]], dim=1)
-    assert pearson_loss(s, t).item() == pytest.approx(1.0, abs=1e-5)
+    assert pearson_loss(s, t).item() == pytest.approx(1.0 * SAMPLE, abs=1e-5)
+
+
+def test_default_levels_are_the_reference_p2_to_p5():
+    cfg = add_hkd_config(get_cfg())
+    assert list(cfg.MODEL.DISTILL.PKD.IN_FEATURES) == ["p2", "p3", "p4", "p5"]
+    assert cfg.MODEL.DISTILL.PKD.WEIGHT == 6.0
 
 
 def test_term_sums_levels_with_weight_six():
@@ -49,8 +78,8 @@ def test_term_sums_levels_with_weight_six():
         teacher_features={"p2": T, "p3": -S},
     )
     losses = term(ctx)
-    assert losses["loss_pkd"].item() == pytest.approx(6 * (ONE_MINUS_R + 2.0), abs=1e-4)
-    assert ctx.stats["distill/pkd_p3"].item() == pytest.approx(2.0, abs=1e-5)
+    assert losses["loss_pkd"].item() == pytest.approx(6 * (ONE_MINUS_R + 2.0) * SAMPLE, abs=1e-4)
+    assert ctx.stats["distill/pkd_p3"].item() == pytest.approx(2.0 * SAMPLE, abs=1e-5)
 
 
 def test_channel_mismatch_needs_adapter():

@@ -19,11 +19,18 @@ DETECTION_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
 class _RPNProbe(DistillTerm):
     """Test-only term that asks for RPN outputs and records the context it was given."""
 
+    WEIGHT_KEY = "MODEL.DISTILL.RPN_PROBE.WEIGHT"
     teacher_needs = frozenset({"rpn"})
     seen = []
 
+    @classmethod
+    def add_config(cls, cfg):
+        cfg.MODEL.DISTILL.RPN_PROBE = type(cfg)()
+        # Weight of the probe's loss.
+        cfg.MODEL.DISTILL.RPN_PROBE.WEIGHT = 1.0
+
     def __init__(self, cfg, student_shapes, teacher_shapes):
-        super().__init__(1.0)
+        super().__init__(cfg)
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         _RPNProbe.seen.append(ctx)
@@ -181,6 +188,26 @@ def test_rpn_outputs_on_student_anchors(tmp_path):
         assert so.requires_grad and not to.requires_grad
         assert len(a) == so.shape[1] * so.shape[2] * so.shape[3]
     assert t["anchors"] is s["anchors"]
+    # The RPN's own sampled mini-batch: labels in {-1, 0, 1}, at most BATCH_SIZE_PER_IMAGE sampled.
+    num_anchors = sum(len(a) for a in s["anchors"])
+    for labels, boxes in zip(s["gt_labels"], s["gt_boxes"]):
+        assert labels.shape == (num_anchors,) and boxes.shape == (num_anchors, 4)
+        assert 0 < int((labels >= 0).sum()) <= cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE
+        assert int((labels == 1).sum()) > 0 and int((labels == -1).sum()) > 0
+    assert "label_and_sample_anchors" not in vars(model.proposal_generator)  # unshadowed after
+
+
+def test_teacher_with_other_anchors_or_box_weights_is_refused(tmp_path):
+    for key, value in (("MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]"),
+                       ("MODEL.RPN.BBOX_REG_WEIGHTS", "(2.0, 2.0, 1.0, 1.0)")):
+        files = write_teacher(tmp_path, **{key: value})
+        with pytest.raises(ValueError, match="anchors"):
+            build_hkd(hkd_cfg(files, **{"MODEL.DISTILL.TERMS": ["_RPNProbe"]}))
+        build_hkd(hkd_cfg(files))  # HKD reads neither: accepted
+    files = write_teacher(tmp_path, **{"MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS": "(5.0, 5.0, 2.0, 2.0)"})
+    with pytest.raises(ValueError, match="box deltas"):
+        build_hkd(hkd_cfg(files, **{"MODEL.DISTILL.TERMS": ["Chen2017Distill"],
+                                    "MODEL.DISTILL.CHEN2017.RPN": False}))
 
 
 def test_eval_runs_only_the_student(tmp_path):
@@ -212,14 +239,14 @@ def test_to_moves_the_teacher(tmp_path):
     assert all(p.dtype == torch.float64 for p in model.teacher.parameters())
 
 
-def test_distill_scale_multiplies_term_losses(tmp_path):
-    cfg = hkd_cfg(write_teacher(tmp_path))
+def test_schedule_multiplies_term_losses(tmp_path):
+    cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.WARMUP_ITERS": 4})
     model = build_hkd(cfg)
     model.train()
     with EventStorage():
         torch.manual_seed(0)
         full = model(batch())
-        model.distill_scale = 0.25
+        model.distill_iter = 1
         torch.manual_seed(0)
         scaled = model(batch())
     for name in DISTILL_LOSSES:
@@ -265,9 +292,11 @@ def test_detector_loss_factors_follow_the_schedule():
 
     from hkd_d2.modeling.distiller import HKDDistiller
 
-    term = SimpleNamespace(detector_loss_scales={"loss_cls": 0.25})
-    for scale, expected in ((0.0, 2.0), (0.5, 1.25), (1.0, 0.5)):
+    from hkd_d2.modeling.distill import DistillSchedule
+
+    term = SimpleNamespace(detector_loss_scales={"loss_cls": 0.25}, schedule=DistillSchedule(warmup_iters=2))
+    for iteration, expected in ((0, 2.0), (1, 1.25), (2, 0.5)):
         losses = {"loss_cls": torch.tensor(2.0), "loss_box_reg": torch.tensor(3.0)}
-        HKDDistiller._scale_detector_losses(SimpleNamespace(distill_terms=[term], distill_scale=scale), losses)
+        HKDDistiller._scale_detector_losses(SimpleNamespace(distill_terms=[term], distill_iter=iteration), losses)
         assert losses["loss_cls"].item() == pytest.approx(expected)
         assert losses["loss_box_reg"].item() == 3.0

@@ -6,7 +6,8 @@ from detectron2.solver import build_optimizer
 
 from hkd_d2.config import add_hkd_config
 from hkd_d2.engine import DistillationHook, build_distillation_hooks
-from hkd_d2.engine.hooks import linear_warmup
+from hkd_d2.modeling.distill import DistillSchedule, linear_warmup
+from hkd_d2.modeling.distill.gkd_prototypes import PrototypeHook
 
 from .hkd_helpers import batch, build_hkd, hkd_cfg, write_teacher
 
@@ -19,6 +20,15 @@ def test_linear_warmup_values(iteration, warmup, scale):
     assert linear_warmup(iteration, warmup) == pytest.approx(scale)
 
 
+def test_schedule_start_warmup_and_attenuation():
+    schedule = DistillSchedule(warmup_iters=4, start_iter=10, max_iter=100, attenuated=frozenset({"loss_a"}))
+    assert [schedule.scale(i) for i in (0, 9, 10, 12, 14, 50)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert schedule.loss_scale("loss_a", 50) == pytest.approx(0.5)
+    assert schedule.loss_scale("loss_b", 50) == 1.0
+    assert schedule.loss_scale("loss_a", None) == 1.0 and not schedule.is_plain_warmup
+    assert DistillSchedule(warmup_iters=4).is_plain_warmup
+
+
 def test_hooks_only_for_distillers():
     cfg = add_hkd_config(get_cfg())
     assert build_distillation_hooks(cfg) == []
@@ -26,18 +36,22 @@ def test_hooks_only_for_distillers():
     cfg.MODEL.DISTILL.WARMUP_ITERS = 7
     (hook,) = build_distillation_hooks(cfg)
     assert isinstance(hook, DistillationHook) and hook.warmup_iters == 7
+    # Every weight 0: the config does not distill.
+    for key in ("PYRAMID", "REGION", "LOGIT"):
+        cfg.MODEL.DISTILL[key].WEIGHT = 0.0
+    assert build_distillation_hooks(cfg) == []
 
 
 def test_training_records_scale_and_term_statistics(tmp_path):
     cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.WARMUP_ITERS": 2,
                                                "MODEL.DISTILL.TERMS": ["PyramidDistill", "LogitDistill"]})
     model = build_hkd(cfg)
-    scales = []
-    model.register_forward_pre_hook(lambda m, _inputs: scales.append(m.distill_scale))
+    iterations = []
+    model.register_forward_pre_hook(lambda m, _inputs: iterations.append(m.distill_iter))
     trainer = SimpleTrainer(model, [batch(seed=i) for i in range(3)], build_optimizer(cfg, model))
     trainer.register_hooks(build_distillation_hooks(cfg))
     trainer.train(0, 3)
-    assert scales == [0.0, 0.5, 1.0]
+    assert iterations == [0, 1, 2]
     history = trainer.storage.histories()
     assert [v for v, _ in history["distill/scale"].values()] == [0.0, 0.5, 1.0]
     for name in ("distill/pd", "distill/pd_p2", "distill/pd_p5", "distill/ld"):
@@ -50,13 +64,22 @@ def test_training_records_scale_and_term_statistics(tmp_path):
 
 
 def test_terms_with_a_hook_get_it(monkeypatch):
-    """A term listed in TERM_HOOKS (GKD's prototype hook) gets its hook after the schedule hook."""
-    from hkd_d2.engine import hooks as hooks_module
+    """A term declaring hooks (GKD's prototype hook) gets them after the schedule hook; a term of
+    weight 0 does not."""
+    from hkd_d2.modeling.distill.pkd import PKDDistill
 
-    monkeypatch.setitem(hooks_module.TERM_HOOKS, "PKDDistill", lambda cfg: ("hook for", cfg.MODEL.DISTILL.PKD.WEIGHT))
+    monkeypatch.setattr(PKDDistill, "hooks", (lambda cfg: ("hook for", cfg.MODEL.DISTILL.PKD.WEIGHT),))
     cfg = add_hkd_config(get_cfg())
     cfg.MODEL.META_ARCHITECTURE = "HKDDistiller"
     cfg.MODEL.DISTILL.TERMS = ["PyramidDistill", "PKDDistill"]
     built = build_distillation_hooks(cfg)
     assert isinstance(built[0], DistillationHook)
     assert built[1:] == [("hook for", 6.0)]
+    cfg.MODEL.DISTILL.PKD.WEIGHT = 0.0
+    assert len(build_distillation_hooks(cfg)) == 1
+
+
+def test_gkd_declares_the_prototype_hook():
+    from hkd_d2.modeling.distill.gkd import GKDDistill
+
+    assert GKDDistill.hooks == (PrototypeHook,)

@@ -9,9 +9,9 @@ One training step (N images, R sampled RoIs over the batch):
    its own preprocessing of the same inputs (same padded size is checked), its backbone once,
    then, on demand, its RPN head on the student's anchors ("rpn") and its ``pool_and_predict``
    on *the same* sampled RoIs ("roi");
-3. every distillation term reads a :class:`DistillContext` and returns weighted losses; the
-   sum is multiplied by ``self.distill_scale`` (the warm-up schedule, set by
-   :class:`hkd_d2.engine.DistillationHook`).
+3. every distillation term reads a :class:`DistillContext` and returns weighted losses; each
+   is multiplied by the term's schedule factor at ``self.distill_iter`` (the iteration, set by
+   :class:`hkd_d2.engine.DistillationHook`; None outside a trainer: factor 1).
 
 Loss normalisation of the HKD terms (see :mod:`hkd_d2.modeling.distill.hkd`): every MSE is a
 plain mean over all elements of its tensors, so it does not grow with batch size, channels or
@@ -26,19 +26,19 @@ and are dropped by :func:`hkd_d2.export.export_student`. In eval mode only the s
 """
 import logging
 from contextlib import contextmanager
-from typing import Dict, FrozenSet, Iterator, List, Optional
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional
 
 import torch
 from torch import nn
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
-from .distill import DistillContext, build_distill_terms
+from .distill import DistillContext, build_distill_terms, enabled_term_classes
 from .teacher import FrozenTeacher, build_teacher
 
-__all__ = ["HKDDistiller", "DISTILL_ONLY_PREFIXES"]
+__all__ = ["HKDDistiller", "DISTILL_ONLY_PREFIXES", "distills", "check_teacher_conventions"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,79 @@ def _record_outputs(module: nn.Module, enabled: bool) -> Iterator[list]:
     finally:
         if handle is not None:
             handle.remove()
+
+
+@contextmanager
+def _record_returns(obj: Any, method: str, enabled: bool) -> Iterator[list]:
+    """Collect the return values of every ``obj.<method>(...)`` call made inside the block (when
+    enabled), by shadowing the method with a recording wrapper on the instance."""
+    returns: list = []
+    if not enabled:
+        yield returns
+        return
+    shadowed = method in vars(obj)
+    original = getattr(obj, method)
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        returns.append(out)
+        return out
+
+    setattr(obj, method, recording)
+    try:
+        yield returns
+    finally:
+        if shadowed:
+            setattr(obj, method, original)
+        else:
+            delattr(obj, method)
+
+
+def distills(cfg: CfgNode) -> bool:
+    """Whether ``cfg`` trains under a teacher: its meta-architecture is an :class:`HKDDistiller`
+    and some term of ``MODEL.DISTILL.TERMS`` has a weight other than 0."""
+    meta = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    return isinstance(meta, type) and issubclass(meta, HKDDistiller) and bool(enabled_term_classes(cfg))
+
+
+def _anchor_layout(proposal_generator: nn.Module) -> tuple:
+    generator = proposal_generator.anchor_generator
+    return (
+        type(generator).__name__,
+        [a.tolist() for a in generator.cell_anchors],
+        list(generator.strides),
+        generator.offset,
+        tuple(proposal_generator.box2box_transform.weights),
+    )
+
+
+def _box_delta_layout(roi_heads: nn.Module) -> tuple:
+    predictor = roi_heads.box_predictor
+    return tuple(predictor.box2box_transform.weights), predictor.bbox_pred.out_features
+
+
+def check_teacher_conventions(
+    student_rpn: nn.Module, student_roi_heads: nn.Module, teacher: FrozenTeacher, terms: nn.ModuleList
+) -> None:
+    """Raise a ValueError when a term reads teacher outputs that the student's conventions do
+    not fit: RPN outputs on the student's anchors need the same anchors (MODEL.ANCHOR_GENERATOR)
+    and MODEL.RPN.BBOX_REG_WEIGHTS; box deltas on the student's RoIs need the same
+    MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS and class-specific/agnostic regression."""
+    detector = teacher.detector
+    checks = []
+    if any("rpn" in t.teacher_needs for t in terms):
+        checks.append(("anchors (MODEL.ANCHOR_GENERATOR, MODEL.RPN.BBOX_REG_WEIGHTS)",
+                       _anchor_layout(student_rpn), _anchor_layout(detector.proposal_generator)))
+    if any(t.reads_teacher_box_deltas for t in terms):
+        checks.append(("box deltas (MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS, CLS_AGNOSTIC_BBOX_REG)",
+                       _box_delta_layout(student_roi_heads), _box_delta_layout(detector.roi_heads)))
+    for what, student, teacher_layout in checks:
+        if student != teacher_layout:
+            raise ValueError(
+                f"A distillation term reads the teacher's {what.split(' (')[0]} on the student's terms, "
+                f"but they are encoded differently: {what} of the student {student} vs the teacher "
+                f"{teacher_layout} (MODEL.TEACHER.CONFIG_FILE)"
+            )
 
 
 @META_ARCH_REGISTRY.register()
@@ -94,8 +167,9 @@ class HKDDistiller(GeneralizedRCNN):
             raise ValueError(f"Distillation terms need the teacher's {set(self.teacher_needs)}")
         # Plain attribute, not a submodule: keeps the teacher out of state_dict/parameters/DDP.
         object.__setattr__(self, "_teacher", teacher if self.teacher_needs else None)
-        # Multiplier of all distillation losses; the DistillationHook sets it every iteration.
-        self.distill_scale = 1.0
+        # Training iteration for the terms' schedules; the DistillationHook sets it every
+        # iteration (None: no schedule, every factor 1).
+        self.distill_iter: Optional[int] = None
         # Unweighted per-term statistics of the last training step (floats or 0-dim tensors).
         self.distill_stats: Dict[str, torch.Tensor] = {}
 
@@ -103,11 +177,13 @@ class HKDDistiller(GeneralizedRCNN):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         student_shapes = ret["backbone"].output_shape()
-        teacher = build_teacher(cfg) if cfg.MODEL.DISTILL.TERMS else None
+        teacher = build_teacher(cfg) if distills(cfg) else None
         teacher_shapes = teacher.detector.backbone.output_shape() if teacher is not None else {}
         terms = build_distill_terms(cfg, student_shapes, teacher_shapes)
-        if teacher is not None and not terms:
-            logger.info("Every distillation weight is 0: the teacher will not be run")
+        if teacher is None:
+            logger.info("No distillation term with a weight other than 0: the teacher is not built")
+        else:
+            check_teacher_conventions(ret["proposal_generator"], ret["roi_heads"], teacher, terms)
         ret.update(teacher=teacher, distill_terms=terms)
         return ret
 
@@ -133,9 +209,12 @@ class HKDDistiller(GeneralizedRCNN):
         images = self.preprocess_image(batched_inputs)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         features = self.backbone(images.tensor)
-        rpn_head = self.proposal_generator.rpn_head
-        with _record_outputs(rpn_head, "rpn" in self.teacher_needs) as rpn_outputs:
-            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        rpn = self.proposal_generator
+        needs_rpn = "rpn" in self.teacher_needs
+        with _record_outputs(rpn.rpn_head, needs_rpn) as rpn_outputs, _record_returns(
+            rpn, "label_and_sample_anchors", needs_rpn
+        ) as rpn_targets:
+            proposals, proposal_losses = rpn(images, features, gt_instances)
         proposals = self.roi_heads.label_and_sample_proposals(proposals, gt_instances)
         roi_features, predictions = self.roi_heads.pool_and_predict(features, proposals)
 
@@ -153,28 +232,38 @@ class HKDDistiller(GeneralizedRCNN):
             proposals=proposals,
             student_roi_features=roi_features,
             student_predictions=predictions,
-            scale=self.distill_scale,
         )
-        if "rpn" in self.teacher_needs:
-            ctx.student_rpn = self._student_rpn(features, rpn_outputs)
+        if needs_rpn:
+            ctx.student_rpn = self._student_rpn(features, rpn_outputs, rpn_targets)
         self._fill_teacher(ctx, batched_inputs)
         self._scale_detector_losses(losses)
         losses.update(self._distill_losses(ctx))
         return losses
 
     def _scale_detector_losses(self, losses: Dict[str, torch.Tensor]) -> None:
-        """Apply the terms' factors on detection losses, following the schedule: a factor f
-        becomes ``1 - scale * (1 - f)`` (the plain detector at scale 0, the term's at 1)."""
+        """Apply the terms' factors on detection losses, following each term's schedule: a factor
+        f becomes ``1 - scale * (1 - f)`` (the plain detector at scale 0, the term's at 1)."""
         for term in self.distill_terms:
+            scale = term.schedule.scale(self.distill_iter)
             for name, factor in term.detector_loss_scales.items():
-                losses[name] = losses[name] * (1.0 - self.distill_scale * (1.0 - factor))
+                losses[name] = losses[name] * (1.0 - scale * (1.0 - factor))
 
-    def _student_rpn(self, features: Dict[str, torch.Tensor], rpn_outputs: list) -> Dict[str, list]:
-        """The student's RPN head outputs recorded during its RPN forward, and its anchors."""
+    def _student_rpn(
+        self, features: Dict[str, torch.Tensor], rpn_outputs: list, rpn_targets: list
+    ) -> Dict[str, list]:
+        """The student's RPN head outputs and training targets recorded during its RPN forward,
+        and its anchors."""
         objectness, deltas = rpn_outputs[-1]
+        gt_labels, gt_boxes = rpn_targets[-1]
         rpn = self.proposal_generator
         anchors = rpn.anchor_generator([features[f] for f in rpn.in_features])
-        return {"objectness_logits": objectness, "anchor_deltas": deltas, "anchors": anchors}
+        return {
+            "objectness_logits": objectness,
+            "anchor_deltas": deltas,
+            "anchors": anchors,
+            "gt_labels": gt_labels,
+            "gt_boxes": gt_boxes,
+        }
 
     def _fill_teacher(self, ctx: DistillContext, batched_inputs: List[Dict]) -> None:
         """Run the teacher work some term needs on the step's inputs and sampled RoIs."""
@@ -208,13 +297,17 @@ class HKDDistiller(GeneralizedRCNN):
             )
 
     def _distill_losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        """Call every term, scale its losses by ``distill_scale`` and keep its statistics."""
+        """Call every term, scale its losses by its schedule and keep its statistics (with the
+        factors of the losses whose schedule is not the plain warm-up, as ``distill/scale_<loss>``)."""
         losses: Dict[str, torch.Tensor] = {}
         for term in self.distill_terms:
             for name, value in term(ctx).items():
                 if name in losses:
                     raise KeyError(f"Two distillation terms report the same loss '{name}'")
-                losses[name] = value * self.distill_scale
+                scale = term.schedule.loss_scale(name, self.distill_iter)
+                losses[name] = value * scale
+                if not term.schedule.is_plain_warmup:
+                    ctx.stats[f"distill/scale_{name}"] = scale
         self.distill_stats = {
             k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in ctx.stats.items()
         }

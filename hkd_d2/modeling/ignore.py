@@ -8,20 +8,38 @@ area >= ``MODEL.IGNORE_REGIONS.IOA_THRESHOLD``) is left out of sampling.
 from typing import Dict, Tuple
 
 import torch
+from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances, pairwise_ioa
 
-__all__ = ["ignore_regions_config", "split_ignored", "covered_by_ignore"]
+__all__ = ["IgnoreRegionsMixin", "split_ignored", "covered_by_ignore"]
 
 
-def ignore_regions_config(cfg) -> Dict:
-    """Constructor arguments of the ignore-aware heads, from ``MODEL.IGNORE_REGIONS``."""
-    threshold = cfg.MODEL.IGNORE_REGIONS.IOA_THRESHOLD
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"MODEL.IGNORE_REGIONS.IOA_THRESHOLD must be in (0, 1], got {threshold}")
-    return {
-        "ignore_regions": cfg.MODEL.IGNORE_REGIONS.ENABLED,
-        "ignore_ioa_threshold": threshold,
-    }
+class IgnoreRegionsMixin:
+    """The ignore-region set-up shared by :class:`~hkd_d2.modeling.rpn.PedestrianRPN` and
+    :class:`~hkd_d2.modeling.roi_heads.PedestrianROIHeads`: put it before the Detectron2 class
+    (``class X(IgnoreRegionsMixin, RPN)``); ``ignore_regions`` and ``ignore_ioa_threshold`` come
+    from ``MODEL.IGNORE_REGIONS``."""
+
+    @configurable
+    def __init__(self, *, ignore_regions: bool = True, ignore_ioa_threshold: float = 0.5, **kwargs):
+        """
+        Args:
+            ignore_regions: leave background anchors/proposals inside ignore boxes out of sampling.
+            ignore_ioa_threshold: covered fraction of an anchor's/proposal's area that makes it ignored.
+            kwargs: arguments of the Detectron2 class.
+        """
+        super().__init__(**kwargs)
+        self.ignore_regions = ignore_regions
+        self.ignore_ioa_threshold = ignore_ioa_threshold
+
+    @classmethod
+    def from_config(cls, cfg, input_shape) -> Dict:
+        ret = super().from_config(cfg, input_shape)
+        threshold = cfg.MODEL.IGNORE_REGIONS.IOA_THRESHOLD
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"MODEL.IGNORE_REGIONS.IOA_THRESHOLD must be in (0, 1], got {threshold}")
+        ret.update(ignore_regions=cfg.MODEL.IGNORE_REGIONS.ENABLED, ignore_ioa_threshold=threshold)
+        return ret
 
 
 def split_ignored(targets: Instances) -> Tuple[Instances, Boxes]:

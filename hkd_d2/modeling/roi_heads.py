@@ -3,18 +3,17 @@
 from typing import Dict, List, Tuple
 
 import torch
-from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from .ignore import covered_by_ignore, ignore_regions_config, split_ignored
+from .ignore import IgnoreRegionsMixin, covered_by_ignore, split_ignored
 from .pyramid_pooler import build_box_pooler
 
 __all__ = ["PedestrianROIHeads"]
 
 
 @ROI_HEADS_REGISTRY.register()
-class PedestrianROIHeads(StandardROIHeads):
+class PedestrianROIHeads(IgnoreRegionsMixin, StandardROIHeads):
     """:class:`StandardROIHeads` whose box pooler comes from ``ROI_POOLER_REGISTRY`` and whose
     proposal sampling respects ignore regions (targets' ``gt_ignore``).
 
@@ -28,24 +27,6 @@ class PedestrianROIHeads(StandardROIHeads):
     # has annotations of its own): scripting then skips the absent mask and keypoint heads.
     mask_on: torch.jit.Final[bool]
     keypoint_on: torch.jit.Final[bool]
-
-    @configurable
-    def __init__(self, *, ignore_regions: bool = True, ignore_ioa_threshold: float = 0.5, **kwargs):
-        """
-        Args:
-            ignore_regions: leave background proposals inside ignore boxes out of sampling.
-            ignore_ioa_threshold: covered fraction of a proposal's area that makes it ignored.
-            kwargs: arguments of :class:`StandardROIHeads`.
-        """
-        super().__init__(**kwargs)
-        self.ignore_regions = ignore_regions
-        self.ignore_ioa_threshold = ignore_ioa_threshold
-
-    @classmethod
-    def from_config(cls, cfg, input_shape) -> Dict:
-        ret = super().from_config(cfg, input_shape)
-        ret.update(ignore_regions_config(cfg))
-        return ret
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape) -> Dict:

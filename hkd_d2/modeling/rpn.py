@@ -1,19 +1,18 @@
 """Region proposal network whose anchor labelling respects ignore regions."""
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
-from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.memory import retry_if_cuda_oom
 
-from .ignore import covered_by_ignore, ignore_regions_config, split_ignored
+from .ignore import IgnoreRegionsMixin, covered_by_ignore, split_ignored
 
 __all__ = ["PedestrianRPN"]
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
-class PedestrianRPN(RPN):
+class PedestrianRPN(IgnoreRegionsMixin, RPN):
     """:class:`RPN` for targets with ignore regions (``gt_ignore``, bool per box).
 
     Anchors are matched against the non-ignored boxes only, so an ignore box never makes a
@@ -21,24 +20,6 @@ class PedestrianRPN(RPN):
     ignore box covers (IoA >= ``ignore_ioa_threshold``) gets label -1 and is never sampled.
     Targets without ``gt_ignore`` are labelled exactly as by Detectron2's RPN.
     """
-
-    @configurable
-    def __init__(self, *, ignore_regions: bool = True, ignore_ioa_threshold: float = 0.5, **kwargs):
-        """
-        Args:
-            ignore_regions: give background anchors inside ignore boxes the label -1.
-            ignore_ioa_threshold: covered fraction of an anchor's area that makes it ignored.
-            kwargs: arguments of :class:`RPN`.
-        """
-        super().__init__(**kwargs)
-        self.ignore_regions = ignore_regions
-        self.ignore_ioa_threshold = ignore_ioa_threshold
-
-    @classmethod
-    def from_config(cls, cfg, input_shape) -> Dict:
-        ret = super().from_config(cfg, input_shape)
-        ret.update(ignore_regions_config(cfg))
-        return ret
 
     @torch.jit.unused
     @torch.no_grad()

@@ -16,6 +16,7 @@ from ..engine.trainer import Trainer
 from ..evaluation import MissRateCurve, MissRateEvaluator, miss_rate_curves
 from ..evaluation.evaluator import DETECTIONS_FILE, ground_truth_from_records
 from ..evaluation.miss_rate import get_protocol, load_detections
+from ..modeling.distiller import distills
 from ..modeling.teacher import resolve_path
 from .report import write_text
 
@@ -34,7 +35,7 @@ def build_run_config(config_file: str, opts: Sequence[str], output_dir: str) -> 
 def teacher_config(config_file: str) -> Optional[str]:
     """The teacher config file ``config_file`` distills from (None when it trains without one)."""
     cfg = load_config(config_file)
-    if cfg.MODEL.META_ARCHITECTURE != "HKDDistiller" or not cfg.MODEL.DISTILL.TERMS:
+    if not distills(cfg):
         return None
     return resolve_path(cfg.MODEL.TEACHER.CONFIG_FILE, f"MODEL.TEACHER.CONFIG_FILE of {config_file}")
 

@@ -1,3 +1,12 @@
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, build_distill_terms  # noqa: F401
+from .base import (  # noqa: F401
+    DISTILL_TERM_REGISTRY,
+    DistillContext,
+    DistillTerm,
+    build_distill_terms,
+    config_value,
+    enabled_term_classes,
+    unwrap_ddp,
+)
+from .schedule import DistillSchedule, linear_warmup  # noqa: F401
 from . import hkd  # noqa: F401  (registers PyramidDistill, RegionDistill, LogitDistill)
 from . import chen2017, fgfi, gkd, pkd  # noqa: F401  (registers the literature terms)

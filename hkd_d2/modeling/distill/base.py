@@ -3,27 +3,45 @@
 A term is a small ``nn.Module`` built from the config. At each training step the
 distillation meta-architecture fills one :class:`DistillContext` with the student's
 (and, when some term asks for it, the teacher's) intermediate tensors, calls every term
-on it and adds the returned, already weighted losses to the loss dict.
+on it and adds the returned, already weighted losses, times the term's schedule, to the loss dict.
 
-A term declares which teacher outputs it reads in ``teacher_needs`` so that the
-meta-architecture runs only the teacher work some term needs (none at all when no term
-needs the teacher).
+A method is one module: its term class declares
+
+* ``WEIGHT_KEY``, the full config key of its weight (``term.weight``; a term of weight 0 is
+  not built);
+* ``add_config(cfg)``, the config keys of the method with their defaults: every subclass that
+  defines it is added by :func:`hkd_d2.config.add_hkd_config`;
+* ``teacher_needs``, which teacher outputs it reads, so that the meta-architecture runs only the
+  teacher work some term needs (none at all when no term needs the teacher);
+* ``hooks``, the training hooks it needs (built by the trainer when the term is on);
+* its :class:`~hkd_d2.modeling.distill.schedule.DistillSchedule` (warm-up, start iteration,
+  attenuation), given to :meth:`DistillTerm.__init__`.
 """
+import functools
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.registry import Registry
+
+from ...config import DISTILL_TERM_CONFIGS
+from .schedule import DistillSchedule
 
 __all__ = [
     "DISTILL_TERM_REGISTRY",
     "TEACHER_OUTPUTS",
     "DistillContext",
     "DistillTerm",
+    "Shapes",
     "build_distill_terms",
+    "config_value",
+    "enabled_term_classes",
+    "unwrap_ddp",
 ]
 
 DISTILL_TERM_REGISTRY = Registry("DISTILL_TERM")
@@ -32,6 +50,9 @@ Distillation terms. Each is called as ``Term(cfg, student_shapes, teacher_shapes
 shapes are ``Dict[str, ShapeSpec]`` of the two backbones' outputs, and returns an nn.Module
 whose ``forward(ctx: DistillContext) -> Dict[str, Tensor]`` gives weighted losses.
 """
+
+# Output shapes of a backbone by level name, as the terms receive them.
+Shapes = Dict[str, ShapeSpec]
 
 # What a term may ask of the teacher: backbone maps, RPN outputs on the student's anchors,
 # pooled RoI features / box-head predictions on the student's sampled RoIs.
@@ -61,24 +82,62 @@ class DistillContext:
     # RPN head outputs (only when some term needs "rpn"): {"objectness_logits": per level
     # (N, A, Hl, Wl), "anchor_deltas": per level (N, A*4, Hl, Wl), "anchors": per level Boxes
     # (Hl*Wl*A, 4)}; the teacher's are computed on the student's anchors (same "anchors" list).
+    # The student's also holds the RPN's own training targets: "gt_labels", N tensors (sum HlWlA,)
+    # in {-1, 0, 1} (its sampled mini-batch: -1 = not sampled or ignored), and "gt_boxes", N
+    # (sum HlWlA, 4) matched boxes.
     student_rpn: Optional[Dict[str, list]] = None
     teacher_rpn: Optional[Dict[str, list]] = None
-    # Weight multiplier set by the schedule (warm-up), in [0, 1]; informative only: the
-    # meta-architecture multiplies the returned losses by it, terms must not apply it again.
-    scale: float = 1.0
     # Unweighted per-term statistics a term wants logged (e.g. raw MSE), filled by the terms:
     # floats or detached 0-dim tensors, named like "distill/pd"; written to the EventStorage.
     stats: Dict[str, Union[float, torch.Tensor]] = field(default_factory=dict)
 
 
+def config_value(cfg: CfgNode, key: str) -> Any:
+    """The value of a full dotted key such as ``"MODEL.DISTILL.PYRAMID.WEIGHT"``."""
+    try:
+        return functools.reduce(getattr, key.split("."), cfg)
+    except AttributeError:
+        raise KeyError(f"Config key {key} does not exist (is the module declaring it imported?)") from None
+
+
 class DistillTerm(nn.Module):
-    """Base class: subclasses set ``teacher_needs`` and implement ``forward``."""
+    """Base class: subclasses set ``WEIGHT_KEY`` (and ``teacher_needs``, ``hooks`` when they need
+    any), define ``add_config`` for their keys and implement ``forward``."""
 
+    # Full config key of the term's weight, e.g. "MODEL.DISTILL.PYRAMID.WEIGHT".
+    WEIGHT_KEY: str = ""
     teacher_needs: FrozenSet[str] = frozenset()
+    # The term reads the teacher's box deltas on the student's RoIs: both box heads must encode
+    # boxes alike (checked by the meta-architecture). RPN deltas are checked with "rpn".
+    reads_teacher_box_deltas: bool = False
+    # Hook classes the term needs in training, each built as ``hook(cfg)``.
+    hooks: Tuple[Callable[[CfgNode], Any], ...] = ()
 
-    def __init__(self, weight: float):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "add_config" in cls.__dict__:
+            DISTILL_TERM_CONFIGS[cls.__name__] = cls.add_config
+
+    def __init__(self, cfg: CfgNode, *, start_iter: int = 0, attenuated: Iterable[str] = ()):
+        """
+        Args:
+            cfg: the config; the weight is read at ``WEIGHT_KEY``, the warm-up at
+                ``MODEL.DISTILL.WARMUP_ITERS``.
+            start_iter: iteration before which the term's losses are 0.
+            attenuated: names of the term's losses that decay linearly to 0 at SOLVER.MAX_ITER.
+        """
         super().__init__()
-        self.weight = float(weight)
+        self.weight = float(config_value(cfg, self.WEIGHT_KEY))
+        self.schedule = DistillSchedule(
+            warmup_iters=cfg.MODEL.DISTILL.WARMUP_ITERS,
+            start_iter=start_iter,
+            max_iter=cfg.SOLVER.MAX_ITER,
+            attenuated=frozenset(attenuated),
+        )
+
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        """Add the term's config keys (with defaults and a one-line comment each) to ``cfg``."""
 
     @property
     def detector_loss_scales(self) -> Dict[str, float]:
@@ -90,14 +149,24 @@ class DistillTerm(nn.Module):
         raise NotImplementedError
 
 
+def enabled_term_classes(cfg: CfgNode) -> List[type]:
+    """The classes of the terms in ``MODEL.DISTILL.TERMS`` whose weight is not 0."""
+    classes = [DISTILL_TERM_REGISTRY.get(name) for name in cfg.MODEL.DISTILL.TERMS]
+    return [c for c in classes if config_value(cfg, c.WEIGHT_KEY) != 0]
+
+
 def build_distill_terms(cfg: CfgNode, student_shapes, teacher_shapes) -> nn.ModuleList:
     """Build the terms listed in ``cfg.MODEL.DISTILL.TERMS``, leaving out those of weight 0."""
     terms = nn.ModuleList()
-    for name in cfg.MODEL.DISTILL.TERMS:
-        term = DISTILL_TERM_REGISTRY.get(name)(cfg, student_shapes, teacher_shapes)
+    for term_class in enabled_term_classes(cfg):
+        term = term_class(cfg, student_shapes, teacher_shapes)
         unknown = set(term.teacher_needs) - TEACHER_OUTPUTS
         if unknown:
-            raise ValueError(f"Distillation term {name} asks for unknown teacher outputs {unknown}")
-        if term.weight != 0:
-            terms.append(term)
+            raise ValueError(f"Distillation term {term_class.__name__} asks for unknown teacher outputs {unknown}")
+        terms.append(term)
     return terms
+
+
+def unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (``model`` itself when unwrapped)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model

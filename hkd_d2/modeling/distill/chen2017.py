@@ -8,9 +8,10 @@ Three pieces, each applied to the box head (RCN) and, optionally, to the RPN:
   RPN, an objectness logit ``z`` is the 2-class distribution ``softmax([z, 0] / T)``.
 * **Teacher-bounded regression.** ``L_b = ||R_s - y||^2`` if ``||R_s - y||^2 + m > ||R_t - y||^2``
   else 0, added to the detector's smooth L1 as ``L_sL1 + nu * L_b``; on foreground RoIs (targets
-  from the proposals' matched ``gt_boxes``) and on positive anchors (targets from Detectron2's
-  RPN matcher against the non-ignored ground truth).
-* **Hint.** ``||A(V) - Z||^2`` with a 1x1 adaptation conv ``A`` per chosen FPN level.
+  from the proposals' matched ``gt_boxes``) and on the positive anchors of the student RPN's
+  own sampled mini-batch (its labels and matched boxes, ignore regions already -1).
+* **Hint.** ``||A(V) - Z||^2`` with an adaptation conv ``A`` per chosen FPN level
+  (``ADAPTER_KERNEL_SIZE``, 1x1 by default).
 
 How ``mu`` meets the detector's own losses: the hard losses ``L_hard`` (``loss_cls``,
 ``loss_rpn_cls``) and ``L_sL1`` (``loss_box_reg``, ``loss_rpn_loc``) are computed by the student
@@ -19,34 +20,40 @@ detector itself. This term returns ``(1 - mu) * L_soft`` and ``nu * L_b`` and an
 ``loss_rpn_cls`` when the RPN part is on) must be multiplied by ``mu``; the distillation
 meta-architecture applies it. Without that the sum is ``L_hard + (1 - mu) * L_soft``.
 
-Normalisation (the paper gives none): the soft CE is averaged over the sampled RoIs, and over
-the anchors the RPN matcher labels positive or negative; ``L_b`` is summed over foreground RoIs
-and divided by the number of sampled RoIs (as Detectron2's ``loss_box_reg``), and over positive
-anchors divided by ``RPN.BATCH_SIZE_PER_IMAGE * N`` (as ``loss_rpn_loc``); the hint is the mean
-squared error per element, averaged over levels.
+Normalisation: as the detector's own losses that each piece is mixed with (the paper applies
+its losses to the RPN's and the RCN's mini-batches): the box-head soft CE is averaged over the
+sampled RoIs; the RPN soft CE is summed over the RPN's sampled mini-batch (labels 0 and 1,
+``RPN.BATCH_SIZE_PER_IMAGE`` per image) and divided by ``RPN.BATCH_SIZE_PER_IMAGE * N``, as
+``loss_rpn_cls``; ``L_b`` is summed over foreground RoIs and divided by the number of sampled
+RoIs (as ``loss_box_reg``), and over the mini-batch's positive anchors divided by
+``RPN.BATCH_SIZE_PER_IMAGE * N`` (as ``loss_rpn_loc``); the hint is the mean squared error per
+element, averaged over levels.
 
-Simplification: the RPN soft and bounded losses use every matched anchor rather than the RPN's
-random sample of 256 per image (that sample is internal to the RPN's loss).
+Reading the teacher's RPN deltas on the student's anchors and its box deltas on the student's
+RoIs needs both to encode boxes alike: the meta-architecture checks that their anchor
+generators and ``BBOX_REG_WEIGHTS`` agree.
+
+Reference: Chen et al., NeurIPS 2017 (no code released). Differs on purpose: the hint is
+applied to every FPN level listed rather than one guided layer; the RPN's 2-class softmax is
+Detectron2's single objectness logit ``z`` read as ``softmax([z, 0])``.
 """
 from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import cat
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances
 
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
+from .common import level_adapters, mse
 
 __all__ = [
     "Chen2017Distill",
     "weighted_soft_cross_entropy",
     "teacher_bounded_l2",
     "flatten_rpn_outputs",
-    "non_ignored_boxes",
 ]
 
 
@@ -56,19 +63,17 @@ def weighted_soft_cross_entropy(
     class_weights: torch.Tensor,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """``mean_r -sum_c w_c * softmax(z_t/T)_c * log softmax(z_s/T)_c``.
+    """Per row ``-sum_c w_c * softmax(z_t/T)_c * log softmax(z_s/T)_c``.
 
     Args:
         student_logits, teacher_logits: (R, C).
         class_weights: (C,).
     Returns:
-        Scalar; 0 (connected to the graph) when R == 0.
+        (R,) losses.
     """
-    if student_logits.shape[0] == 0:
-        return student_logits.sum() * 0.0
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     p_t = F.softmax(teacher_logits / temperature, dim=1)
-    return -(class_weights * p_t * log_p_s).sum(dim=1).mean()
+    return -(class_weights * p_t * log_p_s).sum(dim=1)
 
 
 def teacher_bounded_l2(
@@ -109,13 +114,6 @@ def flatten_rpn_outputs(objectness: List[torch.Tensor], deltas: List[torch.Tenso
     return logits, boxes
 
 
-def non_ignored_boxes(instances: Instances) -> Boxes:
-    """The ``gt_boxes`` of ``instances`` without those flagged ``gt_ignore``."""
-    if instances.has("gt_ignore"):
-        return instances.gt_boxes[~instances.gt_ignore]
-    return instances.gt_boxes
-
-
 @DISTILL_TERM_REGISTRY.register()
 class Chen2017Distill(DistillTerm):
     """Soft CE + teacher-bounded regression (box head, RPN) + hint losses of Chen et al. 2017.
@@ -127,14 +125,35 @@ class Chen2017Distill(DistillTerm):
 
     WEIGHT_KEY = "MODEL.DISTILL.CHEN2017.WEIGHT"
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        student_shapes: Dict[str, ShapeSpec],
-        teacher_shapes: Dict[str, ShapeSpec],
-    ):
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        cfg.MODEL.DISTILL.CHEN2017 = CfgNode()
+        # Multiplier of every Chen2017Distill loss (1.0 = the paper's formulation).
+        cfg.MODEL.DISTILL.CHEN2017.WEIGHT = 1.0
+        # mu: classification = mu * hard CE + (1 - mu) * soft CE (the detector's loss_cls is the hard CE).
+        cfg.MODEL.DISTILL.CHEN2017.MU = 0.5
+        # T: softmax temperature of teacher and student class scores in the soft CE.
+        cfg.MODEL.DISTILL.CHEN2017.TEMPERATURE = 1.0
+        # w_0: weight of the background class in the soft CE (other classes weigh 1).
+        cfg.MODEL.DISTILL.CHEN2017.BG_WEIGHT = 1.5
+        # nu: weight of the teacher-bounded L2 regression loss added to the detector's smooth L1.
+        cfg.MODEL.DISTILL.CHEN2017.NU = 0.5
+        # m: the bounded loss is on while ||R_s - y||^2 + m > ||R_t - y||^2.
+        cfg.MODEL.DISTILL.CHEN2017.MARGIN = 0.0
+        # gamma: weight of the hint loss ||A(V) - Z||^2 (mean over elements and levels); 0 = off.
+        cfg.MODEL.DISTILL.CHEN2017.HINT_WEIGHT = 0.5
+        # FPN levels that get a hint loss (each through its own adaptation conv A).
+        cfg.MODEL.DISTILL.CHEN2017.HINT_FEATURES = ["p2", "p3", "p4", "p5"]
+        # Kernel size of the hint adaptation convs A.
+        cfg.MODEL.DISTILL.CHEN2017.ADAPTER_KERNEL_SIZE = 1
+        # Distil the box head (soft class scores + bounded regression on foreground RoIs).
+        cfg.MODEL.DISTILL.CHEN2017.BOX_HEAD = True
+        # Distil the RPN (2-class soft objectness + bounded regression on its sampled positive anchors).
+        cfg.MODEL.DISTILL.CHEN2017.RPN = True
+
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
+        super().__init__(cfg)
         c = cfg.MODEL.DISTILL.CHEN2017
-        super().__init__(c.WEIGHT)
         self.mu = c.MU
         self.nu = c.NU
         self.temperature = c.TEMPERATURE
@@ -146,22 +165,11 @@ class Chen2017Distill(DistillTerm):
         self.num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         self.box2box_transform = Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS)
         self.rpn_box2box_transform = Box2BoxTransform(weights=cfg.MODEL.RPN.BBOX_REG_WEIGHTS)
-        self.anchor_matcher = Matcher(
-            cfg.MODEL.RPN.IOU_THRESHOLDS, cfg.MODEL.RPN.IOU_LABELS, allow_low_quality_matches=True
-        )
         self.rpn_batch_size_per_image = cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE
         hint_features = list(c.HINT_FEATURES) if self.hint_weight != 0 else []
-        for f in hint_features:
-            if f not in student_shapes or f not in teacher_shapes:
-                raise ValueError(
-                    f"MODEL.DISTILL.CHEN2017.HINT_FEATURES: '{f}' is not an output of both "
-                    f"backbones (student {sorted(student_shapes)}, teacher {sorted(teacher_shapes)})"
-                )
-        self.adapters = nn.ModuleDict(
-            {
-                f: nn.Conv2d(student_shapes[f].channels, teacher_shapes[f].channels, kernel_size=1)
-                for f in hint_features
-            }
+        self.adapters = level_adapters(
+            cfg, "MODEL.DISTILL.CHEN2017.HINT_FEATURES", hint_features, student_shapes, teacher_shapes,
+            kernel_size=c.ADAPTER_KERNEL_SIZE, always=True,
         )
         needs = set()
         if hint_features:
@@ -171,6 +179,7 @@ class Chen2017Distill(DistillTerm):
         if self.rpn:
             needs.add("rpn")
         self.teacher_needs = frozenset(needs)
+        self.reads_teacher_box_deltas = self.box_head
 
     @property
     def detector_loss_scales(self) -> Dict[str, float]:
@@ -205,6 +214,7 @@ class Chen2017Distill(DistillTerm):
         soft = weighted_soft_cross_entropy(
             scores_s, scores_t, self._class_weights(scores_s.shape[1], scores_s), self.temperature
         )
+        soft = soft.mean() if len(soft) else scores_s.sum() * 0.0
         bounded = self._box_head_bounded(ctx.proposals, deltas_s, deltas_t)
         ctx.stats["distill/chen2017_soft_ce"] = soft.detach()
         ctx.stats["distill/chen2017_bounded"] = bounded.detach()
@@ -248,20 +258,21 @@ class Chen2017Distill(DistillTerm):
             ctx.teacher_rpn["objectness_logits"], ctx.teacher_rpn["anchor_deltas"]
         )
         anchors = Boxes.cat(ctx.student_rpn["anchors"])
-        labels, matched = self._label_anchors(anchors, ctx.gt_instances)
-        valid = labels >= 0
+        labels = torch.stack(ctx.student_rpn["gt_labels"])  # (N, A): the RPN's sampled mini-batch
+        matched = torch.stack(ctx.student_rpn["gt_boxes"])  # (N, A, 4)
+        normalizer = self.rpn_batch_size_per_image * len(labels)
+        sampled = labels >= 0
         # 2-class distribution per anchor: [foreground, background] with background last.
-        two_class_s = torch.stack([logits_s[valid], torch.zeros_like(logits_s[valid])], dim=1)
-        two_class_t = torch.stack([logits_t[valid], torch.zeros_like(logits_t[valid])], dim=1)
+        two_class_s = torch.stack([logits_s[sampled], torch.zeros_like(logits_s[sampled])], dim=1)
+        two_class_t = torch.stack([logits_t[sampled], torch.zeros_like(logits_t[sampled])], dim=1)
         soft = weighted_soft_cross_entropy(
             two_class_s, two_class_t, self._class_weights(2, logits_s), self.temperature
-        )
+        ).sum() / normalizer
         pos = labels == 1
         targets = self.rpn_box2box_transform.get_deltas(
             anchors.tensor.expand(len(labels), -1, -1)[pos], matched[pos]
         )
-        bounded = teacher_bounded_l2(deltas_s[pos], deltas_t[pos], targets, self.margin).sum()
-        bounded = bounded / (self.rpn_batch_size_per_image * len(labels))
+        bounded = teacher_bounded_l2(deltas_s[pos], deltas_t[pos], targets, self.margin).sum() / normalizer
         ctx.stats["distill/chen2017_rpn_soft_ce"] = soft.detach()
         ctx.stats["distill/chen2017_rpn_bounded"] = bounded.detach()
         return {
@@ -269,20 +280,9 @@ class Chen2017Distill(DistillTerm):
             "loss_chen2017_rpn_reg": self.nu * bounded,
         }
 
-    @torch.no_grad()
-    def _label_anchors(self, anchors: Boxes, gt_instances: List[Instances]):
-        """Matcher labels (N, A_total) in {-1, 0, 1} and matched gt boxes (N, A_total, 4)."""
-        labels, matched = [], []
-        for instances in gt_instances:
-            gt = non_ignored_boxes(instances).to(anchors.device)
-            idx, label = self.anchor_matcher(pairwise_iou(gt, anchors))
-            labels.append(label)
-            matched.append(gt.tensor[idx] if len(gt) else torch.zeros_like(anchors.tensor))
-        return torch.stack(labels), torch.stack(matched)
-
     def _hint_loss(self, ctx: DistillContext) -> torch.Tensor:
         per_level = [
-            F.mse_loss(adapter(ctx.student_features[f]), ctx.teacher_features[f])
+            mse(adapter(ctx.student_features[f]), ctx.teacher_features[f], f"Chen2017Distill hint {f}")
             for f, adapter in self.adapters.items()
         ]
         hint = torch.stack(per_level).mean()

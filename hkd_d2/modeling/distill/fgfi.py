@@ -12,18 +12,25 @@ and is exactly 0 (with zero, defined gradients) when the mask is empty.
 
 Anchors come from Detectron2's own anchor generator, built from ``MODEL.ANCHOR_GENERATOR`` for
 ``MODEL.RPN.IN_FEATURES`` as the student's RPN builds it. Ignore boxes (``gt_ignore``) make no mask.
+
+Reference: the authors' code (twangnh/Distilling-Object-Detectors). Matches: the mask rule
+(psi 0.5 of each box's best anchor IoU, anchors of all levels together), the normalisation by
+twice the mask locations, the weight 0.01, a 3x3 adaptation conv (``ADAPTER_KERNEL_SIZE``) and
+imitation from iteration 400 (``START_ITER``). Differs on purpose: the adapter has no ReLU
+(the authors' follows a ReLU backbone stage; FPN maps are signed, a ReLU would clip the
+teacher's negative half), and the imitated maps are the RPN's FPN levels rather than one
+backbone stage.
 """
 from typing import Dict, List
 
 import torch
-from torch import nn
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.structures import Boxes, pairwise_iou
 
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
-from .chen2017 import non_ignored_boxes
+from ..ignore import split_ignored
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
+from .common import level_adapters
 
 __all__ = ["FGFIDistill", "imitation_masks", "masked_imitation_loss"]
 
@@ -83,39 +90,44 @@ class FGFIDistill(DistillTerm):
     """
 
     WEIGHT_KEY = "MODEL.DISTILL.FGFI.WEIGHT"
-
     teacher_needs = frozenset({"features"})
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        student_shapes: Dict[str, ShapeSpec],
-        teacher_shapes: Dict[str, ShapeSpec],
-    ):
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        cfg.MODEL.DISTILL.FGFI = CfgNode()
+        # Weight of the fine-grained feature imitation loss (paper: 0.01).
+        cfg.MODEL.DISTILL.FGFI.WEIGHT = 0.01
+        # psi: an anchor imitates when its IoU with a gt box > psi * that box's best anchor IoU.
+        cfg.MODEL.DISTILL.FGFI.THRESHOLD_RATIO = 0.5
+        # FPN levels imitated (a subset of MODEL.RPN.IN_FEATURES, whose anchors define the mask).
+        cfg.MODEL.DISTILL.FGFI.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+        # Kernel size of the adaptation conv (authors: 3; no ReLU after it, FPN maps are signed).
+        cfg.MODEL.DISTILL.FGFI.ADAPTER_KERNEL_SIZE = 3
+        # Iteration from which the imitation loss is on (authors: 400).
+        cfg.MODEL.DISTILL.FGFI.START_ITER = 400
+
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         c = cfg.MODEL.DISTILL.FGFI
-        super().__init__(c.WEIGHT)
+        super().__init__(cfg, start_iter=c.START_ITER)
         self.threshold_ratio = c.THRESHOLD_RATIO
         self.rpn_features = list(cfg.MODEL.RPN.IN_FEATURES)
         self.in_features = list(c.IN_FEATURES)
-        for f in self.in_features:
-            if f not in self.rpn_features or f not in teacher_shapes:
-                raise ValueError(
-                    f"MODEL.DISTILL.FGFI.IN_FEATURES: '{f}' must be one of MODEL.RPN.IN_FEATURES "
-                    f"{self.rpn_features} and a teacher output {sorted(teacher_shapes)}"
-                )
+        outside = [f for f in self.in_features if f not in self.rpn_features]
+        if outside:
+            raise ValueError(
+                f"MODEL.DISTILL.FGFI.IN_FEATURES: {outside} not in MODEL.RPN.IN_FEATURES {self.rpn_features}"
+            )
         self.anchor_generator = build_anchor_generator(cfg, [student_shapes[f] for f in self.rpn_features])
-        self.adapters = nn.ModuleDict(
-            {
-                f: nn.Conv2d(student_shapes[f].channels, teacher_shapes[f].channels, kernel_size=1)
-                for f in self.in_features
-            }
+        self.adapters = level_adapters(
+            cfg, "MODEL.DISTILL.FGFI.IN_FEATURES", self.in_features, student_shapes, teacher_shapes,
+            kernel_size=c.ADAPTER_KERNEL_SIZE, always=True,
         )
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         features = [ctx.student_features[f] for f in self.rpn_features]
         anchors = self.anchor_generator(features)
         masks = imitation_masks(
-            [non_ignored_boxes(x) for x in ctx.gt_instances],
+            [split_ignored(x)[0].gt_boxes for x in ctx.gt_instances],
             anchors,
             [x.shape[-2:] for x in features],
             self.threshold_ratio,

@@ -1,139 +1,56 @@
 """Global-knowledge distillation: Tang et al. 2022, "Distilling Object Detectors with Global
-Knowledge" (ECCV).
+Knowledge" (ECCV): the robust distillation, the second module of the paper (the first,
+prototype generation, is :mod:`hkd_d2.modeling.distill.gkd_prototypes`).
 
-Two modules of the paper:
+The instances are the student's positive sampled RoIs; each is put on ONE FPN level by the
+canonical-size rule (Detectron2's ``assign_boxes_to_levels``, ``CANONICAL_BOX_SIZE`` on
+``CANONICAL_LEVEL``) and pooled there into a student and a teacher vector (the mean of the map
+inside the box). Each gets a robust weight
+``r_i = clamp(1 - |max_k cos(s_i, P_s^k) - max_k cos(t_i, P_t^k)|, 0, 1)`` against the prototypes
+of its class and level (:func:`robust_weights`): instances the two models place differently
+w.r.t. the prototypes are noisy knowledge and imitated less. Losses, with
+``e = mean_c (A(s) - t)^2`` per location (``A`` an adaptation conv per level):
 
-* **Prototype generation** (run by :class:`hkd_d2.engine.prototype_hook.PrototypeHook`, once
-  before training and then every epoch). For each class and FPN level, every ground-truth
-  instance of at least ``MIN_BOX_SIZE`` px (width and height) gives a teacher and a student
-  vector: the mean of the level's map inside the box (:func:`instance_vectors`). Vectors are
-  L2-normalised; a density filter keeps instances whose Gaussian-kernel density
-  ``sum_j exp(-((1 - cos_ij) / h)^2)`` is at least the ``DENSITY_QUANTILE`` quantile in BOTH
-  spaces (:func:`density_candidates`); joint matching pursuit (:func:`joint_matching_pursuit`)
-  then picks ``NUM_PROTOTYPES`` instances whose teacher and student vectors jointly explain all
-  instances, with coefficients of the two spaces tied by ``ALPHA``.
-* **Robust distillation.** Each ground-truth instance gets a weight
-  ``r_i = 1 - |max_k cos(s_i, P_s^k) - max_k cos(t_i, P_t^k)|`` (clamped to [0, 1];
-  :func:`robust_weights`): instances the two models place differently w.r.t. the prototypes
-  are noisy knowledge and imitated less. Losses: feature imitation inside gt boxes weighted by
-  ``r`` (``loss_gkd_fg``), imitation outside all boxes (``loss_gkd_bg``), each
-  ``sum w * ||A(s) - t||^2 / (2 * locations)`` through a 1x1 conv ``A`` per level, and the
-  KL divergence between teacher and student RoI class scores at temperature ``T``
-  (``loss_gkd_kd``, times ``T^2``). All are multiplied by ``WEIGHT`` and by the attenuation
-  factor that the hook lowers linearly from 1 to 0 over training (``ATTENUATE``).
+* ``loss_gkd_fg`` = ``FG_WEIGHT`` x mean over levels of ``sum(e * m) / max(1, 2 sum m)``, ``m``
+  the location's largest robust weight among the RoIs of that level covering it;
+* ``loss_gkd_bg`` = ``BG_WEIGHT`` x mean over levels of ``sum(e * b) / max(1, 2 sum b)``, ``b``
+  the locations with ``m = 0`` outside every ignore box;
+* ``loss_gkd_kd`` = ``KD_WEIGHT`` x mean over positive RoIs of ``r_i T^2 mean_c KL_c``, the KL
+  between teacher and student class scores at temperature ``T``, averaged over classes.
 
-Simplifications (honest list): the instance vector is RoIAlign's average over the box
-(Detectron2's ``ROIAlign`` with a 1x1 output and adaptive sampling), not the paper's crop +
-average pool; prototypes come from ground-truth boxes of a fixed, seeded sample of
-``PROTOTYPE_IMAGES`` training images rather than confident teacher detections; an instance of a
-class/level without prototypes (or before the first rebuild) gets ``r = 1``; the paper's
-projection of features on the prototypes (its "global knowledge" coefficients) enters only
-through the robust weights; the fg/bg split uses feature-location centres inside gt boxes;
-background excludes ignore boxes; default loss weights are ours, not tuned.
+All are multiplied by ``WEIGHT``; with ``ATTENUATE`` the two feature losses (not the KL) decay
+linearly to 0 at SOLVER.MAX_ITER (the term's schedule).
+
+Reference: the authors' code (DAVAR-Lab-ML ``third_party/kd``: ``kd_loss.py`` and the Faster
+R-CNN config's ``kd_param``). Matches: per-element normalisation, the r-weighted foreground mean,
+the background over the other locations, the mean over levels, fg 1 / bg 4, the KL on positive
+RoIs weighted by r and averaged over classes and not attenuated, one level per box. Differs on
+purpose: the instance vector is RoIAlign's average over the box (``ROIAlign`` with a 1x1 output
+and adaptive sampling), not a crop + average pool; prototypes come from ground-truth boxes of a
+fixed, seeded sample of ``PROTOTYPE_IMAGES`` training images rather than confident teacher
+detections; an instance of a class/level without prototypes (or before the first rebuild) gets
+``r = 1``; locations inside ignore boxes are no background; the adapter is a 1x1 conv without
+ReLU (``ADAPTER_KERNEL_SIZE``; FPN maps are signed).
 """
+import math
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from detectron2.config import CfgNode
-from detectron2.layers import ROIAlign, ShapeSpec
-from detectron2.modeling.poolers import convert_boxes_to_pooler_format
+from detectron2.layers import ROIAlign, cat
+from detectron2.modeling.poolers import assign_boxes_to_levels, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes, Instances
 
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
-from .chen2017 import non_ignored_boxes
+from ..ignore import split_ignored
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
+from .common import level_adapters
+from .gkd_prototypes import PrototypeHook, Prototypes
 
-__all__ = [
-    "GKDDistill",
-    "density_candidates",
-    "joint_matching_pursuit",
-    "select_prototypes",
-    "robust_weights",
-    "box_location_masks",
-    "soft_label_kl",
-]
+__all__ = ["GKDDistill", "robust_weights", "box_location_masks", "soft_label_kl"]
 
-# (class id, level name) -> (student prototypes (K, C_s), teacher prototypes (K, C_t)).
-Prototypes = Dict[Tuple[int, str], Tuple[torch.Tensor, torch.Tensor]]
-
-
-def density_candidates(
-    student: torch.Tensor, teacher: torch.Tensor, bandwidth: float = 0.1, quantile: float = 0.4
-) -> torch.Tensor:
-    """Indices of instances dense enough in both spaces.
-
-    Args:
-        student, teacher: (M, C_s), (M, C_t) L2-normalised instance vectors.
-    Returns:
-        LongTensor of indices whose density is >= the ``quantile`` of densities in both spaces
-        (never empty for M >= 1).
-    """
-    keep = torch.ones(student.shape[0], dtype=torch.bool, device=student.device)
-    for x in (student, teacher):
-        density = torch.exp(-((1.0 - x @ x.T) / bandwidth).pow(2)).sum(dim=1)
-        bound = density.sort().values[int(quantile * (len(density) - 1))]
-        keep &= density >= bound
-    return keep.nonzero().squeeze(1)
-
-
-def joint_matching_pursuit(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    candidates: torch.Tensor,
-    num: int,
-    alpha: float = 10.0,
-) -> torch.Tensor:
-    """Greedy joint matching pursuit over the two spaces.
-
-    At each step the candidate atom ``k`` (unit vectors ``a_k``, ``b_k``) minimising
-    ``sum_n ||ra_n - wa_n a_k||^2 + ||rb_n - wb_n b_k||^2 + alpha (wa_n - wb_n)^2`` (optimal
-    ``wa, wb`` in closed form) is chosen and removed from the residuals ``ra, rb``.
-
-    Args:
-        student, teacher: (M, C_s), (M, C_t) L2-normalised instance vectors.
-        candidates: LongTensor of candidate indices.
-        num: atoms to select (at most ``len(candidates)``).
-    Returns:
-        LongTensor (min(num, len(candidates)),) of selected instance indices, in order.
-    """
-    atoms_s, atoms_t = student[candidates], teacher[candidates]
-    res_s, res_t = student.clone(), teacher.clone()
-    taken = torch.zeros(len(candidates), dtype=torch.bool, device=student.device)
-    chosen = []
-    for _ in range(min(num, len(candidates))):
-        inner_s, inner_t = res_s @ atoms_s.T, res_t @ atoms_t.T  # (M, K)
-        shared = alpha * (inner_s + inner_t)
-        w_s = (inner_s + shared) / (1 + 2 * alpha)
-        w_t = (inner_t + shared) / (1 + 2 * alpha)
-        # Residual energy after removing each atom, up to a constant (||a_k|| = ||b_k|| = 1).
-        err = (w_s.pow(2) - 2 * w_s * inner_s + w_t.pow(2) - 2 * w_t * inner_t
-               + alpha * (w_s - w_t).pow(2)).sum(dim=0)
-        err[taken] = float("inf")
-        k = int(err.argmin())
-        taken[k] = True
-        chosen.append(int(candidates[k]))
-        res_s = res_s - w_s[:, k : k + 1] * atoms_s[k]
-        res_t = res_t - w_t[:, k : k + 1] * atoms_t[k]
-    return torch.tensor(chosen, dtype=torch.long, device=student.device)
-
-
-def select_prototypes(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    num: int = 10,
-    alpha: float = 10.0,
-    bandwidth: float = 0.1,
-    quantile: float = 0.4,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Prototypes of one class and level from its instance vectors (M, C_s) and (M, C_t).
-
-    Returns the selected rows of the (unnormalised) inputs, (K, C_s) and (K, C_t).
-    """
-    norm_s, norm_t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
-    candidates = density_candidates(norm_s, norm_t, bandwidth, quantile)
-    chosen = joint_matching_pursuit(norm_s, norm_t, candidates, num, alpha)
-    return student[chosen], teacher[chosen]
+FEATURE_LOSSES = ("loss_gkd_fg", "loss_gkd_bg")
 
 
 def robust_weights(
@@ -168,59 +85,97 @@ def box_location_masks(boxes: torch.Tensor, height: int, width: int, stride: int
 
 
 def soft_label_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, weights: torch.Tensor
 ) -> torch.Tensor:
-    """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` averaged over the R rows of (R, C) logits."""
+    """``mean_r w_r T^2 mean_c KL_c(softmax(z_t/T) || softmax(z_s/T))`` over the R rows of (R, C)
+    logits, ``weights`` (R,); 0 (in the graph) when R == 0."""
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
-    return F.kl_div(
+    kl = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
         F.softmax(teacher_logits / temperature, dim=1),
-        reduction="batchmean",
-    ) * temperature ** 2
+        reduction="none",
+    ).mean(dim=1)
+    return (kl * weights).mean() * temperature ** 2
+
+
+def _weighted_mean(err: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum(err * w) / max(1, 2 sum w)`` (the reference's normalisation)."""
+    return (err * weights).sum() / (2.0 * weights.sum()).clamp(min=1.0)
 
 
 @DISTILL_TERM_REGISTRY.register()
 class GKDDistill(DistillTerm):
     """Prototype-weighted feature imitation + RoI soft-label KL (see the module docstring).
 
-    Losses ``loss_gkd_fg``, ``loss_gkd_bg``, ``loss_gkd_kd``. The prototype hook calls
-    :meth:`set_prototypes` and :meth:`set_attenuation`; it reads instance vectors through
-    :meth:`instance_vectors`.
+    Losses ``loss_gkd_fg``, ``loss_gkd_bg``, ``loss_gkd_kd``. :class:`PrototypeHook` calls
+    :meth:`set_prototypes`, reading instance vectors through :meth:`assigned_vectors`.
     """
 
     WEIGHT_KEY = "MODEL.DISTILL.GKD.WEIGHT"
-
     teacher_needs = frozenset({"features", "roi"})
+    hooks = (PrototypeHook,)
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        student_shapes: Dict[str, ShapeSpec],
-        teacher_shapes: Dict[str, ShapeSpec],
-    ):
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        cfg.MODEL.DISTILL.GKD = CfgNode()
+        # Multiplier of every GKDDistill loss.
+        cfg.MODEL.DISTILL.GKD.WEIGHT = 1.0
+        # FPN levels with prototypes and feature imitation (consecutive levels, finest first).
+        cfg.MODEL.DISTILL.GKD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        # Weight of the robust-weighted feature imitation on positive RoIs (reference: 1).
+        cfg.MODEL.DISTILL.GKD.FG_WEIGHT = 1.0
+        # Weight of the feature imitation on the other locations, ignore boxes excluded (reference: 4).
+        cfg.MODEL.DISTILL.GKD.BG_WEIGHT = 4.0
+        # Weight of the robust-weighted KL divergence between teacher and student RoI class scores.
+        cfg.MODEL.DISTILL.GKD.KD_WEIGHT = 1.0
+        # Softmax temperature of that KL divergence (scaled by T^2).
+        cfg.MODEL.DISTILL.GKD.TEMPERATURE = 2.0
+        # Canonical-size rule putting each box on one level: a box of this sqrt(area) (pixels) ...
+        cfg.MODEL.DISTILL.GKD.CANONICAL_BOX_SIZE = 224
+        # ... goes to this level (P4), each factor 2 in size one level up or down.
+        cfg.MODEL.DISTILL.GKD.CANONICAL_LEVEL = 4
+        # Kernel size of the adaptation convs (1x1, no ReLU: FPN maps are signed).
+        cfg.MODEL.DISTILL.GKD.ADAPTER_KERNEL_SIZE = 1
+        # K: prototypes selected per class and level.
+        cfg.MODEL.DISTILL.GKD.NUM_PROTOTYPES = 10
+        # alpha: coupling of teacher and student coefficients in joint matching pursuit.
+        cfg.MODEL.DISTILL.GKD.ALPHA = 10.0
+        # Ground-truth boxes narrower or lower than this (pixels, original image) give no prototype instance.
+        cfg.MODEL.DISTILL.GKD.MIN_BOX_SIZE = 30.0
+        # Bandwidth of the Gaussian kernel on cosine distance in the density filter.
+        cfg.MODEL.DISTILL.GKD.DENSITY_BANDWIDTH = 0.1
+        # Instances below this quantile of density (teacher or student space) are no candidates.
+        cfg.MODEL.DISTILL.GKD.DENSITY_QUANTILE = 0.4
+        # Training images read per prototype rebuild (sampled with a fixed seed; 0 = all).
+        cfg.MODEL.DISTILL.GKD.PROTOTYPE_IMAGES = 500
+        # Iterations between prototype rebuilds (0 = once per epoch of the training set).
+        cfg.MODEL.DISTILL.GKD.PROTOTYPE_PERIOD = 0
+        # Attenuate the two feature losses linearly from 1 at iteration 0 to 0 at SOLVER.MAX_ITER.
+        cfg.MODEL.DISTILL.GKD.ATTENUATE = True
+
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         c = cfg.MODEL.DISTILL.GKD
-        super().__init__(c.WEIGHT)
+        super().__init__(cfg, attenuated=FEATURE_LOSSES if c.ATTENUATE else ())
         self.in_features = list(c.IN_FEATURES)
-        for f in self.in_features:
-            if f not in student_shapes or f not in teacher_shapes:
-                raise ValueError(
-                    f"MODEL.DISTILL.GKD.IN_FEATURES: '{f}' is not an output of both backbones "
-                    f"(student {sorted(student_shapes)}, teacher {sorted(teacher_shapes)})"
-                )
-            if student_shapes[f].stride != teacher_shapes[f].stride:
-                raise ValueError(f"GKD level '{f}': student and teacher strides differ")
+        self.adapters = level_adapters(
+            cfg, "MODEL.DISTILL.GKD.IN_FEATURES", self.in_features, student_shapes, teacher_shapes,
+            kernel_size=c.ADAPTER_KERNEL_SIZE, always=True,
+        )
+        self.strides = {f: student_shapes[f].stride for f in self.in_features}
+        levels = [int(math.log2(self.strides[f])) for f in self.in_features]
+        if levels != list(range(levels[0], levels[0] + len(levels))):
+            raise ValueError(
+                f"MODEL.DISTILL.GKD.IN_FEATURES {self.in_features}: need consecutive FPN levels, finest first"
+            )
+        self.min_level, self.max_level = levels[0], levels[-1]
+        self.canonical_box_size = c.CANONICAL_BOX_SIZE
+        self.canonical_level = c.CANONICAL_LEVEL
+        self.num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         self.fg_weight = c.FG_WEIGHT
         self.bg_weight = c.BG_WEIGHT
         self.kd_weight = c.KD_WEIGHT
         self.temperature = c.TEMPERATURE
-        self.strides = {f: student_shapes[f].stride for f in self.in_features}
-        self.adapters = nn.ModuleDict(
-            {
-                f: nn.Conv2d(student_shapes[f].channels, teacher_shapes[f].channels, kernel_size=1)
-                for f in self.in_features
-            }
-        )
         self.box_averages = nn.ModuleDict(
             {
                 f: ROIAlign((1, 1), 1.0 / self.strides[f], sampling_ratio=0, aligned=True)
@@ -228,62 +183,73 @@ class GKDDistill(DistillTerm):
             }
         )
         self.prototypes: Prototypes = {}
-        self.attenuation = 1.0
 
     def set_prototypes(self, prototypes: Prototypes) -> None:
         """Replace all prototypes: ``(class, level) -> (P_s (K, C_s), P_t (K, C_t))``."""
         self.prototypes = dict(prototypes)
 
-    def set_attenuation(self, factor: float) -> None:
-        """Multiplier of every GKD loss, in [0, 1]."""
-        self.attenuation = float(factor)
+    def assign_levels(self, boxes: List[Boxes]) -> torch.Tensor:
+        """(M,) index into ``in_features`` of each box (M over the batch), by the canonical-size rule."""
+        return assign_boxes_to_levels(
+            boxes, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        )
 
-    def instance_vectors(
+    def assigned_vectors(
         self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
-    ) -> Dict[str, torch.Tensor]:
-        """Mean of each level's map inside each box: level -> (M, C), M boxes over the batch."""
+    ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """Each box pooled on its own level: level -> (indices (M_l,) into the M boxes of the
+        batch, mean of the level's map inside each of those boxes (M_l, C))."""
         rois = convert_boxes_to_pooler_format(boxes)
-        return {f: self.box_averages[f](features[f], rois).flatten(1) for f in self.in_features}
+        levels = self.assign_levels(boxes)
+        out = {}
+        for i, f in enumerate(self.in_features):
+            idx = (levels == i).nonzero().squeeze(1)
+            out[f] = (idx, self.box_averages[f](features[f], rois[idx]).flatten(1))
+        return out
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        gt_boxes = [non_ignored_boxes(x) for x in ctx.gt_instances]
-        gt_classes = torch.cat([self._non_ignored_classes(x) for x in ctx.gt_instances])
-        fg_total, bg_total, fg_count, bg_count = 0.0, 0.0, 0, 0
-        with torch.no_grad():
-            vec_s = self.instance_vectors(ctx.student_features, gt_boxes)
-            vec_t = self.instance_vectors(ctx.teacher_features, gt_boxes)
-        for f in self.in_features:
-            weights = self._robust_weights(f, vec_s[f], vec_t[f], gt_classes)
-            student, teacher = self.adapters[f](ctx.student_features[f]), ctx.teacher_features[f]
-            fg_map, fg_mask, bg_mask = self._location_weights(
-                ctx.gt_instances, gt_boxes, weights, teacher.shape[-2:], self.strides[f]
-            )
-            err = (student - teacher).pow(2).sum(dim=1)
-            fg_total = fg_total + (err * fg_map).sum()
-            bg_total = bg_total + (err * bg_mask).sum()
-            fg_count += int(fg_mask.sum())
-            bg_count += int(bg_mask.sum())
-            if len(weights):
-                ctx.stats[f"distill/gkd_robust_weight_{f}"] = weights.mean()
-        fg = fg_total / (2.0 * max(fg_count, 1))
-        bg = bg_total / (2.0 * max(bg_count, 1))
-        kd = soft_label_kl(ctx.student_predictions[0], ctx.teacher_predictions[0], self.temperature)
-        ctx.stats.update(
-            {"distill/gkd_fg": fg.detach(), "distill/gkd_bg": bg.detach(),
-             "distill/gkd_kd": kd.detach()}
+        boxes, classes, positive = self._positive_rois(ctx.proposals)
+        image_of = torch.repeat_interleave(
+            torch.arange(len(boxes), device=classes.device), torch.tensor([len(b) for b in boxes], device=classes.device)
         )
-        scale = self.weight * self.attenuation
+        all_boxes = cat([b.tensor for b in boxes])
+        ignore_boxes = [split_ignored(x)[1].tensor for x in ctx.gt_instances]
+        with torch.no_grad():
+            vec_s = self.assigned_vectors(ctx.student_features, boxes)
+            vec_t = self.assigned_vectors(ctx.teacher_features, boxes)
+        weights = all_boxes.new_ones(len(all_boxes))
+        fg_levels, bg_levels = [], []
+        for f in self.in_features:
+            idx, s = vec_s[f]
+            weights[idx] = self._robust_weights(f, s, vec_t[f][1], classes[idx])
+            student, teacher = self.adapters[f](ctx.student_features[f]), ctx.teacher_features[f]
+            fg_map = self._foreground_map(all_boxes[idx], image_of[idx], weights[idx], teacher.shape, self.strides[f])
+            bg = (fg_map == 0) & ~self._ignore_mask(ignore_boxes, teacher.shape, self.strides[f])
+            err = (student - teacher).pow(2).mean(dim=1)
+            fg_levels.append(_weighted_mean(err, fg_map))
+            bg_levels.append(_weighted_mean(err, bg.to(err.dtype)))
+            if len(idx):
+                ctx.stats[f"distill/gkd_robust_weight_{f}"] = weights[idx].mean()
+        fg, bg = torch.stack(fg_levels).mean(), torch.stack(bg_levels).mean()
+        kd = soft_label_kl(
+            ctx.student_predictions[0][positive], ctx.teacher_predictions[0][positive], self.temperature, weights
+        )
+        ctx.stats.update(
+            {"distill/gkd_fg": fg.detach(), "distill/gkd_bg": bg.detach(), "distill/gkd_kd": kd.detach()}
+        )
         return {
-            "loss_gkd_fg": scale * self.fg_weight * fg,
-            "loss_gkd_bg": scale * self.bg_weight * bg,
-            "loss_gkd_kd": scale * self.kd_weight * kd,
+            "loss_gkd_fg": self.weight * self.fg_weight * fg,
+            "loss_gkd_bg": self.weight * self.bg_weight * bg,
+            "loss_gkd_kd": self.weight * self.kd_weight * kd,
         }
 
-    @staticmethod
-    def _non_ignored_classes(instances: Instances) -> torch.Tensor:
-        if instances.has("gt_ignore"):
-            return instances.gt_classes[~instances.gt_ignore]
-        return instances.gt_classes
+    def _positive_rois(self, proposals: List[Instances]) -> Tuple[List[Boxes], torch.Tensor, torch.Tensor]:
+        """Per image the boxes of the positive sampled RoIs, their (M,) classes and the (R,) bool
+        mask of the positives among all R sampled RoIs."""
+        gt_classes = cat([p.gt_classes for p in proposals])
+        positive = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        boxes = [p.proposal_boxes[(p.gt_classes >= 0) & (p.gt_classes < self.num_classes)] for p in proposals]
+        return boxes, gt_classes[positive], positive
 
     def _robust_weights(
         self, level: str, vec_s: torch.Tensor, vec_t: torch.Tensor, classes: torch.Tensor
@@ -298,23 +264,20 @@ class GKDDistill(DistillTerm):
         return weights
 
     @staticmethod
-    def _location_weights(
-        gt_instances: List[Instances],
-        gt_boxes: List[Boxes],
-        weights: torch.Tensor,
-        size: Tuple[int, int],
-        stride: int,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For a level of ``size`` (H, W), each (N, H, W): the foreground weight map (largest
-        robust weight of the gt boxes covering a location), the foreground mask (inside a gt
-        box) and the background mask (outside every gt and ignore box)."""
-        height, width = size
-        fg_maps, fg_masks, bg_masks = [], [], []
-        for instances, boxes, w in zip(gt_instances, gt_boxes, weights.split([len(b) for b in gt_boxes])):
-            inside = box_location_masks(boxes.tensor, height, width, stride)  # (M_n, H, W)
-            weighted = torch.where(inside, w.view(-1, 1, 1), torch.zeros_like(w).view(-1, 1, 1))
-            fg_maps.append(torch.cat([weighted, weighted.new_zeros(1, height, width)]).amax(dim=0))
-            fg_masks.append(inside.any(dim=0))
-            covered = box_location_masks(instances.gt_boxes.tensor, height, width, stride)
-            bg_masks.append(~covered.any(dim=0))
-        return torch.stack(fg_maps), torch.stack(fg_masks), torch.stack(bg_masks)
+    def _foreground_map(
+        boxes: torch.Tensor, image_of: torch.Tensor, weights: torch.Tensor, shape: torch.Size, stride: int
+    ) -> torch.Tensor:
+        """(N, H, W) largest robust weight of the boxes (M_l, 4) covering each location of a
+        level of ``shape`` (N, C, H, W); ``image_of`` (M_l,) is each box's image."""
+        num_images, _, height, width = shape
+        inside = box_location_masks(boxes, height, width, stride).to(weights.dtype) * weights.view(-1, 1, 1)
+        fg_map = weights.new_zeros(num_images, height, width)
+        for n in image_of.unique().tolist():
+            fg_map[n] = inside[image_of == n].amax(dim=0)
+        return fg_map
+
+    @staticmethod
+    def _ignore_mask(ignore_boxes: List[torch.Tensor], shape: torch.Size, stride: int) -> torch.Tensor:
+        """(N, H, W) bool: location centres inside an ignore box of their image."""
+        height, width = shape[-2:]
+        return torch.stack([box_location_masks(b, height, width, stride).any(dim=0) for b in ignore_boxes])

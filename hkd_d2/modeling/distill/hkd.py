@@ -13,45 +13,19 @@ Each returns ``weight * L``; the meta-architecture applies the schedule scale. T
 ``distill/rd`` and ``distill/ld``.
 
 When the student's channels differ from the teacher's, a trainable 1x1 conv on the student side
-(``MODEL.DISTILL.ADAPT_CHANNELS``) maps them to the teacher's; it exists only for training.
+(:func:`~hkd_d2.modeling.distill.common.feature_adapter`, ``MODEL.DISTILL.ADAPT_CHANNELS``) maps
+them to the teacher's; it exists only for training.
 """
 from typing import Dict
 
-import fvcore.nn.weight_init as weight_init
 import torch
-import torch.nn.functional as F
-from torch import nn
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
+from .common import feature_adapter, level_adapters, mse
 
-__all__ = ["PyramidDistill", "RegionDistill", "LogitDistill", "channel_adapter"]
-
-
-def channel_adapter(cfg: CfgNode, in_channels: int, out_channels: int, what: str) -> nn.Module:
-    """Identity when the channels agree, else a 1x1 conv (when ``MODEL.DISTILL.ADAPT_CHANNELS``)."""
-    if in_channels == out_channels:
-        return nn.Identity()
-    if not cfg.MODEL.DISTILL.ADAPT_CHANNELS:
-        raise ValueError(
-            f"{what}: student has {in_channels} channels, teacher {out_channels}; "
-            "set MODEL.DISTILL.ADAPT_CHANNELS True or match FPN.OUT_CHANNELS"
-        )
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
-    weight_init.c2_msra_fill(conv)
-    return conv
-
-
-def mse(student: torch.Tensor, teacher: torch.Tensor, what: str) -> torch.Tensor:
-    """Mean squared difference over all elements (0, still in the graph, when empty)."""
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"{what}: student shape {tuple(student.shape)} differs from teacher's {tuple(teacher.shape)}"
-        )
-    if student.numel() == 0:
-        return student.sum() * 0.0
-    return F.mse_loss(student, teacher, reduction="mean")
+__all__ = ["PyramidDistill", "RegionDistill", "LogitDistill"]
 
 
 def _roi_channels(cfg: CfgNode, shapes: Dict[str, ShapeSpec], who: str) -> int:
@@ -83,25 +57,26 @@ class PyramidDistill(DistillTerm):
     """MSE between student and teacher FPN maps, summed over levels."""
 
     WEIGHT_KEY = "MODEL.DISTILL.PYRAMID.WEIGHT"
-
     teacher_needs = frozenset({"features"})
 
-    def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
-        super().__init__(cfg.MODEL.DISTILL.PYRAMID.WEIGHT)
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        cfg.MODEL.DISTILL.PYRAMID = CfgNode()
+        # lambda_PD: weight of the FPN-map MSE (paper's pyramid distillation).
+        cfg.MODEL.DISTILL.PYRAMID.WEIGHT = 1.0
+        # FPN levels compared by pyramid distillation.
+        cfg.MODEL.DISTILL.PYRAMID.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        # How L_PD reduces over levels: "level_sum" (sum of per-level means) or "element_mean"
+        # (one mean over every element of every level, which weights P2 by its ~75% share).
+        cfg.MODEL.DISTILL.PYRAMID.REDUCTION = "level_sum"
+
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
+        super().__init__(cfg)
         self.in_features = list(cfg.MODEL.DISTILL.PYRAMID.IN_FEATURES)
         self.reduction = cfg.MODEL.DISTILL.PYRAMID.REDUCTION
         if self.reduction not in PD_REDUCTIONS:
             raise ValueError(f"MODEL.DISTILL.PYRAMID.REDUCTION '{self.reduction}' is not one of {sorted(PD_REDUCTIONS)}")
-        self.adapters = nn.ModuleDict()
-        if self.weight == 0:
-            return
-        for f in self.in_features:
-            if f not in student_shapes or f not in teacher_shapes:
-                raise ValueError(f"PyramidDistill: level '{f}' is not an output of both backbones")
-            s, t = student_shapes[f], teacher_shapes[f]
-            if s.stride != t.stride:
-                raise ValueError(f"PyramidDistill: level '{f}' has stride {s.stride} vs teacher {t.stride}")
-            self.adapters[f] = channel_adapter(cfg, s.channels, t.channels, f"PyramidDistill {f}")
+        self.adapters = level_adapters(cfg, "PyramidDistill", self.in_features, student_shapes, teacher_shapes)
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         per_level = {
@@ -119,15 +94,17 @@ class RegionDistill(DistillTerm):
     """MSE between student and teacher pooled RoI features on the shared RoIs."""
 
     WEIGHT_KEY = "MODEL.DISTILL.REGION.WEIGHT"
-
     teacher_needs = frozenset({"roi"})
 
-    def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
-        super().__init__(cfg.MODEL.DISTILL.REGION.WEIGHT)
-        self.adapter = nn.Identity()
-        if self.weight == 0:
-            return
-        self.adapter = channel_adapter(
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        cfg.MODEL.DISTILL.REGION = CfgNode()
+        # lambda_RD: weight of the MSE between pooled RoI features on shared RoIs.
+        cfg.MODEL.DISTILL.REGION.WEIGHT = 1.0
+
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
+        super().__init__(cfg)
+        self.adapter = feature_adapter(
             cfg,
             _roi_channels(cfg, student_shapes, "student"),
             _roi_channels(cfg, teacher_shapes, "teacher"),
@@ -145,11 +122,16 @@ class LogitDistill(DistillTerm):
     """MSE between student and teacher box-head class logits (R, K+1) on the shared RoIs."""
 
     WEIGHT_KEY = "MODEL.DISTILL.LOGIT.WEIGHT"
-
     teacher_needs = frozenset({"roi"})
 
-    def __init__(self, cfg: CfgNode, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
-        super().__init__(cfg.MODEL.DISTILL.LOGIT.WEIGHT)
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        cfg.MODEL.DISTILL.LOGIT = CfgNode()
+        # lambda_LD: weight of the MSE between box-head class logits on shared RoIs.
+        cfg.MODEL.DISTILL.LOGIT.WEIGHT = 1.0
+
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
+        super().__init__(cfg)
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         loss = mse(ctx.student_predictions[0], ctx.teacher_predictions[0], "LogitDistill")

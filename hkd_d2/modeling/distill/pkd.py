@@ -2,31 +2,34 @@
 Correlation Coefficient".
 
 Each channel of the student's and the teacher's FPN maps is standardised over (N, H, W)
-(zero mean, unit population variance); the loss of a level is half the mean squared error of
-the standardised maps, which equals ``1 - r`` averaged over channels, ``r`` being the Pearson
-correlation between the two channels. Levels are summed and multiplied by ``WEIGHT`` (6).
+(zero mean, unit sample standard deviation, as MMRazor's ``torch.std``); the loss of a level is
+half the mean squared error of the standardised maps, which is ``(1 - r) * (M - 1) / M``
+averaged over channels, ``r`` being the Pearson correlation between the two channels and
+``M = N*H*W``. Levels are summed and multiplied by ``WEIGHT`` (6).
 
-Student maps with another channel count than the teacher's go through a 1x1 conv first
-(:func:`~hkd_d2.modeling.distill.hkd.channel_adapter`, ``MODEL.DISTILL.ADAPT_CHANNELS``); PKD
-itself assumes equal widths.
+Reference: the authors' MMRazor implementation (``PKDLoss``; Faster R-CNN recipe: P2-P5,
+``loss_weight`` 6). Matches: standardisation per channel over (N, H, W) with the sample std plus EPS, half MSE, sum over
+levels, weight 6, levels P2-P5. Differs: student maps with another channel count than the
+teacher's go through a 1x1 conv first
+(:func:`~hkd_d2.modeling.distill.common.feature_adapter`, ``MODEL.DISTILL.ADAPT_CHANNELS``);
+PKD itself assumes equal widths.
 """
 from typing import Dict
 
 import torch
-from torch import nn
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec
 
-from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
-from .hkd import channel_adapter
+from .base import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm, Shapes
+from .common import level_adapters
 
 __all__ = ["PKDDistill", "standardize_channels", "pearson_loss"]
 
 
 def standardize_channels(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(N, C, H, W) -> same shape, each channel minus its mean over (N, H, W), over its std + eps."""
+    """(N, C, H, W) -> same shape, each channel minus its mean over (N, H, W), over its sample
+    standard deviation + eps."""
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    std = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True).sqrt()
+    std = x.std(dim=(0, 2, 3), keepdim=True)
     return (x - mean) / (std + eps)
 
 
@@ -43,37 +46,28 @@ def pearson_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6
 class PKDDistill(DistillTerm):
     """Pearson-correlation feature distillation on FPN levels.
 
-    Loss: ``loss_pkd`` = WEIGHT * sum over levels; stats ``distill/pkd_<level>`` (unweighted ``1 - r``).
+    Loss: ``loss_pkd`` = WEIGHT * sum over levels; stats ``distill/pkd_<level>`` (unweighted, about ``1 - r``).
     """
 
     WEIGHT_KEY = "MODEL.DISTILL.PKD.WEIGHT"
-
     teacher_needs = frozenset({"features"})
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        student_shapes: Dict[str, ShapeSpec],
-        teacher_shapes: Dict[str, ShapeSpec],
-    ):
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        cfg.MODEL.DISTILL.PKD = CfgNode()
+        # Weight of each level's Pearson-correlation loss, summed over levels (paper: 6).
+        cfg.MODEL.DISTILL.PKD.WEIGHT = 6.0
+        # FPN levels distilled (MMRazor's Faster R-CNN recipe: P2-P5).
+        cfg.MODEL.DISTILL.PKD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        # Added to each channel's standard deviation before dividing by it.
+        cfg.MODEL.DISTILL.PKD.EPS = 1e-6
+
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
+        super().__init__(cfg)
         c = cfg.MODEL.DISTILL.PKD
-        super().__init__(c.WEIGHT)
         self.eps = c.EPS
         self.in_features = list(c.IN_FEATURES)
-        for f in self.in_features:
-            if f not in student_shapes or f not in teacher_shapes:
-                raise ValueError(
-                    f"MODEL.DISTILL.PKD.IN_FEATURES: '{f}' is not an output of both backbones "
-                    f"(student {sorted(student_shapes)}, teacher {sorted(teacher_shapes)})"
-                )
-        self.adapters = nn.ModuleDict(
-            {
-                f: channel_adapter(
-                    cfg, student_shapes[f].channels, teacher_shapes[f].channels, f"PKD level '{f}'"
-                )
-                for f in self.in_features
-            }
-        )
+        self.adapters = level_adapters(cfg, "MODEL.DISTILL.PKD.IN_FEATURES", self.in_features, student_shapes, teacher_shapes)
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         total = 0.0

@@ -1,0 +1,29 @@
+"""Adding a method is one file: a toy term from tests/toy_distill_term.py trains two iterations."""
+import pytest
+from detectron2.engine import SimpleTrainer
+from detectron2.solver import build_optimizer
+
+from hkd_d2.engine import build_distillation_hooks
+
+from . import toy_distill_term
+from .hkd_helpers import batch, build_hkd, hkd_cfg, write_teacher
+
+
+def test_toy_term_from_one_file_trains_two_iterations(tmp_path):
+    cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.TERMS": ["ToyDistill"]})
+    assert cfg.MODEL.DISTILL.TOY.WEIGHT == 0.5 and cfg.MODEL.DISTILL.TOY.START_ITER == 1
+    model = build_hkd(cfg)
+    assert [type(t).__name__ for t in model.distill_terms] == ["ToyDistill"]
+    trainer = SimpleTrainer(model, [batch(seed=i) for i in range(2)], build_optimizer(cfg, model))
+    hooks = build_distillation_hooks(cfg)
+    (toy_hook,) = [h for h in hooks if isinstance(h, toy_distill_term.ToyHook)]
+    trainer.register_hooks(hooks)
+    trainer.train(0, 2)
+    assert toy_hook.steps == 2
+    history = trainer.storage.histories()
+    toy = [v for v, _ in history["distill/toy"].values()]
+    losses = [v for v, _ in history["loss_toy"].values()]
+    # Off at iteration 0 (START_ITER 1), then weight x the raw value.
+    assert losses[0] == 0.0 and toy[0] > 0
+    assert losses[1] == pytest.approx(0.5 * toy[1], rel=1e-5)
+    assert [v for v, _ in history["distill/scale_loss_toy"].values()] == [0.0, 1.0]
