@@ -8,10 +8,23 @@ from typing import Iterator, Union
 
 __all__ = ["atomic_output"]
 
+# Modes before the umask of what ``open()`` / ``os.mkdir`` create (mkstemp/mkdtemp use 0o600/0o700).
+FILE_MODE = 0o666
+DIR_MODE = 0o777
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_output(path: Union[str, os.PathLike], is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
+
+    The result gets the permissions a plain ``open()`` / ``os.mkdir`` would give it (0644 /
+    0755 under the usual umask 022), as Detectron2's own outputs have.
 
     Args:
         path: final file (or directory when ``is_dir``) to produce.
@@ -29,6 +42,7 @@ def atomic_output(path: Union[str, os.PathLike], is_dir: bool = False) -> Iterat
         tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, (DIR_MODE if is_dir else FILE_MODE) & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.is_dir():

@@ -7,7 +7,10 @@ Differences from ``DefaultTrainer``:
 * checkpoints go through :class:`~hkd_d2.checkpoint.HKDCheckpointer` (torchvision ResNet
   weights converted, mismatched weights refused with the offending keys);
 * distillation hooks (schedule, per-term metrics) are added when the model distills;
-* several processes work on CPU too (Detectron2's DDP wrapper always passes CUDA device ids).
+* several processes work on CPU too (Detectron2's DDP wrapper always passes CUDA device ids);
+* a CUDA ``MODEL.DEVICE`` falls back to ``cpu`` (one warning) where there is no GPU, and the
+  JSON data sets of ``DATASETS.PEDESTRIAN_JSON`` are registered, so a script of one's own needs
+  nothing but ``Trainer(cfg)``.
 """
 import logging
 import os
@@ -25,8 +28,10 @@ from detectron2.evaluation import DatasetEvaluator
 
 from ..checkpoint import HKDCheckpointer
 from ..data import PedestrianDatasetMapper
+from ..data.register import register_config_datasets
 from ..evaluation import build_evaluator
 from .hooks import build_distillation_hooks
+from .setup import HKD_LOGGER, resolve_device, setup_hkd_logger
 
 __all__ = ["Trainer", "wrap_distributed"]
 
@@ -46,6 +51,10 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        if not logging.getLogger(HKD_LOGGER).isEnabledFor(logging.INFO):
+            setup_hkd_logger()
+        cfg = resolve_device(cfg)
+        register_config_datasets(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -59,6 +68,11 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        """Detectron2's ``build_model`` on ``cfg``, on ``cpu`` where a CUDA device is absent."""
+        return super().build_model(resolve_device(cfg))
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

@@ -18,6 +18,7 @@ from detectron2.utils.logger import create_small_table
 from detectron2.utils.registry import Registry
 
 from ..atomic import atomic_output
+from ..data.pedestrian_json import PERSON_CATEGORY_NAMES
 from .miss_rate import Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
 
 __all__ = ["MissRateEvaluator", "EVALUATOR_REGISTRY", "build_evaluator"]
@@ -34,6 +35,8 @@ Each is called as ``builder(cfg, dataset_name, output_dir)`` and returns a Datas
 RESULTS_CATEGORY_ID = 1
 DETECTIONS_FILE = "miss_rate_detections.json"
 PLOT_FILE = "mr_fppi.png"
+# Protocol of person data registered without one (e.g. by register_coco_instances).
+DEFAULT_PROTOCOL = "citypersons"
 
 
 def ground_truth_from_records(records: Sequence[Dict[str, Any]], protocol: Protocol, source: str) -> GroundTruth:
@@ -125,6 +128,12 @@ class MissRateEvaluator(DatasetEvaluator):
         curves = miss_rate_curves(gt, dt, self._protocol, self._setups)
         mr = OrderedDict((name, 100.0 * c.log_average) for name, c in curves.items())
         logger.info("Miss rate (%%) on %s:\n%s", self._dataset_name, create_small_table(mr))
+        for name in (name for name, value in mr.items() if np.isnan(value)):
+            logger.warning(
+                "%s: setup %s has no ground truth in its height/visibility range, so its MR is NaN "
+                "(annotations without vis_bbox/vis_ratio count as fully visible, which empties Heavy)",
+                self._dataset_name, name,
+            )
         if self._plot and self._output_dir:
             from .plots import plot_mr_fppi
 
@@ -139,6 +148,24 @@ def miss_rate(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> Dat
     return MissRateEvaluator(
         dataset_name, output_dir, setups=cfg.TEST.MISS_RATE.SETUPS or None, plot=cfg.TEST.MISS_RATE.PLOT
     )
+
+
+@EVALUATOR_REGISTRY.register()
+def coco(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> DatasetEvaluator:
+    """Builder for ``evaluator_type == "coco"`` (``register_coco_instances``) person data: the
+    miss-rate evaluator, with the metadata's ``protocol`` or :data:`DEFAULT_PROTOCOL`."""
+    metadata = MetadataCatalog.get(dataset_name)
+    classes = list(metadata.get("thing_classes", []))
+    if len(classes) != 1 or classes[0] not in PERSON_CATEGORY_NAMES:
+        raise ValueError(
+            f"Dataset {dataset_name!r} (evaluator_type 'coco') has classes {classes}: hkd_d2 evaluates "
+            f"one-class person data (a category named one of {list(PERSON_CATEGORY_NAMES)}); use "
+            "detectron2.evaluation.COCOEvaluator for other data"
+        )
+    if metadata.get("protocol") is None:
+        logger.info("%s: no 'protocol' in its metadata; evaluating with %r", dataset_name, DEFAULT_PROTOCOL)
+        metadata.set(protocol=DEFAULT_PROTOCOL)
+    return miss_rate(cfg, dataset_name, output_dir)
 
 
 def build_evaluator(cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None) -> DatasetEvaluator:

@@ -200,7 +200,7 @@ class GroundTruth:
     ) -> "GroundTruth":
         """Build from COCO-style / Detectron2-record annotations (each with an ``image_id``).
 
-        Uses ``bbox``, and when present ``ignore``, ``height``, ``vis_ratio`` (else computed from
+        Uses ``bbox``, and when present ``ignore`` (else COCO's ``iscrowd``), ``height``, ``vis_ratio`` (else computed from
         ``vis_bbox``, else 1), ``label`` and ``category_id``. Labels other than the protocol's
         pedestrian / ignore labels are removed, as dbEval.m does.
         """
@@ -225,7 +225,7 @@ class GroundTruth:
         if boxes is None or not np.isfinite(boxes).all():
             for a in anns:
                 _checked_box(a.get("bbox"), source, a["image_id"])
-        flags = [bool(a.get("ignore", 0)) or a.get("label") in protocol.ignore_labels for a in anns]
+        flags = [bool(a.get("ignore", a.get("iscrowd", 0))) or a.get("label") in protocol.ignore_labels for a in anns]
         heights = [a["height"] if "height" in a else box[3] for a, box in zip(anns, boxes)]
         vis = np.asarray([_visibility(a, box) for a, box in zip(anns, boxes)], dtype=np.float64)
         if protocol.unoccluded_vis is not None:

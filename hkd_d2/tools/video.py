@@ -19,8 +19,7 @@ from detectron2.structures import Instances
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
-from ..engine.setup import load_config, resolve_device
-from .inference import build_predictor
+from .inference import predictor_from_config
 from .report import write_json
 from .visualize import draw_detections
 
@@ -128,11 +127,12 @@ def annotate_video(
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config-file", required=True, help="detector config (a plain detector; export HKD students first)")
-    p.add_argument("--weights", required=True, help="detector weights (model_final.pth / student.pth)")
+    p.add_argument("--weights", default=None, help="detector weights (default: the config's MODEL.WEIGHTS)")
     p.add_argument("--input", required=True, help="input video, e.g. /usr/share/doc/opencv-doc/examples/data/vtest.avi")
     p.add_argument("--output", required=True, help="annotated video (.mp4, .avi or .mkv)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="detections drawn from this score on")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="detections drawn from this score on (default: the config's MODEL.ROI_HEADS.SCORE_THRESH_TEST)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (e.g. MODEL.DEVICE cpu)")
     return p.parse_args(argv)
 
@@ -141,8 +141,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
     setup_logger(name="hkd_d2")
     open_video(args.input).release()  # fail before building the model
-    predictor = build_predictor(resolve_device(load_config(args.config_file, args.opts)), args.weights)
-    figures = annotate_video(predictor, args.input, args.output, args.max_frames, args.score_threshold)
+    predictor, threshold = predictor_from_config(args.config_file, args.opts, args.weights, args.score_threshold)
+    figures = annotate_video(predictor, args.input, args.output, args.max_frames, threshold)
     print(f"{figures['frames']} frames: detector {figures['detector_fps']:.2f} fps, "
           f"end to end {figures['end_to_end_fps']:.2f} fps -> {args.output} (+ .json)")
     return figures
+
+
+if __name__ == "__main__":
+    main()
