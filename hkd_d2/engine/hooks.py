@@ -50,7 +50,9 @@ class DistillationHook(HookBase):
         stats = {
             k: v.item() if isinstance(v, torch.Tensor) else float(v) for k, v in model.distill_stats.items()
         }
-        self.trainer.storage.put_scalars(**{"distill/scale": model.distill_scale}, **stats)
+        self.trainer.storage.put_scalars(**stats)
+        # A schedule value: logged as it is, not median-smoothed like the losses.
+        self.trainer.storage.put_scalar("distill/scale", model.distill_scale, smoothing_hint=False)
 
 
 # Distillation terms that need a hook of their own during training: term name -> hook builder.

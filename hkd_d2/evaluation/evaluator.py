@@ -128,11 +128,12 @@ class MissRateEvaluator(DatasetEvaluator):
         curves = miss_rate_curves(gt, dt, self._protocol, self._setups)
         mr = OrderedDict((name, 100.0 * c.log_average) for name, c in curves.items())
         logger.info("Miss rate (%%) on %s:\n%s", self._dataset_name, create_small_table(mr))
-        for name in (name for name, value in mr.items() if np.isnan(value)):
+        undefined = [name for name, value in mr.items() if np.isnan(value)]
+        if undefined and gt.vis.size and np.unique(gt.vis).size == 1:
             logger.warning(
-                "%s: setup %s has no ground truth in its height/visibility range, so its MR is NaN "
-                "(annotations without vis_bbox/vis_ratio count as fully visible, which empties Heavy)",
-                self._dataset_name, name,
+                "%s: every box has the same visibility (no vis_bbox/vis_ratio in the annotations?), so "
+                "setups of occluded people (%s) have no ground truth and an MR of NaN",
+                self._dataset_name, ", ".join(undefined),
             )
         if self._plot and self._output_dir:
             from .plots import plot_mr_fppi
@@ -155,6 +156,8 @@ def coco(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> DatasetE
     """Builder for ``evaluator_type == "coco"`` (``register_coco_instances``) person data: the
     miss-rate evaluator, with the metadata's ``protocol`` or :data:`DEFAULT_PROTOCOL`."""
     metadata = MetadataCatalog.get(dataset_name)
+    if not metadata.get("thing_classes", None):
+        DatasetCatalog.get(dataset_name)  # load_coco_json sets thing_classes
     classes = list(metadata.get("thing_classes", []))
     if len(classes) != 1 or classes[0] not in PERSON_CATEGORY_NAMES:
         raise ValueError(
