@@ -206,3 +206,16 @@ def test_detect_expands_inputs_and_writes_drawn_images(tmp_path):
     assert [s["detections"] for s in summaries] == [1, 1]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.jpg"]
     assert (tmp_path / "out" / "a.png").stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------- 12: a Caltech root too short for its split
+def test_preparing_caltech_videos_shorter_than_the_step_says_to_pass_step(tmp_path):
+    from hkd_d2.data.caltech import prepare_caltech
+
+    generate_synthetic(tmp_path / "synthetic", 2, 3, SyntheticConfig(width=128, height=96, seed=1),
+                       formats=("caltech",), workers=0)
+    with pytest.raises(PedestrianDataError, match="no frame kept.*--step 1"):
+        prepare_caltech(tmp_path / "synthetic" / "caltech", "test", tmp_path / "prepared")
+    assert not (tmp_path / "prepared" / "test.json").exists()
+    json_file = prepare_caltech(tmp_path / "synthetic" / "caltech", "test", tmp_path / "prepared", step=1)
+    assert len(json.loads(Path(json_file).read_text())["images"]) == 3
