@@ -105,6 +105,9 @@ def timed(fn, *args):
 def main() -> None:
     gt_path, dt_path = (Path(p) for p in sys.argv[1:3]) if len(sys.argv) > 2 else (
         REFERENCE / "val_gt.json", REFERENCE / "dt_synthetic_seed1.json")
+    if not (gt_path.is_file() and dt_path.is_file()):
+        sys.exit(f"{gt_path} or {dt_path} not found: pass GT_JSON DT_JSON (the default reference files "
+                 "live in ../shared/reference beside the project's own checkout, not in a clone)")
     t_fast, r_fast = timed(fast, gt_path, dt_path)
     t_simple, r_simple = timed(simple, gt_path, dt_path)
     for name in r_fast:

@@ -47,6 +47,10 @@ def fsync_path(path: Union[str, os.PathLike]) -> None:
     finally:
         os.close(fd)
 
+# Modes before the umask of what ``open()`` / ``os.mkdir`` create (mkstemp/mkdtemp use 0o600/0o700).
+FILE_MODE = 0o666
+DIR_MODE = 0o777
+
 
 @contextlib.contextmanager
 def atomic_output(path: Union[str, os.PathLike], is_dir: bool = False) -> Iterator[Path]:
@@ -54,6 +58,8 @@ def atomic_output(path: Union[str, os.PathLike], is_dir: bool = False) -> Iterat
 
     The block writes (and closes) the temporary file; it is then fsynced, renamed onto ``path``
     and the folder fsynced. ``OSError(ENOSPC)`` anywhere becomes :class:`DiskFullError`.
+    The result gets the permissions a plain ``open()`` / ``os.mkdir`` would give it (0644 /
+    0755 under the usual umask 022), as Detectron2's own outputs have.
 
     Args:
         path: final file (or directory when ``is_dir``) to produce.
@@ -72,7 +78,7 @@ def atomic_output(path: Union[str, os.PathLike], is_dir: bool = False) -> Iterat
         tmp = Path(name)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)  # mkstemp/mkdtemp make them private
+    os.chmod(tmp, (DIR_MODE if is_dir else FILE_MODE) & ~umask)  # mkstemp/mkdtemp make them private
     try:
         yield tmp
         if not is_dir:

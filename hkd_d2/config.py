@@ -90,6 +90,18 @@ def _add_export_config(cfg: CN) -> None:
     cfg.EXPORT.SCORE_THRESH_TEST = 0.3
 
 
+def _add_dataset_config(cfg: CN) -> None:
+    cfg.DATASETS.PEDESTRIAN_JSON = CN()
+    # Pedestrian JSON data sets to register (train_net.py, Trainer), each "NAME=path/to/file.json".
+    cfg.DATASETS.PEDESTRIAN_JSON.FILES = []
+    # Folder the image names of those files are relative to ("" = each JSON file's own folder).
+    cfg.DATASETS.PEDESTRIAN_JSON.IMAGE_ROOT = ""
+    # Evaluation protocol of those data sets: "citypersons" or "caltech" (see datasets/README.md).
+    cfg.DATASETS.PEDESTRIAN_JSON.PROTOCOL = "citypersons"
+    # Names or ids of their pedestrian categories (empty = "person", "pedestrian").
+    cfg.DATASETS.PEDESTRIAN_JSON.CATEGORIES = []
+
+
 def add_hkd_config(cfg: CN) -> CN:
     """Add every hkd_d2 key (with its default) to ``cfg`` in place and return it."""
     for add in (
@@ -101,6 +113,7 @@ def add_hkd_config(cfg: CN) -> CN:
         _add_eval_config,
         _add_data_config,
         _add_export_config,
+        _add_dataset_config,
     ):
         add(cfg)
     return cfg

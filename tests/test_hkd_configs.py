@@ -1,8 +1,7 @@
 """The shipped HKD and Table 3 configs: they load, name the right terms, pooler and teacher."""
 import pytest
-from detectron2.config import get_cfg
 
-from hkd_d2.config import add_hkd_config
+from hkd_d2.engine.setup import load_config
 from hkd_d2.modeling.teacher import load_teacher_config
 
 from .hkd_helpers import CONFIGS
@@ -22,9 +21,7 @@ TABLE3 = [
 
 
 def _load(path):
-    cfg = add_hkd_config(get_cfg())
-    cfg.merge_from_file(str(path))
-    return cfg
+    return load_config(str(path))
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "caltech", "citypersons"])

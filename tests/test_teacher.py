@@ -60,10 +60,10 @@ def test_teacher_without_pool_and_predict_is_refused(tmp_path):
         build_teacher(hkd_cfg(files))
 
 
-def test_relative_paths_fall_back_to_repo_root(tmp_path, monkeypatch):
+def test_relative_paths_are_taken_from_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    resolved = resolve_path("configs/synthetic/teacher_R50_FPN.yaml", "MODEL.TEACHER.CONFIG_FILE")
-    assert resolved.endswith("configs/synthetic/teacher_R50_FPN.yaml")
+    with pytest.raises(FileNotFoundError, match="MODEL.TEACHER.CONFIG_FILE 'configs/synthetic/teacher_R50_FPN.yaml'"):
+        resolve_path("configs/synthetic/teacher_R50_FPN.yaml", "MODEL.TEACHER.CONFIG_FILE")
     (tmp_path / "configs" / "synthetic").mkdir(parents=True)
     local = tmp_path / "configs" / "synthetic" / "teacher_R50_FPN.yaml"
     local.write_text("")

@@ -430,6 +430,11 @@ def prepare_caltech(
                 }
             )
         logger.info("Caltech %s: %s/%s done (%d images so far)", split, set_name, video, len(records))
+    if not records:
+        raise PedestrianDataError(
+            f"Caltech {split} from {root}: no frame kept (a split keeps frames {step - 1}, {2 * step - 1}, ...; "
+            f"these videos are shorter or not annotated there); pass step=1 (prepare_caltech.py --step 1) to keep every frame"
+        )
     name = json_name or (f"{split}_new.json" if new_annotations else f"{split}.json")
     json_file = Path(out_dir) / name
     save_pedestrian_json(records, json_file, image_dir.resolve())

@@ -48,6 +48,8 @@ PathLike = Union[str, os.PathLike]
 PERSON_CATEGORY = {"id": 1, "name": "person"}
 # Labels whose boxes are crowds rather than single people (COCO "iscrowd").
 CROWD_LABELS = frozenset({"people group", "people"})
+# Category names kept as pedestrians when the caller names none (``categories=None``).
+PERSON_CATEGORY_NAMES = ("person", "pedestrian")
 
 
 class PedestrianDataError(ValueError):
@@ -170,20 +172,56 @@ def _annotation_from_json(ann: Dict, labels: Dict[int, str], json_file: PathLike
         bbox = ann["bbox"]
         if len(bbox) != 4:
             raise ValueError("bbox must have 4 numbers")
-        ignore = ann.get("ignore", ann.get("iscrowd", 0))
+        ignore = _ignore_flag(ann)
         label = ann.get("label", labels.get(ann.get("category_id"), PERSON_CATEGORY["name"]))
         return make_annotation(bbox, ann.get("vis_bbox"), ignore, label, ann.get("vis_ratio"))
     except (KeyError, TypeError, ValueError) as e:
         raise PedestrianDataError(f"{json_file}: malformed annotation {ann.get('id')}: {e!r}") from e
 
 
-def load_pedestrian_json(json_file: PathLike, image_root: PathLike) -> List[Dict]:
+def _kept_category_ids(data: Dict, json_file: PathLike, categories: Optional[Sequence[Union[str, int]]]):
+    """Ids of the file's categories that are pedestrians: those named (by name or id) in
+    ``categories`` (default :data:`PERSON_CATEGORY_NAMES`). None = keep every annotation (the
+    file lists no categories). Raises naming the file when annotations exist but none is kept."""
+    listed = [c for c in data.get("categories", []) if isinstance(c, dict) and "id" in c]
+    if not listed:
+        return None
+    wanted = {str(c) for c in (categories or PERSON_CATEGORY_NAMES)}
+    kept = {c["id"] for c in listed if str(c["id"]) in wanted or str(c.get("name")) in wanted}
+    if not kept and data.get("annotations"):
+        found = [(c["id"], c.get("name")) for c in listed]
+        raise PedestrianDataError(
+            f"{json_file}: no category is a pedestrian: categories (id, name) {found}, kept {sorted(wanted)}; "
+            "name the pedestrian categories with categories= (register_pedestrian_dataset) or "
+            "DATASETS.PEDESTRIAN_JSON.CATEGORIES"
+        )
+    return kept
+
+
+def _ignore_flag(ann: Dict) -> int:
+    """A JSON annotation's ignore flag: ``ignore`` when present, else COCO's ``iscrowd``, else 0."""
+    return ann.get("ignore", ann.get("iscrowd", 0))
+
+
+def _is_kept(ann: Dict, kept_ids) -> bool:
+    """Pedestrian categories (and annotations naming none) are kept; other categories only as
+    ignore regions (flagged ``ignore`` / ``iscrowd``), never as pedestrians."""
+    if kept_ids is None or "category_id" not in ann or ann["category_id"] in kept_ids:
+        return True
+    return bool(_ignore_flag(ann))
+
+
+def load_pedestrian_json(
+    json_file: PathLike, image_root: PathLike, categories: Optional[Sequence[Union[str, int]]] = None
+) -> List[Dict]:
     """Read a generic pedestrian JSON file into Detectron2 dataset dicts.
 
     Args:
         json_file: COCO-style file (see module doc). Images name their file with ``file_name``
             or ``im_name`` (relative to ``image_root``).
         image_root: folder the image names are relative to. Every image must exist.
+        categories: names or ids of the file's pedestrian categories (default "person",
+            "pedestrian"); annotations of other categories are dropped unless flagged ignore.
 
     Returns:
         records in the contract's format, in the file's image order; ``image_id`` is the
@@ -191,6 +229,7 @@ def load_pedestrian_json(json_file: PathLike, image_root: PathLike) -> List[Dict
     """
     data = _read_json(json_file)
     labels = {c["id"]: c["name"] for c in data.get("categories", []) if "id" in c and "name" in c}
+    kept_ids = _kept_category_ids(data, json_file, categories)
     images: Dict = {}
     for img in data["images"]:
         name = img.get("file_name", img.get("im_name")) if isinstance(img, dict) else None
@@ -202,6 +241,7 @@ def load_pedestrian_json(json_file: PathLike, image_root: PathLike) -> List[Dict
             )
         images[img["id"]] = (name, img)
     anns_by_image: Dict[int, List[Dict]] = {}
+    dropped = 0
     for ann in data.get("annotations", []):
         if not isinstance(ann, dict) or "image_id" not in ann:
             raise PedestrianDataError(f"{json_file}: annotation without image_id: {ann!r}")
@@ -210,6 +250,9 @@ def load_pedestrian_json(json_file: PathLike, image_root: PathLike) -> List[Dict
                 f"{json_file}: annotation {ann.get('id')!r} refers to image id {ann['image_id']!r}, "
                 "which is not in 'images'"
             )
+        if not _is_kept(ann, kept_ids):
+            dropped += 1
+            continue
         anns_by_image.setdefault(ann["image_id"], []).append(
             _annotation_from_json(ann, labels, json_file)
         )
@@ -229,6 +272,9 @@ def load_pedestrian_json(json_file: PathLike, image_root: PathLike) -> List[Dict
                 "annotations": anns_by_image.get(img["id"], []),
             }
         )
+    if dropped:
+        logger.info("%s: dropped %d annotations of categories that are not pedestrians (kept ids %s)",
+                    json_file, dropped, sorted(kept_ids))
     logger.info("Loaded %d images from %s", len(records), json_file)
     return drop_degenerate_boxes(records, json_file)
 

@@ -8,8 +8,9 @@ built-in names below resolve under ``$DETECTRON2_DATASETS`` (default ``./dataset
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..evaluation.evaluator import EVALUATOR_OF_PROTOCOL
@@ -20,7 +21,13 @@ from .ecp import load_ecp
 from .pedestrian_json import PathLike, load_pedestrian_json
 from .synthetic import SyntheticConfig, generate_synthetic
 
-__all__ = ["register_pedestrian_dataset", "register_all_pedestrian", "datasets_root", "ensure_synthetic"]
+__all__ = [
+    "register_pedestrian_dataset",
+    "register_all_pedestrian",
+    "register_config_datasets",
+    "datasets_root",
+    "ensure_synthetic",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +42,8 @@ def datasets_root() -> Path:
     return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
-def _json_loader(source, image_root, **kw) -> Callable[[], List[Dict]]:
-    return lambda: load_pedestrian_json(source, image_root)
+def _json_loader(source, image_root, categories=None, **kw) -> Callable[[], List[Dict]]:
+    return lambda: load_pedestrian_json(source, image_root, categories)
 
 
 def _mat_loader(source, image_root, **kw) -> Callable[[], List[Dict]]:
@@ -103,14 +110,16 @@ def register_pedestrian_dataset(
             ``.odgt``, an ECP labels folder (``labels/<split>``, with ``protocol="ecp"``), a Caltech root
             folder (then ``split=`` and optionally ``new_annotations=``/``step=`` in ``kw``;
             frames are extracted into ``image_root`` on first use), or a callable returning
-            records. Nothing is read before ``DatasetCatalog.get(name)``.
+            records. Nothing is read before ``DatasetCatalog.get(name)``. A ``.json`` source
+            takes ``categories=`` (names or ids of its pedestrian categories, default
+            "person"/"pedestrian"; see ``datasets/README.md``).
         protocol: a key of EVALUATOR_OF_PROTOCOL ("citypersons", "caltech", "ecp",
             "crowdhuman"; the evaluator's rules); implied by .mat, .odgt and Caltech sources,
             required otherwise.
         image_root: folder the images are relative to (``leftImg8bit/<split>`` for CityPersons).
         kw: extra source options (Caltech) and extra metadata.
     """
-    source_opts = {k: kw.pop(k) for k in ("split", "new_annotations", "step") if k in kw}
+    source_opts = {k: kw.pop(k) for k in ("split", "new_annotations", "step", "categories") if k in kw}
     if callable(source):
         loader, implied = source, None
     else:
@@ -130,6 +139,41 @@ def register_pedestrian_dataset(
     if image_root is not None:
         metadata["image_root"] = str(image_root)
     MetadataCatalog.get(name).set(**metadata)
+
+
+def _parse_json_entry(entry: str) -> Tuple[str, Path]:
+    name, sep, json_file = entry.partition("=")
+    if not sep or not name.strip() or not json_file.strip():
+        raise ValueError(
+            f"DATASETS.PEDESTRIAN_JSON.FILES entry {entry!r}: expected 'NAME=path/to/file.json'"
+        )
+    return name.strip(), Path(json_file.strip())
+
+
+def register_config_datasets(cfg: CfgNode) -> List[str]:
+    """Register the JSON data sets named by ``cfg.DATASETS.PEDESTRIAN_JSON`` and return their
+    names. A name already registered from the same file is left as it is (calling this twice is
+    harmless); one registered otherwise is an error naming the entry."""
+    spec = cfg.DATASETS.PEDESTRIAN_JSON
+    names = []
+    for entry in spec.FILES:
+        name, json_file = _parse_json_entry(entry)
+        if not json_file.is_file():
+            raise FileNotFoundError(f"DATASETS.PEDESTRIAN_JSON.FILES entry {entry!r}: {json_file} not found")
+        if name in DatasetCatalog.list():
+            if MetadataCatalog.get(name).get("json_file") != str(json_file):
+                raise ValueError(
+                    f"DATASETS.PEDESTRIAN_JSON.FILES entry {entry!r}: {name!r} is already registered "
+                    f"from {MetadataCatalog.get(name).get('json_file', 'elsewhere')}; choose another name"
+                )
+        else:
+            register_pedestrian_dataset(
+                name, json_file, protocol=spec.PROTOCOL, image_root=spec.IMAGE_ROOT or json_file.parent,
+                categories=list(spec.CATEGORIES) or None,
+            )
+            logger.info("Registered %s from %s (protocol %s)", name, json_file, spec.PROTOCOL)
+        names.append(name)
+    return names
 
 
 # ------------------------------------------------------------------ built-in names

@@ -38,7 +38,9 @@ class DistillationHook(HookBase):
             k: v.item() if isinstance(v, torch.Tensor) else float(v) for k, v in model.distill_stats.items()
         }
         scale = linear_warmup(self.trainer.iter, self.warmup_iters)
-        self.trainer.storage.put_scalars(**{"distill/scale": scale}, **stats)
+        self.trainer.storage.put_scalars(**stats)
+        # A schedule value: logged as it is, not median-smoothed like the losses.
+        self.trainer.storage.put_scalar("distill/scale", scale, smoothing_hint=False)
 
 
 def build_distillation_hooks(cfg: CfgNode) -> List[HookBase]:

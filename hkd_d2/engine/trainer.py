@@ -11,7 +11,10 @@ Differences from ``DefaultTrainer``:
 * one training per OUTPUT_DIR (:mod:`~hkd_d2.engine.lock`); SIGINT/SIGTERM save a checkpoint and
   exit with status 128 + N (:mod:`~hkd_d2.engine.interrupt`); checkpoints carry their config and
   a resume warns about changed keys (:mod:`~hkd_d2.engine.resume`) or a MAX_ITER already reached;
-* several processes work on CPU too (Detectron2's DDP wrapper always passes CUDA device ids).
+* several processes work on CPU too (Detectron2's DDP wrapper always passes CUDA device ids);
+* a CUDA ``MODEL.DEVICE`` falls back to ``cpu`` (one warning) where there is no GPU, and the
+  JSON data sets of ``DATASETS.PEDESTRIAN_JSON`` are registered, so a script of one's own needs
+  nothing but ``Trainer(cfg)``.
 """
 import logging
 import os
@@ -30,6 +33,7 @@ from detectron2.evaluation import DatasetEvaluator
 from ..checkpoint import CONFIG_KEY, CheckpointFileError, HKDCheckpointer, check_checkpoint_file
 from ..data import PedestrianDatasetMapper
 from ..data.crowdhuman import with_training_box
+from ..data.register import register_config_datasets
 from ..evaluation import build_evaluator
 from .calibration import LossBalanceHook
 from .guards import build_runaway_guard
@@ -37,6 +41,7 @@ from .hooks import build_distillation_hooks
 from .interrupt import StopOnSignal, TrainingInterrupted
 from .lock import lock_output_dir
 from .resume import config_changes, describe_config_changes
+from .setup import HKD_LOGGER, resolve_device, setup_hkd_logger
 
 __all__ = ["Trainer", "wrap_distributed"]
 
@@ -58,8 +63,10 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        if not logging.getLogger("hkd_d2").handlers:  # data, resume and guard messages reach log.txt
-            setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hkd_d2", abbrev_name="hkd")
+        if not logging.getLogger(HKD_LOGGER).handlers:  # data, resume and guard messages reach log.txt
+            setup_hkd_logger(cfg.OUTPUT_DIR)
+        cfg = resolve_device(cfg)
+        register_config_datasets(cfg)
         self._output_lock = lock_output_dir(cfg.OUTPUT_DIR)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
@@ -76,6 +83,11 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        """Detectron2's ``build_model`` on ``cfg``, on ``cpu`` where a CUDA device is absent."""
+        return super().build_model(resolve_device(cfg))
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

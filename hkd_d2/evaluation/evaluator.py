@@ -18,6 +18,7 @@ from detectron2.utils.logger import create_small_table
 from detectron2.utils.registry import Registry
 
 from ..atomic import atomic_output
+from ..data.pedestrian_json import PERSON_CATEGORY_NAMES
 from .crowdhuman import CrowdHumanImage, crowdhuman_metrics
 from .miss_rate import PROTOCOLS, Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
 from .plots import plot_mr_fppi
@@ -75,6 +76,10 @@ def gather_results(results: List[Dict[str, Any]], output_dir: Optional[str], fil
         with atomic_output(os.path.join(output_dir, file_name)) as tmp:
             tmp.write_text(json.dumps(predictions))
     return predictions
+
+
+# Protocol of person data registered without one (e.g. by register_coco_instances).
+DEFAULT_PROTOCOL = "citypersons"
 
 
 def ground_truth_from_records(records: Sequence[Dict[str, Any]], protocol: Protocol, source: str) -> GroundTruth:
@@ -152,6 +157,13 @@ class MissRateEvaluator(DatasetEvaluator):
         curves = miss_rate_curves(gt, dt, self._protocol, self._setups)
         mr = OrderedDict((name, 100.0 * c.log_average) for name, c in curves.items())
         logger.info("Miss rate (%%) on %s:\n%s", self._dataset_name, create_small_table(mr))
+        undefined = [name for name, value in mr.items() if np.isnan(value)]
+        if undefined and gt.vis.size and np.unique(gt.vis).size == 1:
+            logger.warning(
+                "%s: every box has the same visibility (no vis_bbox/vis_ratio in the annotations?), so "
+                "setups of occluded people (%s) have no ground truth and an MR of NaN",
+                self._dataset_name, ", ".join(undefined),
+            )
         if self._plot and self._output_dir:
             plot_mr_fppi(curves, os.path.join(self._output_dir, PLOT_FILE),
                          title=f"{self._dataset_name} ({self._protocol.name})")
@@ -217,6 +229,26 @@ def crowdhuman_image(record: Dict[str, Any], results: Sequence[Dict[str, Any]]) 
 def crowdhuman(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> DatasetEvaluator:
     """Builder of :class:`CrowdHumanEvaluator` for ``evaluator_type == "crowdhuman"``."""
     return CrowdHumanEvaluator(dataset_name, output_dir)
+
+
+@EVALUATOR_REGISTRY.register()
+def coco(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> DatasetEvaluator:
+    """Builder for ``evaluator_type == "coco"`` (``register_coco_instances``) person data: the
+    miss-rate evaluator, with the metadata's ``protocol`` or :data:`DEFAULT_PROTOCOL`."""
+    metadata = MetadataCatalog.get(dataset_name)
+    if not metadata.get("thing_classes", None):
+        DatasetCatalog.get(dataset_name)  # load_coco_json sets thing_classes
+    classes = list(metadata.get("thing_classes", []))
+    if len(classes) != 1 or classes[0] not in PERSON_CATEGORY_NAMES:
+        raise ValueError(
+            f"Dataset {dataset_name!r} (evaluator_type 'coco') has classes {classes}: hkd_d2 evaluates "
+            f"one-class person data (a category named one of {list(PERSON_CATEGORY_NAMES)}); use "
+            "detectron2.evaluation.COCOEvaluator for other data"
+        )
+    if metadata.get("protocol") is None:
+        logger.info("%s: no 'protocol' in its metadata; evaluating with %r", dataset_name, DEFAULT_PROTOCOL)
+        metadata.set(protocol=DEFAULT_PROTOCOL)
+    return miss_rate(cfg, dataset_name, output_dir)
 
 
 def build_evaluator(cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None) -> DatasetEvaluator:

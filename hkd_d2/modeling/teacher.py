@@ -5,13 +5,18 @@ The teacher is a complete Detectron2 detector (normally a ``GeneralizedRCNN`` R5
 ``MODEL.TEACHER.CONFIG_FILE`` and loaded from ``MODEL.TEACHER.WEIGHTS``. It keeps its own
 pixel mean/std, anchors and heads; only ``MODEL.DEVICE`` is taken from the student.
 
-Relative paths in ``MODEL.TEACHER.CONFIG_FILE`` / ``MODEL.TEACHER.WEIGHTS`` are looked up in
-the current directory first, then in the repository root (the folder holding ``hkd_d2/``), so
-the shipped configs (``configs/<dataset>/hkd_R50_to_R18.yaml``) work from either place.
+Relative paths in ``MODEL.TEACHER.CONFIG_FILE`` / ``MODEL.TEACHER.WEIGHTS`` are looked up
+next to the config file that names them (as Detectron2 does for ``_BASE_``; see
+:func:`anchor_teacher_paths`, which :func:`hkd_d2.engine.load_config` applies), then in the
+current directory, so the shipped configs find their teacher config from a checkout and from an
+installed package alike.
 """
 import logging
+import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
+
+import yaml
 
 import torch
 from torch import nn
@@ -24,6 +29,7 @@ from ..config import add_hkd_config
 
 __all__ = [
     "FrozenTeacher",
+    "anchor_teacher_paths",
     "build_teacher",
     "load_teacher_config",
     "resolve_path",
@@ -31,25 +37,61 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# Keys of MODEL.TEACHER that hold file paths.
+TEACHER_PATH_KEYS = ("CONFIG_FILE", "WEIGHTS")
+BASE_KEY = "_BASE_"
 
 
 def resolve_path(path: str, what: str) -> str:
-    """Return ``path`` as an existing local file: as given, else relative to the repository root.
+    """Return ``path`` as an existing local file, relative paths taken from the current directory.
 
     URLs (``scheme://...``) are returned unchanged for Detectron2's PathManager. Raises
-    ``FileNotFoundError`` naming ``what`` and every place looked in.
+    ``FileNotFoundError`` naming ``what`` and the place looked at.
     """
     if not path:
         raise FileNotFoundError(f"{what} is empty; set it to a file")
     if "://" in path:
         return path
-    candidates = [Path(path)] if Path(path).is_absolute() else [Path(path), REPO_ROOT / path]
-    for candidate in candidates:
+    candidate = Path(path)
+    if candidate.is_file():
+        return str(candidate.resolve())
+    raise FileNotFoundError(
+        f"{what} '{path}' not found (looked at: {candidate.resolve()}; a relative path is looked up "
+        "next to the config file that names it when the config is loaded with hkd_d2.engine.load_config "
+        "or hkd_d2.model_zoo.get_config, then in the current directory)"
+    )
+
+
+def _naming_file(config_file: str, key: str) -> Optional[str]:
+    """The file of ``config_file``'s ``_BASE_`` chain whose value of ``MODEL.TEACHER.<key>``
+    wins the merge (the most derived one setting it), or None when no file sets it."""
+    with open(config_file) as f:
+        data = yaml.safe_load(f) or {}
+    if key in ((data.get("MODEL") or {}).get("TEACHER") or {}):
+        return config_file
+    base = data.get(BASE_KEY)
+    if not base or "://" in base:
+        return None
+    base = os.path.expanduser(base)
+    return _naming_file(base if os.path.isabs(base) else os.path.join(os.path.dirname(config_file), base), key)
+
+
+def anchor_teacher_paths(cfg: CfgNode, config_file: str) -> CfgNode:
+    """Make the relative ``MODEL.TEACHER`` paths that ``config_file`` (or its ``_BASE_`` chain)
+    sets absolute when they exist next to the file that sets them; others stay as they are
+    (looked up in the current directory when the teacher is built). Call it after
+    ``cfg.merge_from_file(config_file)`` and before command-line overrides. Returns ``cfg``."""
+    for key in TEACHER_PATH_KEYS:
+        value = cfg.MODEL.TEACHER[key]
+        if not value or "://" in value or os.path.isabs(value):
+            continue
+        naming = _naming_file(config_file, key)
+        if naming is None:
+            continue
+        candidate = (Path(naming).parent / value).resolve()
         if candidate.is_file():
-            return str(candidate.resolve())
-    tried = ", ".join(str(c.resolve()) for c in candidates)
-    raise FileNotFoundError(f"{what} '{path}' not found (looked at: {tried})")
+            cfg.MODEL.TEACHER[key] = str(candidate)
+    return cfg
 
 
 def load_teacher_config(cfg: CfgNode) -> CfgNode:

@@ -39,7 +39,7 @@ from ..data.synthetic import SyntheticConfig, render_scene
 from ..deploy import DeployedPredictor
 from ..engine.setup import load_config
 from ..export import ONNX_FILE, export_formats
-from ..modeling.teacher import REPO_ROOT
+from ..model_zoo import get_config_file
 from .complexity import backbone_gmacs, count_parameters
 from .inference import build_predictor, model_inputs
 from .report import markdown_table, write_json, write_text
@@ -54,13 +54,13 @@ logger = logging.getLogger("hkd_d2.benchmark")
 # initialised model costs what a trained one does (the CityPersons recipes' 1000 proposals x FC 1024
 # box head make the latency of random weights depend on how many boxes survive NMS).
 CONFIGS = {
-    "teacher R50-FPN": ("configs/synthetic/teacher_R50_FPN.yaml", []),
-    "student R18-FPN": ("configs/synthetic/student_R18_FPN.yaml", []),
-    "student R18-FPN, FPN 32 ch": ("configs/synthetic/student_R18_FPN.yaml", ["MODEL.FPN.OUT_CHANNELS", "32"]),
+    "teacher R50-FPN": ("synthetic/teacher_R50_FPN.yaml", []),
+    "student R18-FPN": ("synthetic/student_R18_FPN.yaml", []),
+    "student R18-FPN, FPN 32 ch": ("synthetic/student_R18_FPN.yaml", ["MODEL.FPN.OUT_CHANNELS", "32"]),
 }
-HKD_CONFIG = "configs/synthetic/hkd_R50_to_R18.yaml"
+HKD_CONFIG = "synthetic/hkd_R50_to_R18.yaml"
 # The student of HKD_CONFIG trained alone (training cost).
-STUDENT_CONFIG = "configs/synthetic/student_R18_FPN.yaml"
+STUDENT_CONFIG = "synthetic/student_R18_FPN.yaml"
 # The exported student's rows: name -> file written by export_formats (the "student R18-FPN" detector).
 EXPORTED = {
     "student R18-FPN, TorchScript": "torchscript",
@@ -96,7 +96,7 @@ def _size(text: str) -> List[int]:
 
 
 def _cfg(config: str, opts: Sequence[str], device: str) -> CfgNode:
-    return load_config(str(REPO_ROOT / config), list(opts) + ["MODEL.DEVICE", device])
+    return load_config(get_config_file(config), list(opts) + ["MODEL.DEVICE", device])
 
 
 def latency_table(configs: Dict[str, tuple], sizes: Sequence[List[int]], device: str, repeats: int) -> List[Dict]:
@@ -154,7 +154,7 @@ def _teacher_proposals(inputs: List[Dict], rois_per_image: int, device: torch.de
 
 def _teacher_cfg(device: str) -> CfgNode:
     """The config of the teacher ``HKD_CONFIG`` names."""
-    return load_config(teacher_config(str(REPO_ROOT / HKD_CONFIG)), ["MODEL.DEVICE", device])
+    return load_config(teacher_config(get_config_file(HKD_CONFIG)), ["MODEL.DEVICE", device])
 
 
 def _training_configs(device: str, teacher_weights: str) -> Dict[str, CfgNode]:
@@ -307,3 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     setup_logger(output=str(Path(args.out) / "log.txt"), name="hkd_d2")
     return run_benchmark(args)
+
+
+if __name__ == "__main__":
+    main()

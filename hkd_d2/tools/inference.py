@@ -1,5 +1,5 @@
 """Detectors for inference: one builder from config + weights, and single-image inputs."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -8,8 +8,10 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 
 from ..checkpoint import load_detector_weights
+from ..engine.setup import resolve_device
+from ..export import load_student_config
 
-__all__ = ["build_predictor", "model_inputs"]
+__all__ = ["build_predictor", "model_inputs", "predictor_from_config"]
 
 
 def build_predictor(cfg: CfgNode, weights: Optional[str] = None) -> DefaultPredictor:
@@ -27,6 +29,23 @@ def build_predictor(cfg: CfgNode, weights: Optional[str] = None) -> DefaultPredi
     if weights:
         load_detector_weights(predictor.model, weights)
     return predictor
+
+
+def predictor_from_config(
+    config_file: str,
+    opts: Sequence[str] = (),
+    weights: Optional[str] = None,
+    score_threshold: Optional[float] = None,
+) -> Tuple[DefaultPredictor, float]:
+    """A predictor for ``config_file`` + ``opts`` (on ``cpu`` where a CUDA device is absent) and
+    the score threshold it keeps detections from: ``score_threshold``, which then replaces
+    ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` (as Detectron2's demo does), else the config's value.
+    ``weights`` default to ``MODEL.WEIGHTS`` (a relative one is taken next to the config file, as in an
+    exported ``student.yaml``)."""
+    cfg = resolve_device(load_student_config(config_file, list(opts)))
+    if score_threshold is not None:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_threshold
+    return build_predictor(cfg, weights), cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
 
 
 def model_inputs(image_bgr: np.ndarray, height: int, width: int) -> List[Dict[str, torch.Tensor]]:

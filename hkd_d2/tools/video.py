@@ -20,9 +20,7 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from ..deploy import DeployedPredictor
-from ..engine.setup import resolve_device
-from ..export import load_student_config
-from .inference import build_predictor
+from .inference import predictor_from_config
 from .report import write_json
 from .visualize import draw_detections
 
@@ -142,7 +140,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="annotated video (.mp4, .avi or .mkv)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--score-threshold", type=float, default=None,
-                   help=f"detections drawn from this score on (default {DEFAULT_SCORE_THRESHOLD}; "
+                   help="detections drawn from this score on (default: the config's MODEL.ROI_HEADS.SCORE_THRESH_TEST; "
                         "an --exported student's own deployment threshold)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (e.g. MODEL.DEVICE cpu)")
     return p.parse_args(argv)
@@ -156,9 +154,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         predictor = DeployedPredictor(args.exported, args.score_threshold, args.device)
         threshold = predictor.model.score_threshold
     else:
-        predictor = build_predictor(resolve_device(load_student_config(args.config_file, args.opts)), args.weights)
-        threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+        predictor, threshold = predictor_from_config(args.config_file, args.opts, args.weights, args.score_threshold)
     figures = annotate_video(predictor, args.input, args.output, args.max_frames, threshold)
     print(f"{figures['frames']} frames: detector {figures['detector_fps']:.2f} fps, "
           f"end to end {figures['end_to_end_fps']:.2f} fps -> {args.output} (+ .json)")
     return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -70,7 +70,7 @@ class GroundTruth:
     ) -> "GroundTruth":
         """Build from COCO-style / Detectron2-record annotations (each with an ``image_id``).
 
-        Uses ``bbox``, and when present ``ignore``, ``height``, ``vis_ratio`` / ``vis_bbox`` (read
+        Uses ``bbox``, and when present ``ignore`` (else COCO's ``iscrowd``), ``height``, ``vis_ratio`` / ``vis_bbox`` (read
         by the protocol's visibility rule), ``label``, ``category_id``, ``occlusion`` and
         ``truncation`` (percent). Labels other than the protocol's pedestrian / ignore labels are
         removed, as dbEval.m does. An image id listed twice is refused.
@@ -90,7 +90,7 @@ class GroundTruth:
         else:
             heights = [a["height"] if "height" in a else box[3] for a, box in zip(anns, boxes)]
         labels = [a.get("label") for a in anns]
-        flags = [bool(a.get("ignore", 0)) or label in protocol.ignore_labels for a, label in zip(anns, labels)]
+        flags = [bool(a.get("ignore", a.get("iscrowd", 0))) or label in protocol.ignore_labels for a, label in zip(anns, labels)]
         visibility = VISIBILITY_RULES[protocol.visibility]
         regions = protocol.ioa_ignore_labels
         return cls(

@@ -1,0 +1,41 @@
+"""``--eval-only``: build and load only the detector that is evaluated.
+
+A distillation config (``MODEL.META_ARCHITECTURE`` an :class:`~hkd_d2.modeling.HKDDistiller`)
+is evaluated as its student: the student detector is built from the config, no teacher is built
+and no teacher file is read, and the checkpoint's distillation-only parameters (channel
+adapters under ``distill_terms.``) are skipped.
+"""
+from typing import Dict
+
+import torch
+from torch import nn
+from detectron2.config import CfgNode
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ..checkpoint import HKDCheckpointer
+from ..export import student_config
+from ..modeling.distiller import DISTILL_ONLY_PREFIXES, HKDDistiller
+from .trainer import Trainer
+
+__all__ = ["StudentCheckpointer", "build_test_model", "distills"]
+
+
+def distills(cfg: CfgNode) -> bool:
+    """Whether ``cfg``'s meta-architecture is a distiller (trains a student under a teacher)."""
+    return issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), HKDDistiller)
+
+
+def build_test_model(cfg: CfgNode) -> nn.Module:
+    """The model ``--eval-only`` evaluates: the student alone for a distillation config, else the
+    config's model (on ``cpu`` where a CUDA device is absent)."""
+    return Trainer.build_model(student_config(cfg) if distills(cfg) else cfg)
+
+
+class StudentCheckpointer(HKDCheckpointer):
+    """:class:`HKDCheckpointer` that skips distillation-only keys of the file, so that a
+    distillation run's checkpoint loads into its student detector."""
+
+    def _load_model(self, checkpoint: Dict) -> object:
+        model_state: Dict[str, torch.Tensor] = checkpoint["model"]
+        checkpoint["model"] = {k: v for k, v in model_state.items() if not k.startswith(DISTILL_ONLY_PREFIXES)}
+        return super()._load_model(checkpoint)
