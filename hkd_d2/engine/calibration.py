@@ -70,8 +70,8 @@ def _term_key(term: nn.Module) -> str:
 def measure_losses(model: nn.Module, batches: Iterable[List[Dict]]) -> LossMeasurement:
     """Average detection loss and raw term values of ``model`` (an :class:`HKDDistiller`) on ``batches``.
 
-    Runs in training mode (losses need it) under ``torch.no_grad()`` with the schedule scale 1;
-    the model's mode and scale are restored afterwards.
+    Runs in training mode (losses need it) under ``torch.no_grad()`` with no schedule (every
+    term's factor 1: ``distill_iter`` None); the model's mode and iteration are restored afterwards.
     """
     model = _unwrap(model)
     if not isinstance(model, HKDDistiller) or not model.distill_terms:
@@ -82,9 +82,9 @@ def measure_losses(model: nn.Module, batches: Iterable[List[Dict]]) -> LossMeasu
     outputs: Dict[str, Dict[str, torch.Tensor]] = {}
     handles = [t.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
                for name, t in terms.items()]
-    was_training, scale = model.training, model.distill_scale
+    was_training, iteration = model.training, model.distill_iter
     model.train()
-    model.distill_scale = 1.0
+    model.distill_iter = None
     try:
         with torch.no_grad(), EventStorage():
             for batch in batches:
@@ -99,7 +99,7 @@ def measure_losses(model: nn.Module, batches: Iterable[List[Dict]]) -> LossMeasu
         for h in handles:
             h.remove()
         model.train(was_training)
-        model.distill_scale = scale
+        model.distill_iter = iteration
     if n == 0:
         raise ValueError("No batch to measure the losses on")
     return LossMeasurement(
