@@ -27,6 +27,7 @@ from scipy.io.matlab import MatReadError
 from PIL import Image
 
 from ..atomic import atomic_output
+from ..evaluation.miss_rate.protocols import PERSON_CATEGORY_NAMES
 
 __all__ = [
     "load_mat",
@@ -48,8 +49,6 @@ PathLike = Union[str, os.PathLike]
 PERSON_CATEGORY = {"id": 1, "name": "person"}
 # Labels whose boxes are crowds rather than single people (COCO "iscrowd").
 CROWD_LABELS = frozenset({"people group", "people"})
-# Category names kept as pedestrians when the caller names none (``categories=None``).
-PERSON_CATEGORY_NAMES = ("person", "pedestrian")
 
 
 class PedestrianDataError(ValueError):

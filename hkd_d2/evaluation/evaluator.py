@@ -18,9 +18,8 @@ from detectron2.utils.logger import create_small_table
 from detectron2.utils.registry import Registry
 
 from ..atomic import atomic_output
-from ..data.pedestrian_json import PERSON_CATEGORY_NAMES
 from .crowdhuman import CrowdHumanImage, crowdhuman_metrics
-from .miss_rate import PROTOCOLS, Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
+from .miss_rate import PERSON_CATEGORY_NAMES, PROTOCOLS, Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
 from .plots import plot_mr_fppi
 
 __all__ = [

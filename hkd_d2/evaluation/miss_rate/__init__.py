@@ -44,6 +44,7 @@ from .protocols import (
     CITYPERSONS_FPPI_REFS,
     INF,
     MIN_MISS_RATE,
+    PERSON_CATEGORY_NAMES,
     PROTOCOLS,
     TOOLBOX_FPPI_REFS,
     Protocol,
@@ -52,6 +53,7 @@ from .protocols import (
 )
 
 __all__ = [
+    "PERSON_CATEGORY_NAMES",
     "INF",
     "MIN_MISS_RATE",
     "TOOLBOX_FPPI_REFS",

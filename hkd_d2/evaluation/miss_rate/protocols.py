@@ -19,7 +19,12 @@ __all__ = [
     "Protocol",
     "PROTOCOLS",
     "get_protocol",
+    "PERSON_CATEGORY_NAMES",
 ]
+
+# Category names that are pedestrians when nobody names others (data readers keep them, the
+# evaluator accepts one-class data sets of these names).
+PERSON_CATEGORY_NAMES = ("person", "pedestrian")
 
 INF = math.inf
 # Clamp of a zero miss rate before the log: the toolbox's acfTest.m (``max(1e-10, 1 - recall)``),
