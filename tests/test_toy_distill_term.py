@@ -10,7 +10,7 @@ from .hkd_helpers import batch, build_hkd, hkd_cfg, write_teacher
 
 
 def test_toy_term_from_one_file_trains_two_iterations(tmp_path):
-    cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.TERMS": ["ToyDistill"]})
+    cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.TERMS": ["ToyDistill"], "MODEL.DISTILL.WARMUP_ITERS": 0})
     assert cfg.MODEL.DISTILL.TOY.WEIGHT == 0.5 and cfg.MODEL.DISTILL.TOY.START_ITER == 1
     model = build_hkd(cfg)
     assert [type(t).__name__ for t in model.distill_terms] == ["ToyDistill"]
