@@ -37,6 +37,18 @@ class DiskFullError(OSError):
         self.path = path
 
 
+def _is_disk_full(error: BaseException) -> bool:
+    """True when ``error`` or an exception it arose from is ``OSError(ENOSPC)`` (torch.save's
+    zip writer, for one, replaces it with a RuntimeError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def fsync_path(path: Union[str, os.PathLike]) -> None:
     """Flush a file, or a folder's entries, from the OS cache to the disk (POSIX; no-op elsewhere)."""
     if os.name != "posix":
@@ -85,8 +97,8 @@ def atomic_output(path: Union[str, os.PathLike], is_dir: bool = False) -> Iterat
             fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)
-    except OSError as e:
-        if e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+    except Exception as e:
+        if _is_disk_full(e) and not isinstance(e, DiskFullError):
             # Log files on this disk fail too: report the error once, not a traceback per record.
             logging.raiseExceptions = False
             raise DiskFullError(path, "a file already under that name is unchanged") from e

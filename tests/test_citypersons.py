@@ -78,3 +78,13 @@ def test_bad_input(tmp_path):
     write_citypersons_mat(tmp_path / "anno_val.mat", "val", [("c", "c_1_leftImg8bit.png", np.zeros((0, 10)))])
     with pytest.raises(FileNotFoundError, match="c_1_leftImg8bit.png"):
         load_citypersons(tmp_path / "anno_val.mat", tmp_path)
+
+
+def test_non_finite_bbs_and_text_named_mat_are_named(tmp_path):
+    bbs = np.array([[1, 10, 20, 41, 100, 1, 10, 20, 41, 50], [1, np.nan, 20, 41, 100, 2, 10, 20, 41, 50]])
+    write_citypersons_mat(tmp_path / "anno_val.mat", "val", [("c", "c_1_leftImg8bit.png", bbs)])
+    with pytest.raises(PedestrianDataError, match=r"anno_val.mat, image c_1_leftImg8bit.png: non-finite values in bbs row 1"):
+        read_citypersons_mat(tmp_path / "anno_val.mat")
+    (tmp_path / "text.mat").write_text("not a MATLAB file\n" * 20)
+    with pytest.raises(PedestrianDataError, match="text.mat: not a readable MATLAB file"):
+        read_citypersons_mat(tmp_path / "text.mat")

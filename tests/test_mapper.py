@@ -9,6 +9,7 @@ from PIL import Image
 
 from hkd_d2.config import add_hkd_config
 from hkd_d2.data import PedestrianDatasetMapper
+from hkd_d2.data.pedestrian_json import PedestrianDataError
 
 HEIGHT, WIDTH = 64, 96
 
@@ -119,3 +120,12 @@ def test_image_without_annotations(record):
     instances = _mapper(ignore_enabled=True)(record)["instances"]
     assert len(instances) == 0
     assert instances.gt_ignore.dtype == torch.bool
+
+
+def test_truncated_image_names_its_file(record, tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    record["file_name"] = str(path)
+    with pytest.raises(PedestrianDataError, match=f"cannot read image {path}: .*truncated"):
+        _mapper(True)(record)

@@ -1,5 +1,6 @@
 """Generic pedestrian JSON: reading (file_name / im_name), writing, round trip, bad input."""
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -80,3 +81,55 @@ def test_missing_image_and_file(tmp_path):
         load_pedestrian_json(gt, tmp_path)
     with pytest.raises(FileNotFoundError, match="nothere.json"):
         load_pedestrian_json(tmp_path / "nothere.json", tmp_path)
+
+
+def _one_image_json(tmp_path: Path, images, annotations) -> Path:
+    _image(tmp_path / "a.png")
+    _image(tmp_path / "b.png")
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_coordinates_are_refused_with_file_and_entry(tmp_path, value):
+    path = _one_image_json(tmp_path, [{"id": 1, "file_name": "a.png", "height": 32, "width": 48}],
+                           [{"id": 9, "image_id": 1, "bbox": [1, 2, value, 10]}])
+    with pytest.raises(PedestrianDataError, match=r"gt.json: malformed annotation 9: .*non-finite"):
+        load_pedestrian_json(path, tmp_path)
+
+
+def test_unknown_and_duplicate_image_ids_are_refused(tmp_path):
+    images = [{"id": 1, "file_name": "a.png", "height": 32, "width": 48}]
+    path = _one_image_json(tmp_path, images, [{"id": 4, "image_id": 2, "bbox": [1, 2, 3, 10]}])
+    with pytest.raises(PedestrianDataError, match="gt.json: annotation 4 refers to image id 2, which is not in 'images'"):
+        load_pedestrian_json(path, tmp_path)
+    path = _one_image_json(tmp_path, images + [{"id": 1, "file_name": "b.png"}], [])
+    with pytest.raises(PedestrianDataError, match=r"gt.json: duplicate image id 1 \('a.png' and 'b.png'\)"):
+        load_pedestrian_json(path, tmp_path)
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_dropped_degenerate_boxes_are_counted_once_per_file(tmp_path):
+    images = [{"id": i, "file_name": n, "height": 32, "width": 48} for i, n in ((1, "a.png"), (2, "b.png"))]
+    anns = [{"id": k, "image_id": 1 + k % 2, "bbox": [1, 2, 0 if k < 3 else 4, 10]} for k in range(5)]
+    logger, handler = logging.getLogger("hkd_d2.data.pedestrian_json"), _Messages()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        records = load_pedestrian_json(_one_image_json(tmp_path, images, anns), tmp_path)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert sum(len(r["annotations"]) for r in records) == 2
+    dropped = [m for m in handler.messages if "degenerate boxes" in m]
+    assert dropped == [f"{tmp_path / 'gt.json'}: dropped 3 degenerate boxes (w<=0 or h<=0) in 2 images"]
