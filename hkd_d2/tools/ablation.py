@@ -289,3 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     write_text(out / f"{args.table}.md", text)
     print(text)
     return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -293,3 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     for name in ("detectron2", "hkd_d2", "fvcore"):
         setup_logger(output=str(Path(args.out) / "log.txt"), name=name, abbrev_name=name[:3])
     return run_demo(args)
+
+
+if __name__ == "__main__":
+    main()
