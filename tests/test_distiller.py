@@ -198,7 +198,7 @@ def test_rpn_outputs_on_student_anchors(tmp_path):
 
 
 def test_teacher_with_other_anchors_or_box_weights_is_refused(tmp_path):
-    for key, value in (("MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]"),
+    for key, value in (("MODEL.ANCHOR_GENERATOR.SIZES", "[[20], [40], [80], [160], [320]]"),
                        ("MODEL.RPN.BBOX_REG_WEIGHTS", "(2.0, 2.0, 1.0, 1.0)")):
         files = write_teacher(tmp_path, **{key: value})
         with pytest.raises(ValueError, match="anchors"):
