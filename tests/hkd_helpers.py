@@ -2,15 +2,16 @@
 
 Everything is sized for CPU tests: 64x96 images, FPN with 32 channels, a few RoIs.
 """
+import contextlib
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from hkd_d2.config import add_hkd_config
+from hkd_d2.config import DISTILL_TERM_CONFIGS, add_hkd_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 HKD_CONFIG = CONFIGS / "synthetic" / "hkd_R50_to_R18.yaml"
@@ -109,3 +110,19 @@ def student_keys(cfg: CfgNode, meta: Optional[str] = "GeneralizedRCNN") -> set:
     plain = cfg.clone()
     plain.MODEL.META_ARCHITECTURE = meta
     return set(build_model(plain).state_dict())
+
+
+def withhold_term_keys(name: str) -> Callable[[CfgNode], None]:
+    """Take a test-only term's config keys out of ``add_hkd_config`` (its class definition added
+    them): configs other tests dump (and load in subprocesses without that term) stay plain."""
+    return DISTILL_TERM_CONFIGS.pop(name)
+
+
+@contextlib.contextmanager
+def term_keys(name: str, add: Callable[[CfgNode], None]) -> Iterator[None]:
+    """Give ``add_hkd_config`` a withheld term's keys for the duration of the block."""
+    DISTILL_TERM_CONFIGS[name] = add
+    try:
+        yield
+    finally:
+        DISTILL_TERM_CONFIGS.pop(name, None)

@@ -9,7 +9,8 @@ from detectron2.utils.events import EventStorage
 from hkd_d2.modeling.distill import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
 from hkd_d2.modeling.teacher import FrozenTeacher
 
-from .hkd_helpers import CallCounter, batch, build_hkd, hkd_cfg, student_keys, write_teacher
+from .hkd_helpers import (CallCounter, batch, build_hkd, hkd_cfg, student_keys, term_keys, withhold_term_keys,
+                          write_teacher)
 
 DISTILL_LOSSES = {"loss_pd", "loss_rd", "loss_ld"}
 DETECTION_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
@@ -37,6 +38,15 @@ class _RPNProbe(DistillTerm):
         loss = sum((s - t).pow(2).mean() for s, t in zip(
             ctx.student_rpn["objectness_logits"], ctx.teacher_rpn["objectness_logits"]))
         return {"loss_rpn_probe": loss}
+
+
+_PROBE_KEYS = withhold_term_keys("_RPNProbe")
+
+
+@pytest.fixture
+def probe_keys():
+    with term_keys("_RPNProbe", _PROBE_KEYS):
+        yield
 
 
 def _train(model, steps: int, cfg):
@@ -170,7 +180,7 @@ def test_region_terms_use_the_students_sampled_rois(tmp_path, monkeypatch):
     assert all(p.has("gt_classes") for p in seen["teacher"])
 
 
-def test_rpn_outputs_on_student_anchors(tmp_path):
+def test_rpn_outputs_on_student_anchors(tmp_path, probe_keys):
     _RPNProbe.seen.clear()
     cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.TERMS": ["_RPNProbe"]})
     model = build_hkd(cfg)
@@ -197,7 +207,7 @@ def test_rpn_outputs_on_student_anchors(tmp_path):
     assert "label_and_sample_anchors" not in vars(model.proposal_generator)  # unshadowed after
 
 
-def test_teacher_with_other_anchors_or_box_weights_is_refused(tmp_path):
+def test_teacher_with_other_anchors_or_box_weights_is_refused(tmp_path, probe_keys):
     for key, value in (("MODEL.ANCHOR_GENERATOR.SIZES", "[[20], [40], [80], [160], [320]]"),
                        ("MODEL.RPN.BBOX_REG_WEIGHTS", "(2.0, 2.0, 1.0, 1.0)")):
         files = write_teacher(tmp_path, **{key: value})

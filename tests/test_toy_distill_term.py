@@ -6,10 +6,18 @@ from detectron2.solver import build_optimizer
 from hkd_d2.engine import build_distillation_hooks
 
 from . import toy_distill_term
-from .hkd_helpers import batch, build_hkd, hkd_cfg, write_teacher
+from .hkd_helpers import batch, build_hkd, hkd_cfg, term_keys, withhold_term_keys, write_teacher
+
+# The toy term's keys exist only inside its test (see withhold_term_keys).
+_TOY_KEYS = withhold_term_keys("ToyDistill")
 
 
 def test_toy_term_from_one_file_trains_two_iterations(tmp_path):
+    with term_keys("ToyDistill", _TOY_KEYS):
+        _train_toy_term(tmp_path)
+
+
+def _train_toy_term(tmp_path):
     cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.TERMS": ["ToyDistill"], "MODEL.DISTILL.WARMUP_ITERS": 0})
     assert cfg.MODEL.DISTILL.TOY.WEIGHT == 0.5 and cfg.MODEL.DISTILL.TOY.START_ITER == 1
     model = build_hkd(cfg)

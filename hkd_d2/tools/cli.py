@@ -19,7 +19,7 @@ COMMANDS: Dict[str, str] = {
     "demo": "hkd_d2.tools.demo:main",
     "ablation": "hkd_d2.tools.ablation:main",
     "benchmark": "hkd_d2.tools.benchmark:main",
-    "miss-rate": "hkd_d2.evaluation.miss_rate:main",
+    "miss-rate": "hkd_d2.evaluation.miss_rate.cli:main",
     "synthetic": "hkd_d2.data.synthetic:main",
 }
 
