@@ -98,7 +98,20 @@ def ground_truth_from_records(records: Sequence[Dict[str, Any]], protocol: Proto
     return GroundTruth.from_annotations(image_ids, annotations, replace(protocol, category_id=None), source=source)
 
 
-class MissRateEvaluator(DatasetEvaluator):
+class ResultsCollector(DatasetEvaluator):
+    """Collects every image's ``outputs[i]["instances"]`` (pred_boxes XYXY (R, 4), scores (R,)) as
+    COCO results; subclasses score them in ``evaluate``."""
+
+    _predictions: List[Dict[str, Any]]
+
+    def reset(self) -> None:
+        self._predictions = []
+
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+        self._predictions.extend(coco_results(inputs, outputs))
+
+
+class MissRateEvaluator(ResultsCollector):
     """Log-average miss rate (MR^-2, %) of a pedestrian dataset's detections, per setup.
 
     Ground truth comes from ``DatasetCatalog.get(dataset_name)`` and the protocol from
@@ -133,13 +146,6 @@ class MissRateEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._plot = plot
         self._predictions: List[Dict[str, Any]] = []
-
-    def reset(self) -> None:
-        self._predictions = []
-
-    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
-        """Collect ``outputs[i]["instances"]`` (pred_boxes XYXY (R, 4), scores (R,)) per image."""
-        self._predictions.extend(coco_results(inputs, outputs))
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """{"MR": {setup: miss rate in percent}} on the main process, {} elsewhere."""
@@ -177,7 +183,7 @@ def miss_rate(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> Dat
     )
 
 
-class CrowdHumanEvaluator(DatasetEvaluator):
+class CrowdHumanEvaluator(ResultsCollector):
     """AP@0.5, MR^-2 and JI (%) of a CrowdHuman-style data set, as CrowdDet computes them
     (:mod:`hkd_d2.evaluation.crowdhuman`), against the records' full boxes (``bbox``)."""
 
@@ -185,12 +191,6 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._predictions: List[Dict[str, Any]] = []
-
-    def reset(self) -> None:
-        self._predictions = []
-
-    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
-        self._predictions.extend(coco_results(inputs, outputs))
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """{"crowdhuman": {"AP", "MR", "JI"} in percent} on the main process, {} elsewhere."""
