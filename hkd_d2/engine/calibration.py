@@ -27,6 +27,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from ..atomic import atomic_output
+from ..modeling.distill import unwrap_ddp
 from ..modeling.distiller import HKDDistiller
 
 __all__ = ["LossMeasurement", "measure_losses", "balanced_weights", "apply_weights", "format_measurement",
@@ -56,10 +57,6 @@ class LossMeasurement:
         return self.weights[term] * self.raw[term] / self.detection
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def _term_key(term: nn.Module) -> str:
     key = getattr(term, "WEIGHT_KEY", None)
     if not key:
@@ -73,7 +70,7 @@ def measure_losses(model: nn.Module, batches: Iterable[List[Dict]]) -> LossMeasu
     Runs in training mode (losses need it) under ``torch.no_grad()`` with no schedule (every
     term's factor 1: ``distill_iter`` None); the model's mode and iteration are restored afterwards.
     """
-    model = _unwrap(model)
+    model = unwrap_ddp(model)
     if not isinstance(model, HKDDistiller) or not model.distill_terms:
         raise TypeError("Loss calibration needs an HKDDistiller with at least one distillation term")
     terms = {type(t).__name__: t for t in model.distill_terms}
@@ -121,7 +118,7 @@ def apply_weights(model: nn.Module, cfg: CfgNode, weights: Dict[str, float]) -> 
     """Set each term's weight on the model and under its ``WEIGHT_KEY`` in a copy of ``cfg``."""
     cfg = cfg.clone()
     cfg.defrost()
-    for term in _unwrap(model).distill_terms:
+    for term in unwrap_ddp(model).distill_terms:
         name = type(term).__name__
         if name in weights:
             term.weight = float(weights[name])
@@ -165,37 +162,38 @@ class LossBalanceHook(HookBase):
     def before_train(self) -> None:
         if not self.enabled:
             return
-        model = _unwrap(self.trainer.model)
+        model = unwrap_ddp(self.trainer.model)
+        measured = None
         if self.trainer.start_iter > 0 and os.path.isfile(self.path):
             with open(self.path) as f:
                 weights = json.load(f)["weights"]
             logger.info(f"AUTO_BALANCE: resuming with the weights chosen at the start ({self.path}): {weights}")
         else:
             loader = self.trainer.build_train_loader(self.cfg)
-            m = _average_over_processes(measure_losses(model, itertools.islice(iter(loader), self.num_batches)))
-            weights = balanced_weights(m, self.target)
-            logger.info(f"AUTO_BALANCE (target {self.target:g}x the detection loss):\n" + format_measurement(m, self.target))
-            if comm.is_main_process():
-                self._record(m, weights)
+            measured = _average_over_processes(measure_losses(model, itertools.islice(iter(loader), self.num_batches)))
+            weights = balanced_weights(measured, self.target)
+            logger.info(f"AUTO_BALANCE (target {self.target:g}x the detection loss):\n"
+                        + format_measurement(measured, self.target))
         self.trainer.cfg = apply_weights(model, self.trainer.cfg, weights)
+        if measured is not None and comm.is_main_process():
+            self._record(measured, weights, self.trainer.cfg)
         logger.info("AUTO_BALANCE weights: " + ", ".join(
             f"{_term_key(t)} = {t.weight:.4g}" for t in model.distill_terms))
 
-    def _record(self, m: LossMeasurement, weights: Dict[str, float]) -> None:
+    def _record(self, m: LossMeasurement, weights: Dict[str, float], cfg: CfgNode) -> None:
         with atomic_output(self.path) as tmp:
             tmp.write_text(json.dumps({"target": self.target, "measured": asdict(m), "weights": weights}, indent=2))
         config_file = os.path.join(self.cfg.OUTPUT_DIR, "config.yaml")
         if os.path.isfile(config_file):  # the config Detectron2's default_setup saved: keep it truthful
-            updated = apply_weights(self.trainer.model, self.trainer.cfg, weights)
             with atomic_output(config_file) as tmp:
-                tmp.write_text(updated.dump())
+                tmp.write_text(cfg.dump())
 
     def before_step(self) -> None:
         if self.trainer.iter == self.trainer.start_iter:  # learn which losses the terms return
             self._term_outputs: Dict[str, List[str]] = {}
             self._handles = [t.register_forward_hook(
                 lambda m, _i, out: self._term_outputs.__setitem__(type(m).__name__, list(out)))
-                for t in _unwrap(self.trainer.model).distill_terms]
+                for t in unwrap_ddp(self.trainer.model).distill_terms]
 
     def after_step(self) -> None:
         if self.trainer.iter != self.trainer.start_iter:
