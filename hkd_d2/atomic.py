@@ -85,7 +85,8 @@ def atomic_output(path: Union[str, os.PathLike], is_dir: bool = False) -> Iterat
             raise FileExistsError(f"{path} already exists; remove it or choose another output")
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # The final suffix last, for writers that pick the format from it (cv2, matplotlib).
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
     umask = os.umask(0)

@@ -3,13 +3,12 @@
 Several detectors (or setups) share one figure; the legend gives each curve's log-average miss
 rate and is sorted best first, the way the Caltech benchmark plots are.
 """
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..atomic import atomic_output
 from .miss_rate.matching import MissRateCurve, log_average_miss_rate
 from .miss_rate.protocols import TOOLBOX_FPPI_REFS
 
@@ -83,15 +82,8 @@ def plot_mr_fppi(
             ax.set_title(title)
         ax.legend(loc="lower left", fontsize=9, framealpha=0.9)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=dpi)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or None)
     finally:
         plt.close(fig)
     return path

@@ -8,7 +8,6 @@ import argparse
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Sequence
@@ -19,6 +18,7 @@ from detectron2.structures import Instances
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
+from ..atomic import atomic_output
 from ..deploy import DeployedPredictor
 from .inference import predictor_from_config
 from .report import write_json
@@ -34,8 +34,6 @@ FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 DEFAULT_FPS = 25.0
 # Score from which detections are drawn (a detector built from a config).
 DEFAULT_SCORE_THRESHOLD = 0.5
-# Permissions of the written video (mkstemp creates files readable by the owner only).
-OUTPUT_FILE_MODE = 0o644
 
 Predictor = Callable[[np.ndarray], Dict[str, Instances]]
 
@@ -56,21 +54,14 @@ def _video_writer(path: Path, fps: float, size) -> Iterator[cv2.VideoWriter]:
     moved onto ``path`` only when the block succeeds."""
     if path.suffix.lower() not in FOURCC:
         raise ValueError(f"Output {path}: unsupported suffix {path.suffix!r}; use one of {sorted(FOURCC)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC[path.suffix.lower()]), fps, size)
-    try:
-        if not writer.isOpened():
-            raise RuntimeError(f"cv2.VideoWriter cannot write {path} (codec {FOURCC[path.suffix.lower()]})")
-        yield writer
-        writer.release()
-        os.chmod(tmp, OUTPUT_FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        writer.release()
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC[path.suffix.lower()]), fps, size)
+        try:
+            if not writer.isOpened():
+                raise RuntimeError(f"cv2.VideoWriter cannot write {path} (codec {FOURCC[path.suffix.lower()]})")
+            yield writer
+        finally:
+            writer.release()
 
 
 def annotate_video(
