@@ -10,7 +10,7 @@ from detectron2.config import CfgNode as CN
 __all__ = ["add_hkd_config", "DISTILL_TERM_CONFIGS"]
 
 # Term class name -> function adding that term's keys; filled by every DistillTerm subclass
-# that defines add_config (hkd_d2.modeling.distill.base), read by add_hkd_config.
+# that declares CONFIG_NODE (hkd_d2.modeling.distill.base), read by add_hkd_config.
 DISTILL_TERM_CONFIGS: Dict[str, Callable[[CN], None]] = {}
 
 
@@ -46,7 +46,7 @@ def _add_distill_config(cfg: CN) -> None:
 
 
 def _add_distill_term_config(cfg: CN) -> None:
-    # Each distillation term declares its own keys (DistillTerm.add_config in its module under
+    # Each distillation term declares its own keys (CONFIG_NODE and Defaults in its module under
     # hkd_d2/modeling/distill/, e.g. MODEL.DISTILL.PYRAMID.*, MODEL.DISTILL.GKD.*).
     for add in DISTILL_TERM_CONFIGS.values():
         add(cfg)

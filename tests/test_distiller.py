@@ -20,15 +20,13 @@ DETECTION_LOSSES = {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
 class _RPNProbe(DistillTerm):
     """Test-only term that asks for RPN outputs and records the context it was given."""
 
-    WEIGHT_KEY = "MODEL.DISTILL.RPN_PROBE.WEIGHT"
+    CONFIG_NODE = "MODEL.DISTILL.RPN_PROBE"
     teacher_needs = frozenset({"rpn"})
     seen = []
 
-    @classmethod
-    def add_config(cls, cfg):
-        cfg.MODEL.DISTILL.RPN_PROBE = type(cfg)()
+    class Defaults:
         # Weight of the probe's loss.
-        cfg.MODEL.DISTILL.RPN_PROBE.WEIGHT = 1.0
+        WEIGHT = 1.0
 
     def __init__(self, cfg, student_shapes, teacher_shapes):
         super().__init__(cfg)

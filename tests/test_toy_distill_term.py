@@ -1,9 +1,11 @@
-"""Adding a method is one file: a toy term from tests/toy_distill_term.py trains two iterations."""
+"""Adding a method is one file: a toy term from tests/toy_distill_term.py trains two iterations;
+a term's Defaults are checked when its class is defined."""
 import pytest
 from detectron2.engine import SimpleTrainer
 from detectron2.solver import build_optimizer
 
 from hkd_d2.engine import build_distillation_hooks
+from hkd_d2.modeling.distill import DistillTerm
 
 from . import toy_distill_term
 from .hkd_helpers import batch, build_hkd, hkd_cfg, term_keys, withhold_term_keys, write_teacher
@@ -35,3 +37,22 @@ def _train_toy_term(tmp_path):
     assert losses[0] == 0.0 and toy[0] > 0
     assert losses[1] == pytest.approx(0.5 * toy[1], rel=1e-5)
     assert [v for v, _ in history["distill/scale_loss_toy"].values()] == [0.0, 1.0]
+
+
+def test_term_defaults_need_upper_case_keys_and_a_weight():
+    with pytest.raises(TypeError, match="WEIGHT among them"):
+        class _NoWeight(DistillTerm):
+            CONFIG_NODE = "MODEL.DISTILL.NO_WEIGHT"
+
+            class Defaults:
+                # Some option.
+                OPTION = 1
+    with pytest.raises(TypeError, match="upper-case keys"):
+        class _LowerCase(DistillTerm):
+            CONFIG_NODE = "MODEL.DISTILL.LOWER_CASE"
+
+            class Defaults:
+                # Weight.
+                WEIGHT = 1.0
+                # Not a config key name.
+                option = 1

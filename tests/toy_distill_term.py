@@ -26,17 +26,15 @@ class ToyHook(HookBase):
 class ToyDistill(DistillTerm):
     """Mean absolute difference of the P3 maps (``loss_toy``), on from START_ITER."""
 
-    WEIGHT_KEY = "MODEL.DISTILL.TOY.WEIGHT"
+    CONFIG_NODE = "MODEL.DISTILL.TOY"
     teacher_needs = frozenset({"features"})
     hooks = (ToyHook,)
 
-    @classmethod
-    def add_config(cls, cfg: CfgNode) -> None:
-        cfg.MODEL.DISTILL.TOY = CfgNode()
+    class Defaults:
         # Weight of the toy loss.
-        cfg.MODEL.DISTILL.TOY.WEIGHT = 0.5
+        WEIGHT = 0.5
         # Iteration from which it is on.
-        cfg.MODEL.DISTILL.TOY.START_ITER = 1
+        START_ITER = 1
 
     def __init__(self, cfg: CfgNode, student_shapes, teacher_shapes):
         super().__init__(cfg, start_iter=cfg.MODEL.DISTILL.TOY.START_ITER)

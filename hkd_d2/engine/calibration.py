@@ -60,7 +60,7 @@ class LossMeasurement:
 def _term_key(term: nn.Module) -> str:
     key = getattr(term, "WEIGHT_KEY", None)
     if not key:
-        raise AttributeError(f"Distillation term {type(term).__name__} declares no WEIGHT_KEY (config key of its weight)")
+        raise AttributeError(f"Distillation term {type(term).__name__} declares no CONFIG_NODE (the node of its WEIGHT)")
     return key
 
 

@@ -7,10 +7,10 @@ on it and adds the returned, already weighted losses, times the term's schedule,
 
 A method is one module: its term class declares
 
-* ``WEIGHT_KEY``, the full config key of its weight (``term.weight``; a term of weight 0 is
-  not built);
-* ``add_config(cfg)``, the config keys of the method with their defaults: every subclass that
-  defines it is added by :func:`hkd_d2.config.add_hkd_config`;
+* ``CONFIG_NODE``, its config node (e.g. ``"MODEL.DISTILL.PYRAMID"``), and ``Defaults``, a nested
+  class whose upper-case attributes are the node's keys with their defaults, each under a one-line
+  comment; :func:`hkd_d2.config.add_hkd_config` adds them (:meth:`DistillTerm.add_config`). The
+  key ``WEIGHT`` is the term's weight (``term.weight``; a term of weight 0 is not built);
 * ``teacher_needs``, which teacher outputs it reads, so that the meta-architecture runs only the
   teacher work some term needs (none at all when no term needs the teacher);
 * ``hooks``, the training hooks it needs (built by the trainer when the term is on);
@@ -101,11 +101,16 @@ def config_value(cfg: CfgNode, key: str) -> Any:
 
 
 class DistillTerm(nn.Module):
-    """Base class: subclasses set ``WEIGHT_KEY`` (and ``teacher_needs``, ``hooks`` when they need
-    any), define ``add_config`` for their keys and implement ``forward``."""
+    """Base class: subclasses declare ``CONFIG_NODE`` and ``Defaults`` (and ``teacher_needs``,
+    ``hooks`` when they need any) and implement ``forward``."""
 
-    # Full config key of the term's weight, e.g. "MODEL.DISTILL.PYRAMID.WEIGHT".
-    WEIGHT_KEY: str = ""
+    # The term's config node, e.g. "MODEL.DISTILL.PYRAMID"; a subclass declaring it gets the keys
+    # of its nested class Defaults (WEIGHT among them) added by add_hkd_config.
+    CONFIG_NODE: str
+    # Upper-case attributes: the keys of CONFIG_NODE with their defaults, a one-line comment above each.
+    Defaults: type
+    # Full config key of the term's weight, "<CONFIG_NODE>.WEIGHT" (set from CONFIG_NODE).
+    WEIGHT_KEY: str
     teacher_needs: FrozenSet[str] = frozenset()
     # The term reads the teacher's box deltas on the student's RoIs: both box heads must encode
     # boxes alike (checked by the meta-architecture). RPN deltas are checked with "rpn".
@@ -115,7 +120,11 @@ class DistillTerm(nn.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "add_config" in cls.__dict__:
+        if "CONFIG_NODE" in cls.__dict__:
+            keys = cls.config_defaults()
+            if "WEIGHT" not in keys or not all(k.isupper() for k in keys):
+                raise TypeError(f"{cls.__name__}.Defaults needs upper-case keys, WEIGHT among them; got {sorted(keys)}")
+            cls.WEIGHT_KEY = f"{cls.CONFIG_NODE}.WEIGHT"
             DISTILL_TERM_CONFIGS[cls.__name__] = cls.add_config
 
     def __init__(self, cfg: CfgNode, *, start_iter: int = 0, attenuated: Iterable[str] = ()):
@@ -136,8 +145,15 @@ class DistillTerm(nn.Module):
         )
 
     @classmethod
+    def config_defaults(cls) -> Dict[str, Any]:
+        """The keys of ``CONFIG_NODE`` and their defaults, from ``Defaults`` in declaration order."""
+        return {k: v for k, v in vars(cls.Defaults).items() if not k.startswith("__")}
+
+    @classmethod
     def add_config(cls, cfg: CfgNode) -> None:
-        """Add the term's config keys (with defaults and a one-line comment each) to ``cfg``."""
+        """Add ``CONFIG_NODE`` with the keys of ``Defaults`` to ``cfg`` (its parent node must exist)."""
+        parent, _, name = cls.CONFIG_NODE.rpartition(".")
+        setattr(config_value(cfg, parent), name, CfgNode(cls.config_defaults()))
 
     @property
     def detector_loss_scales(self) -> Dict[str, float]:

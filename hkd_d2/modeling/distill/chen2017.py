@@ -123,33 +123,31 @@ class Chen2017Distill(DistillTerm):
     ``loss_chen2017_rpn_reg`` (RPN), ``loss_chen2017_hint`` ``gamma L_hint``.
     """
 
-    WEIGHT_KEY = "MODEL.DISTILL.CHEN2017.WEIGHT"
+    CONFIG_NODE = "MODEL.DISTILL.CHEN2017"
 
-    @classmethod
-    def add_config(cls, cfg: CfgNode) -> None:
-        cfg.MODEL.DISTILL.CHEN2017 = CfgNode()
+    class Defaults:
         # Multiplier of every Chen2017Distill loss (1.0 = the paper's formulation).
-        cfg.MODEL.DISTILL.CHEN2017.WEIGHT = 1.0
+        WEIGHT = 1.0
         # mu: classification = mu * hard CE + (1 - mu) * soft CE (the detector's loss_cls is the hard CE).
-        cfg.MODEL.DISTILL.CHEN2017.MU = 0.5
+        MU = 0.5
         # T: softmax temperature of teacher and student class scores in the soft CE.
-        cfg.MODEL.DISTILL.CHEN2017.TEMPERATURE = 1.0
+        TEMPERATURE = 1.0
         # w_0: weight of the background class in the soft CE (other classes weigh 1).
-        cfg.MODEL.DISTILL.CHEN2017.BG_WEIGHT = 1.5
+        BG_WEIGHT = 1.5
         # nu: weight of the teacher-bounded L2 regression loss added to the detector's smooth L1.
-        cfg.MODEL.DISTILL.CHEN2017.NU = 0.5
+        NU = 0.5
         # m: the bounded loss is on while ||R_s - y||^2 + m > ||R_t - y||^2.
-        cfg.MODEL.DISTILL.CHEN2017.MARGIN = 0.0
+        MARGIN = 0.0
         # gamma: weight of the hint loss ||A(V) - Z||^2 (mean over elements and levels); 0 = off.
-        cfg.MODEL.DISTILL.CHEN2017.HINT_WEIGHT = 0.5
+        HINT_WEIGHT = 0.5
         # FPN levels that get a hint loss (each through its own adaptation conv A).
-        cfg.MODEL.DISTILL.CHEN2017.HINT_FEATURES = ["p2", "p3", "p4", "p5"]
+        HINT_FEATURES = ["p2", "p3", "p4", "p5"]
         # Kernel size of the hint adaptation convs A.
-        cfg.MODEL.DISTILL.CHEN2017.ADAPTER_KERNEL_SIZE = 1
+        ADAPTER_KERNEL_SIZE = 1
         # Distil the box head (soft class scores + bounded regression on foreground RoIs).
-        cfg.MODEL.DISTILL.CHEN2017.BOX_HEAD = True
+        BOX_HEAD = True
         # Distil the RPN (2-class soft objectness + bounded regression on its sampled positive anchors).
-        cfg.MODEL.DISTILL.CHEN2017.RPN = True
+        RPN = True
 
     def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)

@@ -89,22 +89,20 @@ class FGFIDistill(DistillTerm):
     Loss: ``loss_fgfi`` = WEIGHT * L; stats ``distill/fgfi_imitation``, ``distill/fgfi_mask_locations``.
     """
 
-    WEIGHT_KEY = "MODEL.DISTILL.FGFI.WEIGHT"
+    CONFIG_NODE = "MODEL.DISTILL.FGFI"
     teacher_needs = frozenset({"features"})
 
-    @classmethod
-    def add_config(cls, cfg: CfgNode) -> None:
-        cfg.MODEL.DISTILL.FGFI = CfgNode()
+    class Defaults:
         # Weight of the fine-grained feature imitation loss (paper: 0.01).
-        cfg.MODEL.DISTILL.FGFI.WEIGHT = 0.01
+        WEIGHT = 0.01
         # psi: an anchor imitates when its IoU with a gt box > psi * that box's best anchor IoU.
-        cfg.MODEL.DISTILL.FGFI.THRESHOLD_RATIO = 0.5
+        THRESHOLD_RATIO = 0.5
         # FPN levels imitated (a subset of MODEL.RPN.IN_FEATURES, whose anchors define the mask).
-        cfg.MODEL.DISTILL.FGFI.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+        IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
         # Kernel size of the adaptation conv (authors: 3; no ReLU after it, FPN maps are signed).
-        cfg.MODEL.DISTILL.FGFI.ADAPTER_KERNEL_SIZE = 3
+        ADAPTER_KERNEL_SIZE = 3
         # Iteration from which the imitation loss is on (authors: 400).
-        cfg.MODEL.DISTILL.FGFI.START_ITER = 400
+        START_ITER = 400
 
     def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         c = cfg.MODEL.DISTILL.FGFI

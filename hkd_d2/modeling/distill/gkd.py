@@ -112,47 +112,45 @@ class GKDDistill(DistillTerm):
     :meth:`set_prototypes`, reading instance vectors through :meth:`assigned_vectors`.
     """
 
-    WEIGHT_KEY = "MODEL.DISTILL.GKD.WEIGHT"
+    CONFIG_NODE = "MODEL.DISTILL.GKD"
     teacher_needs = frozenset({"features", "roi"})
     hooks = (PrototypeHook,)
 
-    @classmethod
-    def add_config(cls, cfg: CfgNode) -> None:
-        cfg.MODEL.DISTILL.GKD = CfgNode()
+    class Defaults:
         # Multiplier of every GKDDistill loss.
-        cfg.MODEL.DISTILL.GKD.WEIGHT = 1.0
+        WEIGHT = 1.0
         # FPN levels with prototypes and feature imitation (consecutive levels, finest first).
-        cfg.MODEL.DISTILL.GKD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        IN_FEATURES = ["p2", "p3", "p4", "p5"]
         # Weight of the robust-weighted feature imitation on positive RoIs (reference: 1).
-        cfg.MODEL.DISTILL.GKD.FG_WEIGHT = 1.0
+        FG_WEIGHT = 1.0
         # Weight of the feature imitation on the other locations, ignore boxes excluded (reference: 4).
-        cfg.MODEL.DISTILL.GKD.BG_WEIGHT = 4.0
+        BG_WEIGHT = 4.0
         # Weight of the robust-weighted KL divergence between teacher and student RoI class scores.
-        cfg.MODEL.DISTILL.GKD.KD_WEIGHT = 1.0
+        KD_WEIGHT = 1.0
         # Softmax temperature of that KL divergence (scaled by T^2).
-        cfg.MODEL.DISTILL.GKD.TEMPERATURE = 2.0
+        TEMPERATURE = 2.0
         # Canonical-size rule putting each box on one level: a box of this sqrt(area) (pixels) ...
-        cfg.MODEL.DISTILL.GKD.CANONICAL_BOX_SIZE = 224
+        CANONICAL_BOX_SIZE = 224
         # ... goes to this level (P4), each factor 2 in size one level up or down.
-        cfg.MODEL.DISTILL.GKD.CANONICAL_LEVEL = 4
+        CANONICAL_LEVEL = 4
         # Kernel size of the adaptation convs (1x1, no ReLU: FPN maps are signed).
-        cfg.MODEL.DISTILL.GKD.ADAPTER_KERNEL_SIZE = 1
+        ADAPTER_KERNEL_SIZE = 1
         # K: prototypes selected per class and level.
-        cfg.MODEL.DISTILL.GKD.NUM_PROTOTYPES = 10
+        NUM_PROTOTYPES = 10
         # alpha: coupling of teacher and student coefficients in joint matching pursuit.
-        cfg.MODEL.DISTILL.GKD.ALPHA = 10.0
+        ALPHA = 10.0
         # Ground-truth boxes narrower or lower than this (pixels, original image) give no prototype instance.
-        cfg.MODEL.DISTILL.GKD.MIN_BOX_SIZE = 30.0
+        MIN_BOX_SIZE = 30.0
         # Bandwidth of the Gaussian kernel on cosine distance in the density filter.
-        cfg.MODEL.DISTILL.GKD.DENSITY_BANDWIDTH = 0.1
+        DENSITY_BANDWIDTH = 0.1
         # Instances below this quantile of density (teacher or student space) are no candidates.
-        cfg.MODEL.DISTILL.GKD.DENSITY_QUANTILE = 0.4
+        DENSITY_QUANTILE = 0.4
         # Training images read per prototype rebuild (sampled with a fixed seed; 0 = all).
-        cfg.MODEL.DISTILL.GKD.PROTOTYPE_IMAGES = 500
+        PROTOTYPE_IMAGES = 500
         # Iterations between prototype rebuilds (0 = once per epoch of the training set).
-        cfg.MODEL.DISTILL.GKD.PROTOTYPE_PERIOD = 0
+        PROTOTYPE_PERIOD = 0
         # Attenuate the two feature losses linearly from 1 at iteration 0 to 0 at SOLVER.MAX_ITER.
-        cfg.MODEL.DISTILL.GKD.ATTENUATE = True
+        ATTENUATE = True
 
     def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         c = cfg.MODEL.DISTILL.GKD

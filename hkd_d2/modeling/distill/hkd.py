@@ -16,7 +16,7 @@ When the student's channels differ from the teacher's, a trainable 1x1 conv on t
 (:func:`~hkd_d2.modeling.distill.common.feature_adapter`, ``MODEL.DISTILL.ADAPT_CHANNELS``) maps
 them to the teacher's; it exists only for training.
 """
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -56,19 +56,17 @@ PD_REDUCTIONS = {
 class PyramidDistill(DistillTerm):
     """MSE between student and teacher FPN maps, summed over levels."""
 
-    WEIGHT_KEY = "MODEL.DISTILL.PYRAMID.WEIGHT"
+    CONFIG_NODE = "MODEL.DISTILL.PYRAMID"
     teacher_needs = frozenset({"features"})
 
-    @classmethod
-    def add_config(cls, cfg: CfgNode) -> None:
-        cfg.MODEL.DISTILL.PYRAMID = CfgNode()
+    class Defaults:
         # lambda_PD: weight of the FPN-map MSE (paper's pyramid distillation).
-        cfg.MODEL.DISTILL.PYRAMID.WEIGHT = 1.0
+        WEIGHT = 1.0
         # FPN levels compared by pyramid distillation.
-        cfg.MODEL.DISTILL.PYRAMID.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        IN_FEATURES = ["p2", "p3", "p4", "p5"]
         # How L_PD reduces over levels: "level_sum" (sum of per-level means) or "element_mean"
         # (one mean over every element of every level, which weights P2 by its ~75% share).
-        cfg.MODEL.DISTILL.PYRAMID.REDUCTION = "level_sum"
+        REDUCTION = "level_sum"
 
     def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)
@@ -89,21 +87,42 @@ class PyramidDistill(DistillTerm):
         return {"loss_pd": self.weight * loss}
 
 
-@DISTILL_TERM_REGISTRY.register()
-class RegionDistill(DistillTerm):
-    """MSE between student and teacher pooled RoI features on the shared RoIs."""
+class _SharedRoIMSE(DistillTerm):
+    """``L = mean((S - T)^2)`` over all elements of a student and a teacher output on the shared
+    sampled RoIs (:meth:`outputs`); returns ``loss_<SHORT_NAME>`` = ``weight * L`` and logs the raw
+    ``L`` as ``distill/<SHORT_NAME>``."""
 
-    WEIGHT_KEY = "MODEL.DISTILL.REGION.WEIGHT"
+    # Names the loss and the statistic, e.g. "rd".
+    SHORT_NAME: str
     teacher_needs = frozenset({"roi"})
-
-    @classmethod
-    def add_config(cls, cfg: CfgNode) -> None:
-        cfg.MODEL.DISTILL.REGION = CfgNode()
-        # lambda_RD: weight of the MSE between pooled RoI features on shared RoIs.
-        cfg.MODEL.DISTILL.REGION.WEIGHT = 1.0
 
     def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)
+
+    def outputs(self, ctx: DistillContext) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The student's output (through its adapter, if any) and the teacher's, of one shape."""
+        raise NotImplementedError
+
+    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+        loss = mse(*self.outputs(ctx), type(self).__name__)
+        ctx.stats[f"distill/{self.SHORT_NAME}"] = loss.detach()
+        return {f"loss_{self.SHORT_NAME}": self.weight * loss}
+
+
+@DISTILL_TERM_REGISTRY.register()
+class RegionDistill(_SharedRoIMSE):
+    """MSE between student and teacher pooled RoI features (R, C, S, S) on the shared RoIs, the
+    student's through a 1x1 conv when its channels differ from the teacher's."""
+
+    CONFIG_NODE = "MODEL.DISTILL.REGION"
+    SHORT_NAME = "rd"
+
+    class Defaults:
+        # lambda_RD: weight of the MSE between pooled RoI features on shared RoIs.
+        WEIGHT = 1.0
+
+    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
+        super().__init__(cfg, student_shapes, teacher_shapes)
         self.adapter = feature_adapter(
             cfg,
             _roi_channels(cfg, student_shapes, "student"),
@@ -111,29 +130,20 @@ class RegionDistill(DistillTerm):
             "RegionDistill",
         )
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        loss = mse(self.adapter(ctx.student_roi_features), ctx.teacher_roi_features, "RegionDistill")
-        ctx.stats["distill/rd"] = loss.detach()
-        return {"loss_rd": self.weight * loss}
+    def outputs(self, ctx: DistillContext) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.adapter(ctx.student_roi_features), ctx.teacher_roi_features
 
 
 @DISTILL_TERM_REGISTRY.register()
-class LogitDistill(DistillTerm):
+class LogitDistill(_SharedRoIMSE):
     """MSE between student and teacher box-head class logits (R, K+1) on the shared RoIs."""
 
-    WEIGHT_KEY = "MODEL.DISTILL.LOGIT.WEIGHT"
-    teacher_needs = frozenset({"roi"})
+    CONFIG_NODE = "MODEL.DISTILL.LOGIT"
+    SHORT_NAME = "ld"
 
-    @classmethod
-    def add_config(cls, cfg: CfgNode) -> None:
-        cfg.MODEL.DISTILL.LOGIT = CfgNode()
+    class Defaults:
         # lambda_LD: weight of the MSE between box-head class logits on shared RoIs.
-        cfg.MODEL.DISTILL.LOGIT.WEIGHT = 1.0
+        WEIGHT = 1.0
 
-    def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
-        super().__init__(cfg)
-
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        loss = mse(ctx.student_predictions[0], ctx.teacher_predictions[0], "LogitDistill")
-        ctx.stats["distill/ld"] = loss.detach()
-        return {"loss_ld": self.weight * loss}
+    def outputs(self, ctx: DistillContext) -> Tuple[torch.Tensor, torch.Tensor]:
+        return ctx.student_predictions[0], ctx.teacher_predictions[0]

@@ -49,18 +49,16 @@ class PKDDistill(DistillTerm):
     Loss: ``loss_pkd`` = WEIGHT * sum over levels; stats ``distill/pkd_<level>`` (unweighted, about ``1 - r``).
     """
 
-    WEIGHT_KEY = "MODEL.DISTILL.PKD.WEIGHT"
+    CONFIG_NODE = "MODEL.DISTILL.PKD"
     teacher_needs = frozenset({"features"})
 
-    @classmethod
-    def add_config(cls, cfg: CfgNode) -> None:
-        cfg.MODEL.DISTILL.PKD = CfgNode()
+    class Defaults:
         # Weight of each level's Pearson-correlation loss, summed over levels (paper: 6).
-        cfg.MODEL.DISTILL.PKD.WEIGHT = 6.0
+        WEIGHT = 6.0
         # FPN levels distilled (MMRazor's Faster R-CNN recipe: P2-P5).
-        cfg.MODEL.DISTILL.PKD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        IN_FEATURES = ["p2", "p3", "p4", "p5"]
         # Added to each channel's standard deviation before dividing by it.
-        cfg.MODEL.DISTILL.PKD.EPS = 1e-6
+        EPS = 1e-6
 
     def __init__(self, cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes):
         super().__init__(cfg)
