@@ -27,11 +27,11 @@ import numpy as np
 import scipy.io
 
 from ..atomic import atomic_output
+from ..reading import read_mat
 from .pedestrian_json import (
     PathLike,
     PedestrianDataError,
     drop_degenerate,
-    load_mat,
     make_annotation,
     save_pedestrian_json,
 )
@@ -217,7 +217,7 @@ def _scalar(value) -> float:
 
 def read_vbb(path: PathLike) -> List[List[VbbObject]]:
     """Objects of every frame of a ``.vbb`` file (``A.objLists``, labels from ``A.objLbl``)."""
-    mat = load_mat(path, "vbb file")
+    mat = read_mat(path, "vbb file", PedestrianDataError)
     if "A" not in mat:
         raise PedestrianDataError(f"{path}: no vbb structure 'A' (found {[k for k in mat if not k.startswith('__')]})")
     try:

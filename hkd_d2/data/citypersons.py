@@ -18,11 +18,11 @@ import numpy as np
 import scipy.io
 
 from ..atomic import atomic_output
+from ..reading import read_mat
 from .pedestrian_json import (
     PathLike,
     PedestrianDataError,
     drop_degenerate_boxes,
-    load_mat,
     image_size,
     make_annotation,
 )
@@ -77,7 +77,7 @@ def read_citypersons_mat(anno_mat: PathLike) -> List[Tuple[str, str, np.ndarray]
         arithmetic cannot overflow, and keep negative x1.) NaN/inf values raise
         :class:`PedestrianDataError` naming the file, the image and the row.
     """
-    mat = load_mat(anno_mat, "CityPersons annotation file")
+    mat = read_mat(anno_mat, "CityPersons annotation file", PedestrianDataError)
     entries = []
     for cell in _variable(mat, anno_mat).reshape(-1):
         try:

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
+from ..reading import read_json
 from .pedestrian_json import PathLike, PedestrianDataError, drop_degenerate, make_annotation
 
 __all__ = [
@@ -43,16 +44,6 @@ DEPICTION_TAG = "depiction"
 DEPICTION_SUFFIX = "-depiction"
 OCCLUSION_TAG, TRUNCATION_TAG = "occluded", "truncated"
 _LEVEL = re.compile(r"\d+")
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ECP file {path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PedestrianDataError(f"{path}: not valid JSON ({e})") from None
 
 
 def _frame_children(frame: Any, path: Path) -> List[Mapping[str, Any]]:
@@ -95,7 +86,7 @@ def ecp_annotation(obj: Mapping[str, Any]) -> Dict:
 def read_ecp_frame(path: PathLike) -> Dict:
     """``{"width", "height", "annotations"}`` of one label file (person-like objects only)."""
     path = Path(path)
-    frame = _load_json(path)
+    frame = read_json(path, "ECP file", PedestrianDataError)
     children = _frame_children(frame, path)
     anns = [ecp_annotation(o) for o in children if o["identity"] in ECP_PERSON_IDENTITIES]
     return {
@@ -131,7 +122,7 @@ def read_ecp_detections(path: PathLike, image_id: Any, identity: str = ECP_TARGE
     """COCO-style results of one ECP detection file (a frame whose children have a ``score``);
     only objects of ``identity`` are detections of it (the script's ``skip_det``)."""
     path = Path(path)
-    frame = _load_json(path)
+    frame = read_json(path, "ECP file", PedestrianDataError)
     results = []
     for i, obj in enumerate(_frame_children(frame, path)):
         if obj["identity"] != identity:

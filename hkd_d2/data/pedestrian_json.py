@@ -11,8 +11,8 @@ script under ``datasets/`` converts to. One JSON file looks like::
 
 ``label`` is our addition (the source label, see the record format in the project contract);
 when absent it is taken from the category name. This module is also the one home of the
-record/annotation format itself (:func:`make_annotation`) and of reading MATLAB annotation files
-(:func:`load_mat`).
+record/annotation format itself (:func:`make_annotation`); files are read through
+:mod:`hkd_d2.reading`.
 """
 import json
 import logging
@@ -21,16 +21,14 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import scipy.io
 from detectron2.structures import BoxMode
-from scipy.io.matlab import MatReadError
 from PIL import Image
 
 from ..atomic import atomic_output
+from ..reading import read_json
 from ..evaluation.miss_rate.protocols import PERSON_CATEGORY_NAMES
 
 __all__ = [
-    "load_mat",
     "PedestrianDataError",
     "make_annotation",
     "drop_degenerate",
@@ -53,16 +51,6 @@ CROWD_LABELS = frozenset({"people group", "people"})
 
 class PedestrianDataError(ValueError):
     """A malformed annotation/image file; the message names the file."""
-
-
-def load_mat(path: PathLike, what: str) -> Dict:
-    """``scipy.io.loadmat(path)``; a missing or unreadable file raises an error naming it and ``what`` it is."""
-    try:
-        return scipy.io.loadmat(str(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} not found") from None
-    except (ValueError, TypeError, OSError, MatReadError) as e:
-        raise PedestrianDataError(f"{path}: not a readable MATLAB file: {e}") from e
 
 
 def make_annotation(
@@ -152,13 +140,7 @@ def resolve_image(image_root: PathLike, name: str) -> Path:
 
 
 def _read_json(json_file: PathLike) -> Dict:
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file {json_file} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PedestrianDataError(f"{json_file} is not valid JSON: {e}") from e
+    data = read_json(json_file, "annotation file", PedestrianDataError)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise PedestrianDataError(f"{json_file}: expected a COCO-style object with an 'images' list")
     if not isinstance(data.get("annotations", []), list):

@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.info("%s holds final ignore flags; evaluating setup 'Reasonable'", args.gt)
         dt = load_detections(args.dt, gt, protocol)
         curves = miss_rate_curves(gt, dt, protocol, setups)
-    except (MissRateInputError, KeyError) as e:
+    except (MissRateInputError, FileNotFoundError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     results = {name: c.log_average for name, c in curves.items()}

@@ -4,7 +4,6 @@ Sources: COCO-style ground-truth JSON (with ignore / height / vis_ratio fields),
 lists, Detectron2-record annotations, and the toolbox's ``gt-*.mat`` / ``dt-*.mat`` cell arrays.
 Malformed input raises :class:`MissRateInputError` naming the file and the entry at fault.
 """
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...reading import read_json, read_mat
 from .protocols import INF, Protocol, get_protocol
 
 __all__ = ["MissRateInputError", "GroundTruth", "Detections", "load_ground_truth", "load_detections"]
@@ -310,31 +310,8 @@ def _stack_cells(cells: Sequence[np.ndarray], width: int, source: str) -> Tuple[
     return np.repeat(np.arange(len(arrays)), counts), rows
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise MissRateInputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MissRateInputError(f"{path}: is a directory, expected a JSON file") from None
-    except UnicodeDecodeError:
-        raise MissRateInputError(f"{path}: not a text file, expected JSON") from None
-    except json.JSONDecodeError as e:
-        raise MissRateInputError(f"{path}: malformed JSON ({e})") from None
-    except OSError as e:
-        raise MissRateInputError(f"{path}: cannot be read ({e.strerror})") from None
-
-
-def _read_mat_cells(path: Path, variable: str) -> Sequence[np.ndarray]:
-    from scipy.io import loadmat
-
-    try:
-        data = loadmat(str(path))
-    except FileNotFoundError:
-        raise MissRateInputError(f"{path}: no such file") from None
-    except Exception as e:  # scipy raises several types for corrupt files
-        raise MissRateInputError(f"{path}: not a readable MATLAB file ({e})") from None
+def _read_mat_cells(path: Path, variable: str, what: str) -> Sequence[np.ndarray]:
+    data = read_mat(path, what, MissRateInputError)
     if variable not in data:
         raise MissRateInputError(f"{path}: no variable {variable!r} (found {[k for k in data if not k.startswith('__')]})")
     return list(np.asarray(data[variable], dtype=object).ravel())
@@ -345,8 +322,8 @@ def load_ground_truth(path: Union[str, Path], protocol: Union[str, Protocol] = "
     ``.mat`` holding a cell array ``gt`` of ``[x y w h ignore]`` rows (used as given)."""
     path = Path(path)
     if path.suffix == ".mat":
-        return GroundTruth.from_toolbox_cells(_read_mat_cells(path, "gt"), source=str(path))
-    data = _read_json(path)
+        return GroundTruth.from_toolbox_cells(_read_mat_cells(path, "gt", "ground truth"), source=str(path))
+    data = read_json(path, "ground truth", MissRateInputError)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise MissRateInputError(f"{path}: expected a COCO-style object with 'images' and 'annotations'")
     try:
@@ -362,11 +339,11 @@ def load_detections(
     """Read a COCO results JSON, or a toolbox ``.mat`` cell array ``dt`` of ``[x y w h score]``."""
     path = Path(path)
     if path.suffix == ".mat":
-        cells = _read_mat_cells(path, "dt")
+        cells = _read_mat_cells(path, "dt", "detections")
         if len(cells) != gt.num_images:
             raise MissRateInputError(f"{path}: {len(cells)} cells but the ground truth has {gt.num_images} images")
         return Detections.from_toolbox_cells(cells, source=str(path))
-    data = _read_json(path)
+    data = read_json(path, "detections", MissRateInputError)
     if not isinstance(data, list):
         raise MissRateInputError(f"{path}: expected a COCO results list of detections")
     return Detections.from_results(data, gt, protocol, source=str(path))
