@@ -25,15 +25,18 @@ def test_find_runaway_names_the_worst_term_over_the_ratio():
     assert find_runaway({"loss_pd": 1e30}, 10.0) is None  # nothing to compare with
 
 
-def _run_guard(guard, per_iteration):
-    """Feed ``per_iteration`` loss dicts through ``guard`` as a trainer would; return iterations done."""
+def _run_guard(guard, per_iteration, checkpointer=None):
+    """Feed ``per_iteration`` loss dicts through ``guard`` as a trainer would (with ``checkpointer``:
+    saving every iteration after the guard, as the periodic checkpointer does); return iterations done."""
     done = []
     with EventStorage(0) as storage:
-        guard.trainer = SimpleNamespace(storage=storage, iter=0)
+        guard.trainer = SimpleNamespace(storage=storage, iter=0, checkpointer=checkpointer)
         for it, losses in enumerate(per_iteration):
             storage.iter = guard.trainer.iter = it
             storage.put_scalars(**losses, cur_iter=it)
             guard.after_step()
+            if checkpointer is not None:
+                checkpointer.save(f"model_{it:07d}")
             done.append(it)
     return done
 
@@ -50,6 +53,30 @@ def test_guard_stops_after_consecutive_runaway_iterations():
     assert "loss_pd = 7.9e+30" in message and "7.9e+30 x the detection loss" in message
     assert "MAX_RATIO 1000" in message and "3 consecutive iterations, up to iteration 3" in message
     assert "MODEL.DISTILL.MAX_RATIO 0" in message  # the off switch is named
+
+
+def test_guard_points_last_checkpoint_back_at_the_last_good_one():
+    runaway = {**DETECTION, "loss_pd": 7.9e30}
+    checkpointer = _Checkpointer()
+    with pytest.raises(RunawayDistillationError) as err:
+        _run_guard(RunawayDistillationGuard(1000.0, 3), [DETECTION, runaway, DETECTION, runaway, runaway, runaway],
+                   checkpointer)
+    # iterations 3 and 4 were saved during the streak that stopped training at 5 (not saved)
+    assert checkpointer.saved == [f"model_{i:07d}" for i in range(5)]
+    assert checkpointer.get_checkpoint_file() == "out/model_0000002.pth"
+    assert ("out/model_0000004.pth was saved after the runaway began, so last_checkpoint points again at "
+            "out/model_0000002.pth, the last good one") in str(err.value)
+
+    checkpointer = _Checkpointer()
+    with pytest.raises(RunawayDistillationError, match="model_0000001.pth was saved after the runaway began "
+                       "and no checkpoint before it: train from the start"):
+        _run_guard(RunawayDistillationGuard(1000.0, 3), [runaway] * 3, checkpointer)
+    assert checkpointer.get_checkpoint_file() == "out/model_0000001.pth"  # nothing good to point at
+
+    checkpointer = _Checkpointer()
+    with pytest.raises(RunawayDistillationError,
+                       match="the newest checkpoint, out/model_0000000.pth, is the last good one"):
+        _run_guard(RunawayDistillationGuard(1000.0, 1), [DETECTION, runaway], checkpointer)
 
 
 def test_guard_off_switch_and_bad_values():
@@ -104,19 +131,26 @@ def test_config_changes_list_every_differing_key():
 
 
 class _Checkpointer:
+    """What the hooks use of a checkpointer, in memory: ``tag`` plays ``last_checkpoint``."""
+
     save_to_disk = True
 
     def __init__(self):
         self.saved = []
+        self.tag = ""
 
     def has_checkpoint(self):
-        return bool(self.saved)
+        return bool(self.tag)
 
     def get_checkpoint_file(self):
-        return f"out/{self.saved[-1]}.pth" if self.saved else ""
+        return f"out/{self.tag}" if self.tag else ""
 
     def save(self, name, **kwargs):
         self.saved.append(name)
+        self.tag_last_checkpoint(f"{name}.pth")
+
+    def tag_last_checkpoint(self, basename):
+        self.tag = basename
 
 
 def test_signal_saves_a_checkpoint_after_the_iteration_and_stops():

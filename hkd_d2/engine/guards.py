@@ -6,9 +6,12 @@ Detectron2 stops on a NaN/inf loss only; a distillation term that is finite but 
 Detectron2's trainer puts them, averaged over ranks, on the main process) and raises
 :class:`RunawayDistillationError` once one term has exceeded ``MODEL.DISTILL.MAX_RATIO`` times
 the detection loss for ``MODEL.DISTILL.MAX_RATIO_ITERS`` consecutive iterations. The trainer
-registers it before the checkpointer, so the runaway iteration is never saved and the last
-good checkpoint stays the newest one.
+registers it before the checkpointer, so the iteration that stops training is never saved; a
+checkpoint saved earlier in the streak (its iterations were already over the ratio) is left on
+disk, but ``last_checkpoint`` is pointed back at the newest one from before the streak, so that
+``--resume`` continues from the last good checkpoint.
 """
+import os
 from typing import Dict, Optional, Tuple
 
 from detectron2.config import CfgNode
@@ -77,6 +80,8 @@ class RunawayDistillationGuard(HookBase):
         self.patience = int(patience)
         self.streak = 0
         self.worst: Optional[Tuple[str, float, float]] = None
+        # The newest checkpoint when the current streak began ("" = none): the last good one.
+        self.last_good = ""
 
     def _latest_losses(self) -> Dict[str, float]:
         """This iteration's ``loss_*`` scalars (empty on processes other than the main one)."""
@@ -90,6 +95,8 @@ class RunawayDistillationGuard(HookBase):
         losses = self._latest_losses()
         if losses:  # iterations whose losses were not gathered leave the count as it is
             runaway = find_runaway(losses, self.max_ratio)
+            if runaway and self.streak == 0:  # before the checkpointer saves this iteration
+                self.last_good = self._newest_checkpoint()
             self.streak = self.streak + 1 if runaway else 0
             self.worst = runaway or self.worst
         if not any_rank(self.streak >= self.patience):
@@ -100,10 +107,30 @@ class RunawayDistillationGuard(HookBase):
         raise RunawayDistillationError(
             f"Distillation term {name} = {value:.4g} is {ratio:.4g} x the detection loss "
             f"(> MODEL.DISTILL.MAX_RATIO {self.max_ratio:g}) for {self.streak} consecutive iterations, "
-            f"up to iteration {self.trainer.iter}: training stopped, this iteration was not saved "
-            "(the newest checkpoint is the last good one). Lower that term's WEIGHT, or set "
+            f"up to iteration {self.trainer.iter}: training stopped, this iteration was not saved; "
+            f"{self._keep_last_good()}. Lower that term's WEIGHT, or set "
             "MODEL.DISTILL.MAX_RATIO 0 to turn this guard off."
         )
+
+    def _newest_checkpoint(self) -> str:
+        """The checkpoint ``last_checkpoint`` names ("" when none, or the trainer has no checkpointer)."""
+        checkpointer = getattr(self.trainer, "checkpointer", None)
+        if checkpointer is None or not checkpointer.has_checkpoint():
+            return ""
+        return checkpointer.get_checkpoint_file()
+
+    def _keep_last_good(self) -> str:
+        """Point ``last_checkpoint`` back at the last good checkpoint when the streak saved newer
+        ones; say which checkpoint ``--resume`` would continue from."""
+        newest = self._newest_checkpoint()
+        if newest == self.last_good:
+            return f"the newest checkpoint, {newest}, is the last good one" if newest else "no checkpoint was saved"
+        if not self.last_good:
+            return (f"{newest} was saved after the runaway began and no checkpoint before it: "
+                    "train from the start (not with --resume)")
+        self.trainer.checkpointer.tag_last_checkpoint(os.path.basename(self.last_good))
+        return (f"{newest} was saved after the runaway began, so last_checkpoint points again at "
+                f"{self.last_good}, the last good one, for --resume")
 
 
 def build_runaway_guard(cfg: CfgNode) -> Optional[RunawayDistillationGuard]:
