@@ -1,9 +1,11 @@
 """Adding a method is one file: a toy term from tests/toy_distill_term.py trains two iterations;
 a term's Defaults are checked when its class is defined."""
 import pytest
+from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.solver import build_optimizer
 
+from hkd_d2.config import add_hkd_config
 from hkd_d2.engine import build_distillation_hooks
 from hkd_d2.modeling.distill import DistillTerm
 
@@ -56,3 +58,12 @@ def test_term_defaults_need_upper_case_keys_and_a_weight():
                 WEIGHT = 1.0
                 # Not a config key name.
                 option = 1
+
+
+def test_a_config_edited_in_place_leaves_the_declared_defaults_as_they_are():
+    first = get_cfg()
+    add_hkd_config(first)
+    first.MODEL.DISTILL.PYRAMID.IN_FEATURES.remove("p2")
+    second = get_cfg()
+    add_hkd_config(second)
+    assert second.MODEL.DISTILL.PYRAMID.IN_FEATURES == ["p2", "p3", "p4", "p5"]
