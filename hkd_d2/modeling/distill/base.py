@@ -17,7 +17,6 @@ A method is one module: its term class declares
 * its :class:`~hkd_d2.modeling.distill.schedule.DistillSchedule` (warm-up, start iteration,
   attenuation), given to :meth:`DistillTerm.__init__`.
 """
-import copy
 import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
@@ -148,8 +147,8 @@ class DistillTerm(nn.Module):
     @classmethod
     def config_defaults(cls) -> Dict[str, Any]:
         """The keys of ``CONFIG_NODE`` and their defaults, from ``Defaults`` in declaration order
-        (copies: a config edited in place leaves the declared defaults as they are)."""
-        return {k: copy.deepcopy(v) for k, v in vars(cls.Defaults).items() if not k.startswith("__")}
+        (``CfgNode`` copies them, so a config edited in place leaves the declared defaults as they are)."""
+        return {k: v for k, v in vars(cls.Defaults).items() if not k.startswith("__")}
 
     @classmethod
     def add_config(cls, cfg: CfgNode) -> None:
