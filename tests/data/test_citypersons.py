@@ -8,8 +8,9 @@ import scipy.io
 
 from hkd_d2.data.citypersons import load_citypersons, read_citypersons_mat, write_citypersons_mat
 from hkd_d2.data.pedestrian_json import PedestrianDataError, records_to_coco
+from ..conftest import REFERENCE as SHARED_REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "citypersons"
+REFERENCE = SHARED_REFERENCE / "citypersons"
 
 
 def _significant12(x: float) -> float:

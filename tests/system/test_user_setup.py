@@ -24,8 +24,8 @@ from hkd_d2.evaluation.miss_rate import load_ground_truth
 from hkd_d2.tools import cli
 from hkd_d2.tools.detect import detect_images, expand_inputs
 
-from .conftest import REPO
-from .test_train_net import TINY
+from ..conftest import REPO
+from ..tools.test_train_net import TINY
 
 HKD = model_zoo.get_config_file("synthetic/hkd_R50_to_R18.yaml")
 

@@ -11,9 +11,10 @@ from detectron2.engine import DefaultPredictor
 from hkd_d2.checkpoint import load_detector_weights
 from hkd_d2.export import export_formats, export_student, load_student_config
 
-from .hkd_helpers import build_hkd, hkd_cfg, student_keys, write_teacher
+from ..hkd_helpers import build_hkd, hkd_cfg, student_keys, write_teacher
+from ..conftest import REPO
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "export_student.py"
+TOOL = REPO / "tools" / "export_student.py"
 
 
 @pytest.fixture

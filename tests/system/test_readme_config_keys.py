@@ -6,7 +6,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from hkd_d2 import config as config_module
 
-from .conftest import REPO
+from ..conftest import REPO
 
 ROW = re.compile(r"^\| `(?P<key>[A-Z0-9_.]+)` \| `(?P<default>.*)` \| .+ \|$")
 

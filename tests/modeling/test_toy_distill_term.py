@@ -9,8 +9,8 @@ from hkd_d2.config import add_hkd_config
 from hkd_d2.engine import build_distillation_hooks
 from hkd_d2.modeling.distill import DistillTerm
 
-from . import toy_distill_term
-from .hkd_helpers import batch, build_hkd, hkd_cfg, term_keys, withhold_term_keys, write_teacher
+from .. import toy_distill_term
+from ..hkd_helpers import batch, build_hkd, hkd_cfg, term_keys, withhold_term_keys, write_teacher
 
 # The toy term's keys exist only inside its test (see withhold_term_keys).
 _TOY_KEYS = withhold_term_keys("ToyDistill")

@@ -9,7 +9,7 @@ from detectron2.utils.events import EventStorage
 from hkd_d2.modeling.distill import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
 from hkd_d2.modeling.teacher import FrozenTeacher
 
-from .hkd_helpers import (CallCounter, batch, build_hkd, hkd_cfg, student_keys, term_keys, withhold_term_keys,
+from ..hkd_helpers import (CallCounter, batch, build_hkd, hkd_cfg, student_keys, term_keys, withhold_term_keys,
                           write_teacher)
 
 DISTILL_LOSSES = {"loss_pd", "loss_rd", "loss_ld"}

@@ -9,9 +9,9 @@ from detectron2.utils.events import EventStorage
 
 from hkd_d2.config import add_hkd_config
 
-from .hkd_helpers import TINY, _merge, batch, build_hkd, write_teacher
+from ..hkd_helpers import TINY, _merge, batch, build_hkd, write_teacher
+from ..conftest import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Losses each method must report, and those that must be nonzero on the tiny batch (the
 # teacher-bounded regressions may legitimately be 0 when the student already beats the teacher).
 METHOD_LOSSES = {

@@ -24,7 +24,7 @@ from hkd_d2.checkpoint import (
 )
 from hkd_d2.engine.setup import load_config
 
-from .conftest import CONFIGS
+from ..conftest import CONFIGS
 
 
 def standard_rcnn(depth: int, norm: str = "FrozenBN"):

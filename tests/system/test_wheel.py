@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from ..conftest import REPO
 
 # What a wheel is built from (copied, so the build leaves nothing in the checkout).
 SOURCES = ("hkd_d2", "configs", "setup.cfg", "setup.py", "pyproject.toml", "README.md")

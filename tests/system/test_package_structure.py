@@ -4,8 +4,9 @@ import ast
 import re
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
+from ..conftest import REPO
 
-PACKAGE = Path(__file__).resolve().parents[1] / "hkd_d2"
+PACKAGE = REPO / "hkd_d2"
 README = PACKAGE.parent / "README.md"
 MAX_LINES = 400
 

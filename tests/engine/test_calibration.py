@@ -15,7 +15,7 @@ from hkd_d2.modeling.compatibility import teacher_student_mismatches
 from hkd_d2.modeling.teacher import load_teacher_config
 from hkd_d2.tools import doctor
 
-from .hkd_helpers import batch, build_hkd, hkd_cfg, write_teacher
+from ..hkd_helpers import batch, build_hkd, hkd_cfg, write_teacher
 
 TERMS = ("PyramidDistill", "RegionDistill", "LogitDistill")
 

@@ -7,7 +7,7 @@ from detectron2.data import MetadataCatalog
 import hkd_d2  # noqa: F401  (registers the built-in names)
 from hkd_d2.config import add_hkd_config
 
-from .conftest import CONFIGS
+from ..conftest import CONFIGS
 
 EXPECTED = {"crowdhuman": ("crowdhuman", "crowdhuman"), "ecp": ("ecp", "miss_rate")}
 

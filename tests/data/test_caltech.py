@@ -19,8 +19,9 @@ from hkd_d2.data.caltech import (
     write_vbb,
 )
 from hkd_d2.data.pedestrian_json import PedestrianDataError, load_pedestrian_json
+from ..conftest import REFERENCE
 
-PEDS30 = Path(__file__).resolve().parents[2] / "shared" / "reference" / "caltech" / "peds30.seq"
+PEDS30 = REFERENCE / "caltech" / "peds30.seq"
 
 
 def test_peds30_decodes_and_rewrites_same_layout(tmp_path):

@@ -23,9 +23,9 @@ from hkd_d2.modeling.distill.gkd_prototypes import (
     select_prototypes,
 )
 
-from .hkd_helpers import TINY, _merge, build_hkd, write_teacher
+from ..hkd_helpers import TINY, _merge, build_hkd, write_teacher
+from ..conftest import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHAPES = {"p2": ShapeSpec(channels=2, stride=4)}
 SQRT_HALF = math.sqrt(0.5)
 

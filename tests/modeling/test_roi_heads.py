@@ -11,8 +11,9 @@ from detectron2.utils.events import EventStorage
 
 from hkd_d2.config import add_hkd_config
 from hkd_d2.modeling import PedestrianROIHeads, PyRoIAlign
+from ..conftest import CONFIGS
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "student_R18_FPN.yaml"
+CONFIG = CONFIGS / "synthetic" / "student_R18_FPN.yaml"
 IMAGE_HW = (64, 96)
 FPN_CHANNELS = 32
 

@@ -9,7 +9,7 @@ from hkd_d2.engine import DistillationHook, build_distillation_hooks
 from hkd_d2.modeling.distill import DistillSchedule, linear_warmup
 from hkd_d2.modeling.distill.gkd_prototypes import PrototypeHook
 
-from .hkd_helpers import batch, build_hkd, hkd_cfg, write_teacher
+from ..hkd_helpers import batch, build_hkd, hkd_cfg, write_teacher
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import torch
 from hkd_d2.checkpoint import WeightsMismatchError
 from hkd_d2.modeling.teacher import FrozenTeacher, build_teacher, resolve_path
 
-from .hkd_helpers import batch, hkd_cfg, write_teacher
+from ..hkd_helpers import batch, hkd_cfg, write_teacher
 
 
 def test_teacher_loads_weights_and_is_frozen(tmp_path):

@@ -26,9 +26,9 @@ from hkd_d2.tools.inference import build_predictor
 from hkd_d2.tools.runs import build_run_config, evaluate, train
 from hkd_d2.tools.video import main as video_main
 
-from .test_tools import _write_video
+from ..tools.test_tools import _write_video
+from ..conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "export_student.py"
 STUDENT = REPO / "configs" / "synthetic" / "student_R18_FPN.yaml"
 # Parity tolerances (README, "Deployment"): boxes in original-image pixels, scores, MR points.

@@ -9,8 +9,9 @@ from detectron2.structures import Boxes, Instances
 
 from hkd_d2.config import add_hkd_config
 from hkd_d2.modeling import PedestrianRPN
+from ..conftest import CONFIGS
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "student_R18_FPN.yaml"
+CONFIG = CONFIGS / "synthetic" / "student_R18_FPN.yaml"
 IMAGE_HW = (64, 96)
 
 GT_BOX = [10.0, 10.0, 30.0, 60.0]

@@ -18,8 +18,8 @@ import torch
 from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
 from hkd_d2.engine.setup import load_config
 
-from .conftest import CONFIGS, REPO
-from .hkd_helpers import write_teacher
+from ..conftest import CONFIGS, REPO
+from ..hkd_helpers import write_teacher
 
 # Tiny images and heads so that an R50-FPN trains 20 iterations on CPU in seconds.
 TINY = [

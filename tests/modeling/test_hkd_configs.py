@@ -4,7 +4,7 @@ import pytest
 from hkd_d2.engine.setup import load_config
 from hkd_d2.modeling.teacher import load_teacher_config
 
-from .hkd_helpers import CONFIGS
+from ..hkd_helpers import CONFIGS
 
 ALL = ["PyramidDistill", "RegionDistill", "LogitDistill"]
 # Table 3 rows: (file stem, distillation terms or None for a plain student, pooler).

@@ -22,7 +22,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from .conftest import REPO
+from ..conftest import REPO
 
 READMES = [REPO / "README.md", REPO / "datasets" / "README.md"]
 VENV_PYTHON = ".venv/bin/python"
