@@ -102,6 +102,20 @@ def _add_dataset_config(cfg: CN) -> None:
     cfg.DATASETS.PEDESTRIAN_JSON.CATEGORIES = []
 
 
+def _add_curriculum_config(cfg: CN) -> None:
+    # Instance-level sequence learning, on with DATALOADER.SAMPLER_TRAIN "CurriculumSampler"
+    # (hkd_d2/data/curriculum.py, scored by hkd_d2/engine/curriculum.py).
+    cfg.DATALOADER.CURRICULUM = CN()
+    # Iterations between two rankings of the training images by the student (0 = one epoch).
+    cfg.DATALOADER.CURRICULUM.PHASE_ITERS = 0
+    # Fraction of the ranking (the easiest images) fed right after a ranking.
+    cfg.DATALOADER.CURRICULUM.START_FRACTION = 0.5
+    # Iterations over which that fraction grows linearly to every image (0 = the whole phase).
+    cfg.DATALOADER.CURRICULUM.GROWTH_ITERS = 0
+    # Difficulty of an image: "detection_loss" (the student's own) or "teacher_distance" (FPN-map MSE).
+    cfg.DATALOADER.CURRICULUM.SCORE = "detection_loss"
+
+
 def add_hkd_config(cfg: CN) -> CN:
     """Add every hkd_d2 key (with its default) to ``cfg`` in place and return it."""
     for add in (
@@ -114,6 +128,7 @@ def add_hkd_config(cfg: CN) -> CN:
         _add_data_config,
         _add_export_config,
         _add_dataset_config,
+        _add_curriculum_config,
     ):
         add(cfg)
     return cfg

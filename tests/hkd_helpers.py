@@ -4,7 +4,7 @@ Everything is sized for CPU tests: 64x96 images, FPN with 32 channels, a few RoI
 """
 import contextlib
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -68,6 +68,38 @@ def hkd_cfg(teacher: Dict[str, str], norm: str = "BN", **overrides) -> CfgNode:
     cfg = add_hkd_config(get_cfg())
     cfg.merge_from_file(str(HKD_CONFIG))
     return _merge(cfg, {**TINY, "MODEL.RESNETS.NORM": norm, **teacher, **overrides})
+
+
+def register_tiny_citypersons(root: Path, name: str, classes: Optional[Sequence[str]] = None, **synthetic) -> str:
+    """Generate 4 tiny synthetic CityPersons images (96x64) under ``root`` and register their
+    train split as ``name`` (again when it exists), with ``classes`` (CityPersons labels) when given."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from hkd_d2.data import register_pedestrian_dataset
+    from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
+
+    data = root / "data"
+    generate_synthetic(data, 4, 1, SyntheticConfig(width=96, height=64, seed=3, scale=2.0, **synthetic),
+                       formats=("citypersons",), workers=0)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    cp = data / "citypersons"
+    register_pedestrian_dataset(name, cp / "annotations" / "anno_train.mat", image_root=cp / "leftImg8bit" / "train",
+                                **({"classes": tuple(classes)} if classes else {}))
+    return name
+
+
+def trainer_cfg(config_file: Path, teacher: Dict[str, str], dataset: str, out: Path, **overrides) -> CfgNode:
+    """``config_file`` made tiny for a Trainer on ``dataset`` (no test set, no loader workers)."""
+    from hkd_d2.engine import load_config
+
+    cfg = load_config(str(config_file))
+    return _merge(cfg, {**TINY, **teacher, "DATASETS.TRAIN": (dataset,), "DATASETS.TEST": (),
+                        "INPUT.MIN_SIZE_TRAIN": (64,), "INPUT.MAX_SIZE_TRAIN": 96, "INPUT.MIN_SIZE_TEST": 64,
+                        "INPUT.MAX_SIZE_TEST": 96, "DATALOADER.NUM_WORKERS": 0, "SOLVER.MAX_ITER": 2,
+                        "SOLVER.CHECKPOINT_PERIOD": 1000, "SOLVER.IMS_PER_BATCH": 2, "MODEL.RESNETS.NORM": "BN",
+                        "OUTPUT_DIR": str(out), **overrides})
 
 
 def build_hkd(cfg: CfgNode, seed: int = 0):

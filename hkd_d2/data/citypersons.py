@@ -9,10 +9,14 @@ Conversion rules (they reproduce the official ``val_gt.json`` exactly for all 50
 images sorted by file name with ids from 1; boxes as integers; ``ignore = (label != 1)``
 (only "pedestrian" is a clean target); ``vis_ratio = w_vis*h_vis / (w*h)`` (``val_gt.json``
 stores it rounded to 12 significant digits); "people group" boxes are crowds.
+
+Several classes (``classes=``, e.g. :data:`CITYPERSONS_MULTICLASS`): the labels named are targets,
+each its own ``category_id`` in the order given; every other label stays an ignore region. The
+default, ``("pedestrian",)``, is the rule above.
 """
 import logging
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import scipy.io
@@ -29,6 +33,8 @@ from .pedestrian_json import (
 
 __all__ = [
     "CITYPERSONS_LABELS",
+    "CITYPERSONS_CLASSES",
+    "CITYPERSONS_MULTICLASS",
     "CITYSCAPES_IMAGE_SIZE",
     "read_citypersons_mat",
     "citypersons_annotations",
@@ -47,8 +53,13 @@ CITYPERSONS_LABELS = {
     4: "other person",
     5: "people group",
 }
-# The only class label that is a training/evaluation target; all others become ignore boxes.
-CITYPERSONS_TARGET_LABEL = 1
+# The labels that are training/evaluation targets (category ids in this order); all others become
+# ignore boxes. The standard protocol has one: "pedestrian".
+CITYPERSONS_CLASSES = ("pedestrian",)
+# Riders and sitting people as classes of their own (a tail next to the pedestrians).
+CITYPERSONS_MULTICLASS = ("pedestrian", "rider", "sitting person")
+# Labels that are single people, hence possible target classes.
+_PERSON_LABELS = ("pedestrian", "rider", "sitting person", "other person")
 # (height, width) of every Cityscapes image: used when images are not on disk.
 CITYSCAPES_IMAGE_SIZE = (1024, 2048)
 BBS_COLUMNS = 10
@@ -95,23 +106,37 @@ def read_citypersons_mat(anno_mat: PathLike) -> List[Tuple[str, str, np.ndarray]
     return [(city, name, raw.astype(np.int64)) for city, name, raw in entries]
 
 
-def citypersons_annotations(bbs: np.ndarray) -> List[Dict]:
-    """Record annotations of one image's ``bbs`` rows (int64 (M, 10)), in row order."""
+def check_classes(classes: Sequence[str]) -> Tuple[str, ...]:
+    """``classes`` as a tuple of distinct CityPersons person labels (else a ValueError naming them)."""
+    classes = tuple(classes)
+    wrong = [c for c in classes if c not in _PERSON_LABELS]
+    if not classes or wrong or len(set(classes)) != len(classes):
+        raise ValueError(f"CityPersons classes {list(classes)}: need distinct labels among {list(_PERSON_LABELS)}")
+    return classes
+
+
+def citypersons_annotations(bbs: np.ndarray, classes: Sequence[str] = CITYPERSONS_CLASSES) -> List[Dict]:
+    """Record annotations of one image's ``bbs`` rows (int64 (M, 10)), in row order; the labels in
+    ``classes`` are targets with their index as ``category_id``, the others ignore regions."""
     annotations = []
     for row in bbs.tolist():
         label = int(row[0])
         if label not in CITYPERSONS_LABELS:
             raise PedestrianDataError(f"unknown CityPersons class label {label} in row {row}")
+        name = CITYPERSONS_LABELS[label]
+        target = name in classes
         annotations.append(
-            make_annotation(
-                row[1:5], row[6:10], ignore=label != CITYPERSONS_TARGET_LABEL, label=CITYPERSONS_LABELS[label]
-            )
+            make_annotation(row[1:5], row[6:10], ignore=not target, label=name,
+                            category_id=classes.index(name) if target else 0)
         )
     return annotations
 
 
 def load_citypersons(
-    anno_mat: PathLike, image_root: PathLike, require_images: bool = True
+    anno_mat: PathLike,
+    image_root: PathLike,
+    require_images: bool = True,
+    classes: Sequence[str] = CITYPERSONS_CLASSES,
 ) -> List[Dict]:
     """Read a CityPersons ``.mat`` into Detectron2 dataset dicts.
 
@@ -120,10 +145,12 @@ def load_citypersons(
         image_root: ``leftImg8bit/<split>``; images are ``<image_root>/<cityname>/<im_name>``.
         require_images: raise FileNotFoundError for a listed image missing on disk. When False,
             missing images get Cityscapes' size (1024x2048).
+        classes: the target labels, ``category_id`` 0, 1, ... in this order (see the module docstring).
 
     Returns:
         records sorted by ``im_name`` with ``image_id`` 1..N (the ids of ``val_gt.json``).
     """
+    classes = check_classes(classes)
     root = Path(image_root).resolve()
     entries = sorted(read_citypersons_mat(anno_mat), key=lambda e: e[1])
     records = []
@@ -136,7 +163,7 @@ def load_citypersons(
         else:
             height, width = CITYSCAPES_IMAGE_SIZE
         try:
-            annotations = citypersons_annotations(bbs)
+            annotations = citypersons_annotations(bbs, classes)
         except PedestrianDataError as e:
             raise PedestrianDataError(f"{anno_mat}, image {name}: {e}") from e
         records.append(

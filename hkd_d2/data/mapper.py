@@ -1,9 +1,9 @@
-"""Dataset mapper for pedestrian records: one class, ignore regions kept as flagged instances."""
+"""Dataset mapper for pedestrian records: ignore regions kept as flagged instances."""
 from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import DatasetMapper
+from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data.transforms import TransformList
 from detectron2.structures import Instances
@@ -19,10 +19,26 @@ def _is_ignore(annotation: Dict) -> bool:
     return bool(annotation.get("ignore", annotation.get("iscrowd", 0)))
 
 
-class PedestrianDatasetMapper(DatasetMapper):
-    """:class:`DatasetMapper` for the pedestrian records of hkd_d2 (single class "person").
+def _several_classes(cfg) -> bool:
+    """Whether the training data sets have several ``thing_classes`` (then MODEL.ROI_HEADS.NUM_CLASSES
+    must be their number, else a ValueError naming both)."""
+    counts = {len(MetadataCatalog.get(d).get("thing_classes", [])) for d in cfg.DATASETS.TRAIN}
+    if max(counts, default=1) <= 1:
+        return False
+    if counts != {cfg.MODEL.ROI_HEADS.NUM_CLASSES}:
+        raise ValueError(
+            f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} have {sorted(counts)} classes (thing_classes), "
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}"
+        )
+    return True
 
-    In training, each image's ``"instances"`` hold ``gt_boxes``, ``gt_classes`` (0 for all)
+
+class PedestrianDatasetMapper(DatasetMapper):
+    """:class:`DatasetMapper` for the pedestrian records of hkd_d2.
+
+    In training, each image's ``"instances"`` hold ``gt_boxes``, ``gt_classes`` (0 for all: one
+    person class; each annotation's ``category_id`` when ``keep_classes``: the training data sets
+    have several ``thing_classes``)
     and, when ``keep_ignore`` is on, ``gt_ignore`` (bool): the record's ignore annotations
     (``"ignore": 1``) stay as instances flagged True, for the ignore-aware RPN and box
     head; when it is off they are dropped, as Detectron2 drops crowd boxes. Boxes that
@@ -31,15 +47,17 @@ class PedestrianDatasetMapper(DatasetMapper):
     """
 
     @configurable
-    def __init__(self, is_train: bool, *, keep_ignore: bool = True, **kwargs):
+    def __init__(self, is_train: bool, *, keep_ignore: bool = True, keep_classes: bool = False, **kwargs):
         """
         Args:
             is_train: whether the mapper is used for training.
             keep_ignore: keep ignore annotations as ``gt_ignore=True`` instances.
+            keep_classes: ``gt_classes`` from the annotations' ``category_id`` (else all 0).
             kwargs: arguments of :class:`DatasetMapper`.
         """
         super().__init__(is_train, **kwargs)
         self.keep_ignore = keep_ignore
+        self.keep_classes = keep_classes
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         try:
@@ -52,6 +70,7 @@ class PedestrianDatasetMapper(DatasetMapper):
     def from_config(cls, cfg, is_train: bool = True) -> Dict:
         ret = super().from_config(cfg, is_train)
         ret["keep_ignore"] = cfg.MODEL.IGNORE_REGIONS.ENABLED
+        ret["keep_classes"] = _several_classes(cfg)
         return ret
 
     def _transform_annotations(
@@ -70,7 +89,8 @@ class PedestrianDatasetMapper(DatasetMapper):
         ignore = torch.tensor([_is_ignore(a) for a in annos], dtype=torch.bool)
         annos = [
             utils.transform_instance_annotations(
-                {"bbox": a["bbox"], "bbox_mode": a["bbox_mode"], "category_id": 0},
+                {"bbox": a["bbox"], "bbox_mode": a["bbox_mode"],
+                 "category_id": a.get("category_id", 0) if self.keep_classes else 0},
                 transforms,
                 image_shape,
             )

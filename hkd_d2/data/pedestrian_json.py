@@ -59,6 +59,7 @@ def make_annotation(
     ignore: int,
     label: str,
     vis_ratio: Optional[float] = None,
+    category_id: int = 0,
 ) -> Dict:
     """One record annotation in the project's format (contract: "Dataset records").
 
@@ -67,6 +68,7 @@ def make_annotation(
         ignore: 1 for ignore regions / not-a-clean-pedestrian boxes, else 0.
         label: the source's label string.
         vis_ratio: visible fraction as the source gives it; computed from the boxes when None.
+        category_id: contiguous class id (0: the person class of single-class data).
 
     Raises ValueError for NaN/inf coordinates.
     """
@@ -80,7 +82,7 @@ def make_annotation(
     return {
         "bbox": bbox,
         "bbox_mode": BoxMode.XYWH_ABS,
-        "category_id": 0,
+        "category_id": int(category_id),
         "vis_bbox": vis_bbox,
         "vis_ratio": float(vis_ratio),
         "ignore": int(bool(ignore)),
@@ -260,10 +262,14 @@ def load_pedestrian_json(
     return drop_degenerate_boxes(records, json_file)
 
 
-def records_to_coco(records: List[Dict], image_root: Optional[PathLike] = None) -> Dict:
+def records_to_coco(
+    records: List[Dict], image_root: Optional[PathLike] = None, categories: Optional[Sequence[str]] = None
+) -> Dict:
     """Dataset dicts -> the generic JSON object (ids renumbered from 1 in record order).
 
     ``file_name`` is written relative to ``image_root`` when given; ``im_name`` is its base name.
+    ``categories`` names the classes of several-class records (``category_id`` 0, 1, ... become
+    JSON ids 1, 2, ...); None: the one "person" category.
     """
     images, annotations = [], []
     for image_id, rec in enumerate(records, start=1):
@@ -284,7 +290,7 @@ def records_to_coco(records: List[Dict], image_root: Optional[PathLike] = None) 
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": PERSON_CATEGORY["id"],
+                    "category_id": PERSON_CATEGORY["id"] + ann.get("category_id", 0),
                     "iscrowd": int(ann["label"] in CROWD_LABELS),
                     "ignore": ann["ignore"],
                     "bbox": ann["bbox"],
@@ -294,12 +300,20 @@ def records_to_coco(records: List[Dict], image_root: Optional[PathLike] = None) 
                     "label": ann["label"],
                 }
             )
-    return {"images": images, "annotations": annotations, "categories": [dict(PERSON_CATEGORY)]}
+    listed = ([dict(PERSON_CATEGORY)] if categories is None else
+              [{"id": PERSON_CATEGORY["id"] + i, "name": name} for i, name in enumerate(categories)])
+    return {"images": images, "annotations": annotations, "categories": listed}
 
 
-def save_pedestrian_json(records: List[Dict], json_file: PathLike, image_root: Optional[PathLike] = None) -> None:
-    """Write ``records`` as a generic pedestrian JSON file (atomically)."""
-    data = records_to_coco(records, image_root)
+def save_pedestrian_json(
+    records: List[Dict],
+    json_file: PathLike,
+    image_root: Optional[PathLike] = None,
+    categories: Optional[Sequence[str]] = None,
+) -> None:
+    """Write ``records`` as a generic pedestrian JSON file (atomically); ``categories`` as in
+    :func:`records_to_coco`."""
+    data = records_to_coco(records, image_root, categories)
     with atomic_output(json_file) as tmp:
         with open(tmp, "w") as f:
             json.dump(data, f)

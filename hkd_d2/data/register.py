@@ -15,7 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..evaluation.evaluator import EVALUATOR_OF_PROTOCOL
 from .caltech import prepare_caltech
-from .citypersons import load_citypersons
+from .citypersons import CITYPERSONS_CLASSES, CITYPERSONS_MULTICLASS, load_citypersons
 from .crowdhuman import load_crowdhuman
 from .ecp import load_ecp
 from .pedestrian_json import PathLike, load_pedestrian_json
@@ -46,8 +46,8 @@ def _json_loader(source, image_root, categories=None, **kw) -> Callable[[], List
     return lambda: load_pedestrian_json(source, image_root, categories)
 
 
-def _mat_loader(source, image_root, **kw) -> Callable[[], List[Dict]]:
-    return lambda: load_citypersons(source, image_root)
+def _mat_loader(source, image_root, classes=CITYPERSONS_CLASSES, **kw) -> Callable[[], List[Dict]]:
+    return lambda: load_citypersons(source, image_root, classes=classes)
 
 
 def _caltech_loader(source, image_root, split: Optional[str] = None, new_annotations=None, step=None, **kw):
@@ -112,14 +112,18 @@ def register_pedestrian_dataset(
             frames are extracted into ``image_root`` on first use), or a callable returning
             records. Nothing is read before ``DatasetCatalog.get(name)``. A ``.json`` source
             takes ``categories=`` (names or ids of its pedestrian categories, default
-            "person"/"pedestrian"; see ``datasets/README.md``).
+            "person"/"pedestrian"; see ``datasets/README.md``). A CityPersons ``.mat`` takes
+            ``classes=`` (its target labels, one class each, e.g. ``CITYPERSONS_MULTICLASS``;
+            they become the ``thing_classes``).
         protocol: a key of EVALUATOR_OF_PROTOCOL ("citypersons", "caltech", "ecp",
             "crowdhuman"; the evaluator's rules); implied by .mat, .odgt and Caltech sources,
             required otherwise.
         image_root: folder the images are relative to (``leftImg8bit/<split>`` for CityPersons).
         kw: extra source options (Caltech) and extra metadata.
     """
-    source_opts = {k: kw.pop(k) for k in ("split", "new_annotations", "step", "categories") if k in kw}
+    source_opts = {k: kw.pop(k) for k in ("split", "new_annotations", "step", "categories", "classes") if k in kw}
+    if "classes" in source_opts:
+        kw.setdefault("thing_classes", list(source_opts["classes"]))
     if callable(source):
         loader, implied = source, None
     else:
@@ -198,12 +202,12 @@ def _require(path: Path, how: str) -> Path:
     return path
 
 
-def _citypersons(split: str, synthetic: bool) -> Callable[[], List[Dict]]:
+def _citypersons(split: str, synthetic: bool, classes=CITYPERSONS_CLASSES) -> Callable[[], List[Dict]]:
     def load() -> List[Dict]:
         root = ensure_synthetic() / "citypersons" if synthetic else datasets_root() / "citypersons"
         how = "Put the official anno_*.mat files in citypersons/annotations/ and Cityscapes' leftImg8bit/ beside"
         mat = _require(root / "annotations" / f"anno_{split}.mat", how)
-        return load_citypersons(mat, _require(root / "leftImg8bit" / split, how))
+        return load_citypersons(mat, _require(root / "leftImg8bit" / split, how), classes=classes)
 
     return load
 
@@ -265,6 +269,8 @@ def _builtin_loaders() -> Dict[str, Callable[[], List[Dict]]]:
         "citypersons_val": _citypersons("val", False),
         "synthetic_citypersons_train": _citypersons("train", True),
         "synthetic_citypersons_val": _citypersons("val", True),
+        **{f"{prefix}citypersons_multiclass_{split}": _citypersons(split, prefix == "synthetic_", CITYPERSONS_MULTICLASS)
+           for prefix in ("", "synthetic_") for split in ("train", "val")},
         "synthetic_caltech_train": _caltech("train", True),
         "synthetic_caltech_test": _caltech("test", True),
         "crowdhuman_train": _crowdhuman("train", False),
@@ -281,11 +287,13 @@ def _builtin_loaders() -> Dict[str, Callable[[], List[Dict]]]:
 
 
 def register_all_pedestrian() -> None:
-    """Register every built-in name (lazy: nothing is read or generated until used)."""
+    """Register every built-in name (lazy: nothing is read or generated until used); the
+    ``*citypersons_multiclass_*`` names have the classes of ``CITYPERSONS_MULTICLASS``."""
     for name, loader in _builtin_loaders().items():
         if name in DatasetCatalog.list():
             continue
-        register_pedestrian_dataset(name, loader, protocol=_builtin_protocol(name))
+        classes = {"thing_classes": list(CITYPERSONS_MULTICLASS)} if "_multiclass_" in name else {}
+        register_pedestrian_dataset(name, loader, protocol=_builtin_protocol(name), **classes)
 
 
 register_all_pedestrian()

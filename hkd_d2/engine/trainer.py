@@ -33,9 +33,11 @@ from detectron2.evaluation import DatasetEvaluator
 from ..checkpoint import CONFIG_KEY, CheckpointFileError, HKDCheckpointer, check_checkpoint_file
 from ..data import PedestrianDatasetMapper
 from ..data.crowdhuman import with_training_box
+from ..data.curriculum import build_curriculum_loader, uses_curriculum
 from ..data.register import register_config_datasets
 from ..evaluation import build_evaluator
 from .calibration import LossBalanceHook
+from .curriculum import build_curriculum_hooks
 from .guards import build_runaway_guard
 from .hooks import build_distillation_hooks
 from .interrupt import StopOnSignal, TrainingInterrupted
@@ -92,12 +94,16 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         mapper = PedestrianDatasetMapper(cfg, True)
-        if cfg.DATASETS.TRAIN_BOX == "full":
+        if cfg.DATASETS.TRAIN_BOX == "full" and not uses_curriculum(cfg):
             return build_detection_train_loader(cfg, mapper=mapper)
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=with_training_box(dataset, cfg.DATASETS.TRAIN_BOX))
+        if cfg.DATASETS.TRAIN_BOX != "full":
+            dataset = with_training_box(dataset, cfg.DATASETS.TRAIN_BOX)
+        if uses_curriculum(cfg):  # ISL: the loader carries the curriculum its scoring hook drives
+            return build_curriculum_loader(cfg, mapper, dataset)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -123,9 +129,10 @@ class Trainer(DefaultTrainer):
             distillation.append(LossBalanceHook(self.cfg))
         ret[writer_at:writer_at] = distillation
         guard = build_runaway_guard(self.cfg) if distillation else None
-        if guard is not None:  # before the checkpointer (main process) / evaluation (all): a runaway is never saved
-            at = next(i for i, h in enumerate(ret) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
-            ret.insert(at, guard)
+        # Before the checkpointer (main process) / evaluation (all): a runaway is never saved, and a
+        # checkpoint of a phase boundary holds that boundary's curriculum.
+        at = next(i for i, h in enumerate(ret) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
+        ret[at:at] = [*build_curriculum_hooks(self.cfg, self.data_loader), *([guard] if guard is not None else [])]
         ret.append(StopOnSignal())
         return ret
 

@@ -38,7 +38,8 @@ Evaluator builders keyed by a dataset's ``MetadataCatalog`` field ``evaluator_ty
 Each is called as ``builder(cfg, dataset_name, output_dir)`` and returns a DatasetEvaluator.
 """
 
-# COCO category id written for detections (the "pedestrian" id of CityPersons' val_gt.json).
+# COCO category id written for detections of class 0 (the "pedestrian" id of CityPersons'
+# val_gt.json); class c is written as RESULTS_CATEGORY_ID + c.
 RESULTS_CATEGORY_ID = 1
 DETECTIONS_FILE = "miss_rate_detections.json"
 CROWDHUMAN_DETECTIONS_FILE = "crowdhuman_detections.json"
@@ -49,16 +50,18 @@ EVALUATOR_OF_PROTOCOL = {**{name: "miss_rate" for name in PROTOCOLS}, "crowdhuma
 
 
 def coco_results(inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """COCO results (XYWH ``bbox``, ``score``) of a batch's ``outputs[i]["instances"]``."""
+    """COCO results (XYWH ``bbox``, ``score``, ``category_id`` from ``pred_classes``, 0 when
+    absent) of a batch's ``outputs[i]["instances"]``."""
     results = []
     for inp, out in zip(inputs, outputs):
         instances = out["instances"].to("cpu")
         boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         scores = instances.scores.numpy().astype(np.float64)
+        classes = instances.pred_classes.tolist() if instances.has("pred_classes") else [0] * len(scores)
         results.extend(
-            {"image_id": inp["image_id"], "category_id": RESULTS_CATEGORY_ID, "bbox": b, "score": s}
-            for b, s in zip(xywh.tolist(), scores.tolist())
+            {"image_id": inp["image_id"], "category_id": RESULTS_CATEGORY_ID + c, "bbox": b, "score": s}
+            for b, s, c in zip(xywh.tolist(), scores.tolist(), classes)
         )
     return results
 
@@ -84,7 +87,8 @@ DEFAULT_PROTOCOL = "citypersons"
 def ground_truth_from_records(records: Sequence[Dict[str, Any]], protocol: Protocol, source: str) -> GroundTruth:
     """GroundTruth of Detectron2 dataset records (annotation format of the project contract).
 
-    Every record annotation is a person (contiguous class 0), so no category is filtered.
+    No category is filtered: every annotation's ``ignore`` flag decides (:func:`class_records`
+    prepares one class of several).
     """
     annotations = []
     for record in records:
@@ -96,6 +100,16 @@ def ground_truth_from_records(records: Sequence[Dict[str, Any]], protocol: Proto
             annotations.append(ann)
     image_ids = sorted(r["image_id"] for r in records)
     return GroundTruth.from_annotations(image_ids, annotations, replace(protocol, category_id=None), source=source)
+
+
+def class_records(records: Sequence[Dict[str, Any]], class_id: int) -> List[Dict[str, Any]]:
+    """Records for scoring class ``class_id`` alone: the targets of the other classes become ignore
+    regions (as CityPersons ignores riders when scoring pedestrians)."""
+    return [
+        {**r, "annotations": [a if a.get("category_id", 0) == class_id else {**a, "ignore": 1}
+                              for a in r.get("annotations", ())]}
+        for r in records
+    ]
 
 
 class ResultsCollector(DatasetEvaluator):
@@ -118,6 +132,10 @@ class MissRateEvaluator(ResultsCollector):
     ``MetadataCatalog.get(dataset_name).protocol`` ("citypersons" or "caltech"). Detections of
     all processes are gathered on the main one, written to ``output_dir`` as a COCO results JSON
     (plus an MR-FPPI plot when ``plot``), and scored.
+
+    A data set of several ``thing_classes`` is scored class by class (:func:`class_records`: the
+    other classes' targets are ignore regions, only the class's detections count), reported as
+    ``MR_<class>``; ``MR`` is then the first class's.
     """
 
     def __init__(
@@ -148,31 +166,46 @@ class MissRateEvaluator(ResultsCollector):
         self._predictions: List[Dict[str, Any]] = []
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
-        """{"MR": {setup: miss rate in percent}} on the main process, {} elsewhere."""
+        """{"MR": {setup: miss rate in percent}} (and ``MR_<class>`` for several classes) on the
+        main process, {} elsewhere."""
         predictions = gather_results(self._predictions, self._output_dir, DETECTIONS_FILE)
         if predictions is None:
             return {}
         if not predictions:
             logger.warning("%s: no detections; every miss rate is 100%%", self._dataset_name)
 
-        gt = ground_truth_from_records(
-            DatasetCatalog.get(self._dataset_name), self._protocol, source=self._dataset_name
-        )
-        dt = Detections.from_results(predictions, gt, self._protocol, source=self._dataset_name)
+        records = DatasetCatalog.get(self._dataset_name)
+        classes = list(MetadataCatalog.get(self._dataset_name).get("thing_classes", []))
+        if len(classes) <= 1:
+            return OrderedDict(MR=self._miss_rates(records, predictions, self._dataset_name, plot=self._plot))
+        results = OrderedDict()
+        for c, name in enumerate(classes):
+            mine = [p for p in predictions if p.get("category_id", RESULTS_CATEGORY_ID) == RESULTS_CATEGORY_ID + c]
+            results[f"MR_{name}"] = self._miss_rates(
+                class_records(records, c), mine, f"{self._dataset_name} ({name})", plot=self._plot and c == 0
+            )
+        results["MR"] = copy.deepcopy(results[f"MR_{classes[0]}"])
+        results.move_to_end("MR", last=False)
+        return results
+
+    def _miss_rates(self, records: List[Dict], predictions: List[Dict], name: str, plot: bool) -> Dict[str, float]:
+        """{setup: MR %} of ``predictions`` against ``records`` (logged; plotted when ``plot``)."""
+        gt = ground_truth_from_records(records, self._protocol, source=name)
+        # Every prediction given is of the class scored (evaluate selects them).
+        dt = Detections.from_results(predictions, gt, replace(self._protocol, category_id=None), source=name)
         curves = miss_rate_curves(gt, dt, self._protocol, self._setups)
-        mr = OrderedDict((name, 100.0 * c.log_average) for name, c in curves.items())
-        logger.info("Miss rate (%%) on %s:\n%s", self._dataset_name, create_small_table(mr))
-        undefined = [name for name, value in mr.items() if np.isnan(value)]
+        mr = OrderedDict((setup, 100.0 * c.log_average) for setup, c in curves.items())
+        logger.info("Miss rate (%%) on %s:\n%s", name, create_small_table(mr))
+        undefined = [setup for setup, value in mr.items() if np.isnan(value)]
         if undefined and gt.vis.size and np.unique(gt.vis).size == 1:
             logger.warning(
                 "%s: every box has the same visibility (no vis_bbox/vis_ratio in the annotations?), so "
                 "setups of occluded people (%s) have no ground truth and an MR of NaN",
-                self._dataset_name, ", ".join(undefined),
+                name, ", ".join(undefined),
             )
-        if self._plot and self._output_dir:
-            plot_mr_fppi(curves, os.path.join(self._output_dir, PLOT_FILE),
-                         title=f"{self._dataset_name} ({self._protocol.name})")
-        return OrderedDict(MR=copy.deepcopy(mr))
+        if plot and self._output_dir:
+            plot_mr_fppi(curves, os.path.join(self._output_dir, PLOT_FILE), title=f"{name} ({self._protocol.name})")
+        return mr
 
 
 @EVALUATOR_REGISTRY.register()

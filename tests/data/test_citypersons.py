@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hkd_d2.data.citypersons import load_citypersons, read_citypersons_mat, write_citypersons_mat
+from hkd_d2.data.citypersons import (
+    CITYPERSONS_MULTICLASS,
+    load_citypersons,
+    read_citypersons_mat,
+    write_citypersons_mat,
+)
 from hkd_d2.data.pedestrian_json import PedestrianDataError, records_to_coco
 from ..conftest import REFERENCE as SHARED_REFERENCE
 
@@ -89,3 +94,17 @@ def test_non_finite_bbs_and_text_named_mat_are_named(tmp_path):
     (tmp_path / "text.mat").write_text("not a MATLAB file\n" * 20)
     with pytest.raises(PedestrianDataError, match="text.mat: not a readable MATLAB file"):
         read_citypersons_mat(tmp_path / "text.mat")
+
+
+def test_classes_of_their_own_when_asked(tmp_path):
+    # pedestrian, rider, sitting person, other person, ignore region
+    bbs = np.array([[label, 10, 20, 41, 100, k, 10, 20, 41, 100] for k, label in enumerate((1, 2, 3, 4, 0))])
+    write_citypersons_mat(tmp_path / "anno_val.mat", "val", [("c", "c_1_leftImg8bit.png", bbs)])
+    default = load_citypersons(tmp_path / "anno_val.mat", tmp_path, require_images=False)[0]["annotations"]
+    assert [(a["category_id"], a["ignore"]) for a in default] == [(0, 0), (0, 1), (0, 1), (0, 1), (0, 1)]
+    several = load_citypersons(tmp_path / "anno_val.mat", tmp_path, require_images=False,
+                               classes=CITYPERSONS_MULTICLASS)[0]["annotations"]
+    assert [(a["label"], a["category_id"], a["ignore"]) for a in several] == [
+        ("pedestrian", 0, 0), ("rider", 1, 0), ("sitting person", 2, 0), ("other person", 0, 1), ("ignore region", 0, 1)]
+    with pytest.raises(ValueError, match="need distinct labels among"):
+        load_citypersons(tmp_path / "anno_val.mat", tmp_path, require_images=False, classes=("people group",))

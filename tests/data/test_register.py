@@ -59,3 +59,17 @@ def test_register_each_source_kind(tmp_path):
             MetadataCatalog.remove(name)
     with pytest.raises(ValueError, match="protocol"):
         register_pedestrian_dataset("t_bad", cp / "ground_truth_val.json", image_root=cp)
+
+
+def test_multiclass_names_read_riders_and_sitting_people_as_classes(tmp_path, monkeypatch):
+    for name in ("citypersons_multiclass_train", "synthetic_citypersons_multiclass_val"):
+        assert MetadataCatalog.get(name).thing_classes == ["pedestrian", "rider", "sitting person"]
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    for key, value in (("num_train", 2), ("num_val", 12), ("width", 96), ("height", 64)):
+        monkeypatch.setitem(register.SYNTHETIC_DEFAULTS, key, value)
+    plain = DatasetCatalog.get("synthetic_citypersons_val")
+    several = DatasetCatalog.get("synthetic_citypersons_multiclass_val")
+    pairs = [(a, b) for r, s in zip(plain, several) for a, b in zip(r["annotations"], s["annotations"])]
+    riders = [b for a, b in pairs if a["label"] == "rider"]
+    assert riders and all(b["category_id"] == 1 and b["ignore"] == 0 for b in riders)
+    assert all(a == b for a, b in pairs if a["label"] not in ("rider", "sitting person"))

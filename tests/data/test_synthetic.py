@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hkd_d2.data.caltech import SeqFile, prepare_caltech
-from hkd_d2.data.citypersons import load_citypersons
+from hkd_d2.data.citypersons import load_citypersons, read_citypersons_mat
 from hkd_d2.data.pedestrian_json import load_pedestrian_json
 from hkd_d2.data.synthetic import PERSON_ASPECT, SyntheticConfig, generate_synthetic, main, render_scene
 
@@ -91,3 +91,32 @@ def test_cli_and_no_overwrite(tmp_path):
     with pytest.raises(FileExistsError):
         generate_synthetic(tmp_path / "cli", 1, 1, CFG, workers=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]  # no temp folder left behind
+
+
+def test_riders_as_a_class_of_their_own_change_only_the_ground_truth(tmp_path):
+    weights = {"pedestrian": 0.6, "rider": 0.4}
+    plain = SyntheticConfig(width=96, height=72, seed=3, objects_per_image=(2, 5), kind_weights=weights)
+    two = SyntheticConfig(width=96, height=72, seed=3, objects_per_image=(2, 5), kind_weights=weights,
+                          classes=("pedestrian", "rider"))
+    gt_plain = generate_synthetic(tmp_path / "plain", 3, 1, plain, formats=("citypersons", "caltech"), workers=0)
+    gt_two = generate_synthetic(tmp_path / "two", 3, 1, two, formats=("citypersons", "caltech"), workers=0)
+    png = "citypersons/leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"
+    assert (tmp_path / "plain" / png).read_bytes() == (tmp_path / "two" / png).read_bytes()
+    mat = "citypersons/annotations/anno_train.mat"
+    rows = [[e[2].tolist() for e in read_citypersons_mat(tmp_path / d / mat)] for d in ("plain", "two")]
+    assert rows[0] == rows[1]  # the labels stay CityPersons' (2 = rider)
+    assert gt_two["caltech_train"] == gt_plain["caltech_train"]  # Caltech has no rider class
+    root = tmp_path / "two" / "citypersons"
+    recs = load_citypersons(root / "annotations" / "anno_train.mat", root / "leftImg8bit" / "train",
+                            classes=("pedestrian", "rider"))
+    assert _strip(recs) == _strip(gt_two["citypersons_train"])
+    riders = [a for r in recs for a in r["annotations"] if a["label"] == "rider"]
+    assert riders and all(a["category_id"] == 1 and a["ignore"] == 0 for a in riders)
+    truth = json.loads((root / "ground_truth_train.json").read_text())
+    assert truth["categories"] == [{"id": 1, "name": "pedestrian"}, {"id": 2, "name": "rider"}]
+    assert {a["category_id"] for a in truth["annotations"] if a["label"] == "rider"} == {2}
+    plain_truth = json.loads((tmp_path / "plain" / "citypersons" / "ground_truth_train.json").read_text())
+    assert plain_truth["categories"] == [{"id": 1, "name": "person"}]
+    with pytest.raises(ValueError, match="SyntheticConfig.classes"):
+        generate_synthetic(tmp_path / "bad", 1, 1, SyntheticConfig(width=96, height=72, classes=("group",)),
+                           formats=("citypersons",), workers=0)

@@ -111,3 +111,45 @@ def test_bad_metadata(dataset):
         MissRateEvaluator(name)
     with pytest.raises(ValueError, match="no 'evaluator_type'"):
         build_evaluator(add_hkd_config(get_cfg()), name)
+
+
+MULTICLASS = "test_miss_rate_two_classes"
+
+
+def _two_class_records():
+    """Image 1: a pedestrian (class 0, 100 px); image 2: a rider (class 1, 60 px); image 3: nothing."""
+    records = _records()
+    records[1]["annotations"][0] = dict(records[1]["annotations"][0], category_id=1, label="rider")
+    records[2]["annotations"] = []
+    return records
+
+
+def _classed(boxes_xyxy, scores, classes):
+    out = _output(boxes_xyxy, scores)
+    out["instances"].pred_classes = torch.tensor(classes, dtype=torch.int64)
+    return out
+
+
+def test_several_classes_are_scored_class_by_class(tmp_path):
+    if MULTICLASS not in DatasetCatalog.list():
+        DatasetCatalog.register(MULTICLASS, _two_class_records)
+        MetadataCatalog.get(MULTICLASS).set(thing_classes=["pedestrian", "rider"], evaluator_type="miss_rate",
+                                            protocol="citypersons")
+    evaluator = MissRateEvaluator(MULTICLASS, str(tmp_path), setups=["Reasonable"], plot=False)
+    evaluator.reset()
+    # Pedestrian detections: the pedestrian (0.9) and one on the rider (0.8: an ignore region when
+    # scoring pedestrians); a pedestrian false positive in image 3 (0.99). Rider detection: the rider (0.7).
+    evaluator.process(
+        [{"image_id": 1}, {"image_id": 2}, {"image_id": 3}],
+        [_classed([_xyxy(PERSONS[1])], [0.9], [0]),
+         _classed([_xyxy(PERSONS[2]), _xyxy(PERSONS[2])], [0.8, 0.7], [0, 1]),
+         _classed([[90, 10, 110, 60]], [0.99], [0])],
+    )
+    results = evaluator.evaluate()
+    assert list(results) == ["MR", "MR_pedestrian", "MR_rider"]
+    # Pedestrians: FP first (fppi 1/3), then the TP (recall 1): miss 1 at the 7 refs below 1/3, ~0 above.
+    assert results["MR_pedestrian"]["Reasonable"] == pytest.approx(100 * MIN_MISS_RATE ** (2 / 9))
+    assert results["MR_rider"]["Reasonable"] == pytest.approx(100 * MIN_MISS_RATE)
+    assert results["MR"] == results["MR_pedestrian"]
+    written = json.loads((tmp_path / DETECTIONS_FILE).read_text())
+    assert sorted(d["category_id"] for d in written) == [1, 1, 1, 2]

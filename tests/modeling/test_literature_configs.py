@@ -1,15 +1,21 @@
-"""Every literature config (alone and with HKD) trains 2 tiny iterations with its terms' losses."""
+"""Every literature config (alone and with HKD) trains 2 tiny iterations with its terms' losses;
+the newer ones (SRM, BKD, ISL, and BKD on three classes) through the Trainer with their hooks."""
+import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
 from hkd_d2.config import add_hkd_config
+from hkd_d2.data.citypersons import CITYPERSONS_MULTICLASS
+from hkd_d2.data.curriculum import CURRICULUM_SAMPLER
+from hkd_d2.engine import Trainer
 
-from ..hkd_helpers import TINY, _merge, batch, build_hkd, write_teacher
+from ..hkd_helpers import TINY, _merge, batch, build_hkd, register_tiny_citypersons, trainer_cfg, write_teacher
 from ..conftest import CONFIGS
 
 # Losses each method must report, and those that must be nonzero on the tiny batch (the
@@ -21,8 +27,13 @@ METHOD_LOSSES = {
     "fgfi": ({"loss_fgfi"}, {"loss_fgfi"}),
     "pkd": ({"loss_pkd"}, {"loss_pkd"}),
     "gkd": ({"loss_gkd_fg", "loss_gkd_bg", "loss_gkd_kd"}, {"loss_gkd_fg", "loss_gkd_bg", "loss_gkd_kd"}),
+    "srm": ({"loss_srm"}, {"loss_srm"}),
+    "bkd": ({"loss_bkd"}, {"loss_bkd"}),
 }
 HKD_LOSSES = {"loss_pd", "loss_rd", "loss_ld"}
+# Methods that are a training-data order, not a term (their configs select a sampler).
+CURRICULA = ("isl",)
+METHODS = (*METHOD_LOSSES, *CURRICULA)
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +41,29 @@ def teacher(tmp_path_factory):
     return write_teacher(tmp_path_factory.mktemp("teacher"))
 
 
-TERM_NAMES = {"chen2017": "Chen2017Distill", "fgfi": "FGFIDistill", "pkd": "PKDDistill", "gkd": "GKDDistill"}
+TERM_NAMES = {"chen2017": "Chen2017Distill", "fgfi": "FGFIDistill", "pkd": "PKDDistill", "gkd": "GKDDistill",
+              "srm": "SRMDistill", "bkd": "BKDDistill"}
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "caltech"])
 def test_every_literature_config_exists_and_lists_its_terms(dataset):
     paths = sorted((CONFIGS / dataset / "literature").glob("*.yaml"))
-    assert sorted(p.stem for p in paths) == sorted([*METHOD_LOSSES, *(f"hkd_plus_{m}" for m in METHOD_LOSSES)])
+    assert sorted(p.stem for p in paths) == sorted([*METHODS, *(f"hkd_plus_{m}" for m in METHODS)])
     for path in paths:
         cfg = add_hkd_config(get_cfg())
         cfg.merge_from_file(str(path))
         method = path.stem.replace("hkd_plus_", "")
         hkd = ["PyramidDistill", "RegionDistill", "LogitDistill"] if path.stem.startswith("hkd_plus_") else []
+        assert cfg.OUTPUT_DIR.endswith(f"{dataset}/literature/{path.stem}")
+        if method in CURRICULA:
+            assert cfg.DATALOADER.SAMPLER_TRAIN == CURRICULUM_SAMPLER, path
+            # Alone: the student trained alone, in the curriculum's order.
+            assert cfg.MODEL.META_ARCHITECTURE == ("HKDDistiller" if hkd else "GeneralizedRCNN"), path
+            if hkd:
+                assert list(cfg.MODEL.DISTILL.TERMS) == hkd, path
+            continue
         assert list(cfg.MODEL.DISTILL.TERMS) == [*hkd, TERM_NAMES[method]], path
         assert cfg.MODEL.META_ARCHITECTURE == "HKDDistiller"
-        assert cfg.OUTPUT_DIR.endswith(f"{dataset}/literature/{path.stem}")
 
 
 @pytest.mark.parametrize("name", [*METHOD_LOSSES, *(f"hkd_plus_{m}" for m in METHOD_LOSSES)])
@@ -68,3 +87,58 @@ def test_config_trains_two_iterations(name, teacher):
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tmp_path_factory):
+    return register_tiny_citypersons(tmp_path_factory.mktemp("literature_data"), "literature_tiny_train")
+
+
+def _train(cfg) -> Trainer:
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
+def _metrics(out: Path) -> list:
+    return [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
+
+
+NEW_CONFIGS = ["srm", "bkd", "isl", "hkd_plus_srm", "hkd_plus_bkd", "hkd_plus_isl"]
+
+
+@pytest.mark.parametrize("name", NEW_CONFIGS)
+def test_config_trains_two_iterations_through_the_trainer(name, teacher, tiny_train, tmp_path):
+    overrides = {"MODEL.DISTILL.SRM.DICTIONARY_ITERS": 2, "DATALOADER.CURRICULUM.PHASE_ITERS": 1}
+    cfg = trainer_cfg(CONFIGS / "synthetic" / "literature" / f"{name}.yaml", teacher, tiny_train, tmp_path, **overrides)
+    trainer = _train(cfg)
+    last = [m for m in _metrics(tmp_path) if "total_loss" in m][-1]
+    assert last["iteration"] == 1 and math.isfinite(last["total_loss"])
+    method = name.replace("hkd_plus_", "")
+    expected = METHOD_LOSSES.get(method, (set(), set()))[0] | (HKD_LOSSES if name.startswith("hkd_plus_") else set())
+    assert expected <= set(last), sorted(last)
+    model = trainer.model
+    if method == "srm":  # stage 1 ran before training
+        assert bool(model.distill_terms[-1].codebook.ready)
+    if method == "isl":  # ranked at the boundary (iteration 1), kept in the final checkpoint
+        hook_state = torch.load(tmp_path / "model_final.pth", weights_only=False)["trainer"]["hooks"]["CurriculumHook"]
+        assert hook_state["boundary"] == 1 and sorted(hook_state["order"].tolist()) == list(range(4))
+        assert torch.isfinite(hook_state["scores"]).all()
+
+
+def test_bkd_on_three_classes_weighs_the_rare_classes_more(tmp_path):
+    train = register_tiny_citypersons(
+        tmp_path / "mc", "literature_tiny_multiclass_train", classes=CITYPERSONS_MULTICLASS,
+        kind_weights={"pedestrian": 0.6, "rider": 0.3, "sitting": 0.1},
+    )
+    teacher = write_teacher(tmp_path, **{"MODEL.ROI_HEADS.NUM_CLASSES": 3})
+    cfg = trainer_cfg(CONFIGS / "synthetic" / "multiclass" / "bkd.yaml", teacher, train, tmp_path / "out")
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
+    trainer = _train(cfg)
+    term = trainer.model.distill_terms[0]
+    counts = term.class_counts.tolist()
+    assert counts[0] > counts[1] > 0 and counts[3] == 0  # pedestrians outnumber riders; no background count
+    weights = term.class_weights().tolist()
+    assert weights[1] > weights[0] and weights[3] == 1.0
+    assert "loss_bkd" in _metrics(tmp_path / "out")[-1]

@@ -74,6 +74,10 @@ class SyntheticConfig:
     # Caltech output: frames per .seq video and JPEG quality.
     frames_per_video: int = 100
     jpeg_quality: int = 90
+    # Kinds that are detection targets in the CityPersons ground truth, one class each in this order
+    # (the other kinds are ignore regions). ("pedestrian", "rider") makes the riders, a small share
+    # of the people (kind_weights), a rare class of their own. Drawing does not depend on it.
+    classes: Tuple[str, ...] = ("pedestrian",)
 
 
 @dataclass

@@ -26,7 +26,8 @@ __all__ = ["KIND_LABELS", "FORMATS", "FORMAT_WRITERS", "generate_synthetic", "ma
 
 logger = logging.getLogger(__name__)
 
-# Scene object kinds -> label in each format. Only "pedestrian" is a clean target (ignore 0).
+# Scene object kinds -> label in each format. Only "pedestrian" is a clean target (ignore 0), unless
+# SyntheticConfig.classes names more kinds (CityPersons ground truth).
 # CrowdHuman: every person is a "person" (riders and sitting people too), crowds / posters are
 # "mask" regions. ECP: (identity, tags); a poster person is a depicted group (not evaluated).
 KIND_LABELS = {
@@ -40,6 +41,8 @@ KIND_LABELS = {
     "ignore": {"citypersons": 0, "caltech": "people", "crowdhuman": "mask", "ecp": ("person-group-far-away", ())},
 }
 TARGET_KIND = "pedestrian"
+# Kinds that are no single person (never a class).
+NOT_A_PERSON = ("group", "ignore")
 FORMATS = ("citypersons", "caltech", "crowdhuman", "ecp")
 SPLITS = {"citypersons": ("train", "val"), "caltech": ("train", "test"), "crowdhuman": ("train", "val"),
           "ecp": ("train", "val")}
@@ -69,12 +72,27 @@ def _render_task(args) -> Tuple[int, List[SceneObject], Optional[bytes], Optiona
     return index, objects, png, jpg
 
 
+def _target_kinds(cfg: SyntheticConfig, fmt: str) -> Tuple[str, ...]:
+    """Kinds that are classes in ``fmt``'s ground truth (the others are ignore regions): only the
+    CityPersons format has a class per kind."""
+    if fmt != "citypersons":
+        return (TARGET_KIND,)
+    unknown = [k for k in cfg.classes if k not in KIND_LABELS or k in NOT_A_PERSON]
+    if unknown or not cfg.classes:
+        raise ValueError(f"SyntheticConfig.classes {list(cfg.classes)}: need kinds among "
+                         f"{[k for k in KIND_LABELS if k not in NOT_A_PERSON]}")
+    return tuple(cfg.classes)
+
+
 def _record(file_name: str, cfg: SyntheticConfig, image_id: int, objects: List[SceneObject], fmt: str) -> Dict:
     annotations = []
+    classes = _target_kinds(cfg, fmt)
     for o in objects:
         label = KIND_LABELS[o.kind][fmt]
         name = CITYPERSONS_LABEL_NAMES[label] if fmt == "citypersons" else label
-        annotations.append(make_annotation(o.box, o.vis_box, o.kind != TARGET_KIND, name))
+        target = o.kind in classes
+        annotations.append(make_annotation(o.box, o.vis_box, not target, name,
+                                           category_id=classes.index(o.kind) if target else 0))
     return {"file_name": file_name, "image_id": image_id, "height": cfg.height, "width": cfg.width,
             "annotations": annotations}
 
@@ -98,7 +116,8 @@ def _write_citypersons(root: Path, split: str, results, cfg: SyntheticConfig) ->
     order = sorted(range(len(entries)), key=lambda i: entries[i][1])
     records = [dict(records[i], image_id=k + 1) for k, i in enumerate(order)]
     write_citypersons_mat(root / "annotations" / f"anno_{split}.mat", split, entries)
-    save_pedestrian_json(records, root / f"ground_truth_{split}.json")
+    names = [CITYPERSONS_LABEL_NAMES[KIND_LABELS[k]["citypersons"]] for k in _target_kinds(cfg, "citypersons")]
+    save_pedestrian_json(records, root / f"ground_truth_{split}.json", categories=names if len(names) > 1 else None)
     return records
 
 
@@ -258,13 +277,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplier on every person height")
     parser.add_argument("--height-median", type=float, default=SyntheticConfig.height_median,
                         help="median person height in px at 480 px image height")
+    parser.add_argument("--classes", nargs="+", default=list(SyntheticConfig.classes),
+                        help="kinds that are classes of the CityPersons ground truth, e.g. pedestrian rider")
     parser.add_argument("--format", choices=FORMATS + ("both", "all"), default="both",
                         help="both = citypersons + caltech; all = every format")
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = SyntheticConfig(width=args.width, height=args.height, seed=args.seed, scale=args.scale,
-                          height_median=args.height_median)
+                          height_median=args.height_median, classes=tuple(args.classes))
     formats = {"both": ("citypersons", "caltech"), "all": FORMATS}.get(args.format, (args.format,))
     generate_synthetic(args.out, args.num_train, args.num_val, cfg, formats, args.workers)
 

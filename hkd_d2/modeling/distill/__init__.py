@@ -9,4 +9,4 @@ from .base import (  # noqa: F401
 )
 from .schedule import DistillSchedule, linear_warmup  # noqa: F401
 from . import hkd  # noqa: F401  (registers PyramidDistill, RegionDistill, LogitDistill)
-from . import chen2017, fgfi, gkd, pkd  # noqa: F401  (registers the literature terms)
+from . import bkd, chen2017, fgfi, gkd, pkd, srm  # noqa: F401  (registers the literature terms)
