@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
@@ -142,3 +143,18 @@ def test_bkd_on_three_classes_weighs_the_rare_classes_more(tmp_path):
     weights = term.class_weights().tolist()
     assert weights[1] > weights[0] and weights[3] == 1.0
     assert "loss_bkd" in _metrics(tmp_path / "out")[-1]
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "citypersons"])
+def test_multiclass_configs_train_and_test_on_three_class_data(dataset):
+    folder = CONFIGS / dataset / "multiclass"
+    assert sorted(p.stem for p in folder.glob("*.yaml")) == ["bkd", "student_R18_FPN", "teacher_R50_FPN"]
+    for path in folder.glob("*.yaml"):
+        cfg = add_hkd_config(get_cfg())
+        cfg.merge_from_file(str(path))
+        assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3 and cfg.OUTPUT_DIR.endswith(f"{dataset}/multiclass/{path.stem}")
+        for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+            assert MetadataCatalog.get(name).thing_classes == list(CITYPERSONS_MULTICLASS)
+        if path.stem == "bkd":
+            assert list(cfg.MODEL.DISTILL.TERMS) == ["BKDDistill"] and cfg.MODEL.DISTILL.BKD.COUNT == "annotations"
+            assert cfg.MODEL.TEACHER.CONFIG_FILE == "teacher_R50_FPN.yaml"
