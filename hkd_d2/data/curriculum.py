@@ -116,9 +116,6 @@ class CurriculumSampler(Sampler):
         # [row in use, boundary iteration (-1: none yet), iteration the stream starts at].
         self._state = torch.tensor([0, -1, 0], dtype=torch.int64).share_memory_()
 
-    def __len__(self) -> int:
-        return self._size
-
     @property
     def order(self) -> torch.Tensor:
         """(size,) the ranking in use, easiest first."""

@@ -269,7 +269,8 @@ def _builtin_loaders() -> Dict[str, Callable[[], List[Dict]]]:
         "citypersons_val": _citypersons("val", False),
         "synthetic_citypersons_train": _citypersons("train", True),
         "synthetic_citypersons_val": _citypersons("val", True),
-        **{f"{prefix}citypersons_multiclass_{split}": _citypersons(split, prefix == "synthetic_", CITYPERSONS_MULTICLASS)
+        **{f"{prefix}citypersons_multiclass_{split}":
+           _citypersons(split, prefix == "synthetic_", CITYPERSONS_MULTICLASS)
            for prefix in ("", "synthetic_") for split in ("train", "val")},
         "synthetic_caltech_train": _caltech("train", True),
         "synthetic_caltech_test": _caltech("test", True),

@@ -24,7 +24,9 @@ __all__ = ["main", "write_dictionaries"]
 logger = logging.getLogger("hkd_d2.srm_dictionary")
 
 
-def write_dictionaries(config_file: str, out: str, iters: Optional[int] = None, opts: Sequence[str] = ()) -> List[float]:
+def write_dictionaries(
+    config_file: str, out: str, iters: Optional[int] = None, opts: Sequence[str] = ()
+) -> List[float]:
     """Learn the teacher dictionaries of ``config_file`` (``iters`` Adam steps, default
     ``MODEL.DISTILL.SRM.DICTIONARY_ITERS``) and write them to ``out``; the loss of every step."""
     cfg = resolve_device(load_config(config_file, list(opts)))
@@ -34,7 +36,8 @@ def write_dictionaries(config_file: str, out: str, iters: Optional[int] = None, 
         raise ValueError(f"--iters (or MODEL.DISTILL.SRM.DICTIONARY_ITERS) must be > 0, got {iters}")
     teacher = build_teacher(cfg)
     codebook = TeacherCodebook.from_config(cfg, teacher.detector.backbone.output_shape()).to(teacher.device)
-    losses = learn_dictionaries(teacher_feature_batches(cfg, teacher), codebook, iters, cfg.MODEL.DISTILL.SRM.DICTIONARY_LR)
+    batches = teacher_feature_batches(cfg, teacher)
+    losses = learn_dictionaries(batches, codebook, iters, cfg.MODEL.DISTILL.SRM.DICTIONARY_LR)
     save_dictionaries(codebook, out, teacher_weights=cfg.MODEL.TEACHER.WEIGHTS)
     logger.info("SRM dictionaries (reconstruction MSE %.4g -> %.4g over %d iterations) written to %s",
                 losses[0], losses[-1], len(losses), out)
@@ -45,7 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="SRM stage 1: learn the teacher's sparse-coding dictionaries.")
     parser.add_argument("--config-file", required=True, help="a config with SRMDistill and its teacher")
     parser.add_argument("--out", required=True, help="dictionary file to write (for MODEL.DISTILL.SRM.DICTIONARY_FILE)")
-    parser.add_argument("--iters", type=int, default=None, help="Adam steps (default: MODEL.DISTILL.SRM.DICTIONARY_ITERS)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="Adam steps (default: MODEL.DISTILL.SRM.DICTIONARY_ITERS)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
     setup_logger(name="hkd_d2")

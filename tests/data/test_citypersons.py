@@ -105,6 +105,7 @@ def test_classes_of_their_own_when_asked(tmp_path):
     several = load_citypersons(tmp_path / "anno_val.mat", tmp_path, require_images=False,
                                classes=CITYPERSONS_MULTICLASS)[0]["annotations"]
     assert [(a["label"], a["category_id"], a["ignore"]) for a in several] == [
-        ("pedestrian", 0, 0), ("rider", 1, 0), ("sitting person", 2, 0), ("other person", 0, 1), ("ignore region", 0, 1)]
+        ("pedestrian", 0, 0), ("rider", 1, 0), ("sitting person", 2, 0), ("other person", 0, 1),
+        ("ignore region", 0, 1)]
     with pytest.raises(ValueError, match="need distinct labels among"):
         load_citypersons(tmp_path / "anno_val.mat", tmp_path, require_images=False, classes=("people group",))

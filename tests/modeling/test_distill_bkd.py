@@ -129,8 +129,10 @@ def test_deferred_reweighting_keeps_weights_one_until_the_hook_switches():
 
 def test_hook_counts_non_ignore_annotations_of_the_training_set():
     name = "test_bkd_counts_train"
-    records = [{"file_name": "a", "annotations": [{"category_id": 0}, {"category_id": 1}, {"category_id": 1, "ignore": 1}]},
-               {"file_name": "b", "annotations": [{"category_id": 0}, {"category_id": 0, "iscrowd": 1}]}]
+    records = [
+        {"file_name": "a", "annotations": [{"category_id": 0}, {"category_id": 1}, {"category_id": 1, "ignore": 1}]},
+        {"file_name": "b", "annotations": [{"category_id": 0}, {"category_id": 0, "iscrowd": 1}]},
+    ]
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     DatasetCatalog.register(name, lambda: records)

@@ -20,7 +20,8 @@ def test_dictionary_file_written_then_loaded_by_a_training(tmp_path):
     out = tmp_path / "srm_dictionary.pth"
     main(["--config-file", str(config_file), "--out", str(out), "--iters", "3"])
     written = torch.load(out, weights_only=True)
-    assert sorted(written["levels"]) == ["p3", "p4", "p5", "p6"] and written["teacher_weights"] == teacher["MODEL.TEACHER.WEIGHTS"]
+    assert sorted(written["levels"]) == ["p3", "p4", "p5", "p6"]
+    assert written["teacher_weights"] == teacher["MODEL.TEACHER.WEIGHTS"]
     cfg.defrost()
     cfg.MODEL.DISTILL.SRM.DICTIONARY_FILE = str(out)
     cfg.MODEL.DISTILL.SRM.DICTIONARY_ITERS = 0

@@ -16,7 +16,8 @@ Each pixel of a teacher FPN map, ``x`` (C_t channels), is coded on a dictionary 
   ``b_s``; the teacher's sparse codes give pixel labels ``y = argmax s_sparse`` and image labels
   ``g = mean over pixels of s_sparse`` (N, K), and per level
 
-      L = CE(student codes, y)  (mean over pixels)  +  BCE(mean over pixels of sigmoid(D_s^T x_s + b_s), g)  (mean over N*K),
+      L = CE(student codes, y)                          (mean over pixels)
+        + BCE(mean over pixels of sigmoid(D_s^T x_s + b_s), g)   (mean over N*K),
 
   summed over levels and multiplied by ``WEIGHT``. The reference applies its cross-entropy to the
   student's *sigmoid outputs* as if they were logits; that is the default here too, and
@@ -180,7 +181,9 @@ class TeacherCodebook(nn.Module):
         c = cfg.MODEL.DISTILL.SRM
         missing = [f for f in c.IN_FEATURES if f not in teacher_shapes]
         if missing:
-            raise ValueError(f"MODEL.DISTILL.SRM.IN_FEATURES: {missing} not outputs of the teacher {sorted(teacher_shapes)}")
+            raise ValueError(
+                f"MODEL.DISTILL.SRM.IN_FEATURES: {missing} not outputs of the teacher {sorted(teacher_shapes)}"
+            )
         return cls(teacher_shapes, list(c.IN_FEATURES), c.CODEWORD_MULTIPLIER, c.SPARSITY)
 
     def sparse_codes(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -306,7 +309,8 @@ class SRMDictionaryHook(HookBase):
             logger.info("SRM: teacher dictionaries loaded from %s", self.file)
         else:
             losses = learn_dictionaries(teacher_feature_batches(self.cfg, teacher), codebook, self.iters, self.lr)
-            logger.info("SRM stage 1: %d iterations, reconstruction MSE %.4g -> %.4g", len(losses), losses[0], losses[-1])
+            logger.info("SRM stage 1: %d iterations, reconstruction MSE %.4g -> %.4g",
+                        len(losses), losses[0], losses[-1])
 
 
 @DISTILL_TERM_REGISTRY.register()
