@@ -4,7 +4,9 @@ import math
 
 import pytest
 import torch
+from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
+from torch.utils.data import DataLoader
 
 from hkd_d2.data.curriculum import CurriculumSampler, easiest_first, pool_fraction
 
@@ -93,3 +95,14 @@ def test_pool_size_is_at_least_one_image():
     sampler.set_order(torch.tensor([2, 0, 1]), 0)
     assert sampler.pool_size(0) == math.ceil(0.03) == 1
     assert set(_draws(sampler, 1)) == {2}
+
+
+def test_loader_workers_read_a_new_ranking_without_a_restart():
+    sampler = _sampler(start_fraction=0.2, growth=10**6)  # pools of ceil(8 * ~0.2) = 2
+    dataset = ToIterableDataset(list(range(8)), sampler)
+    stream = iter(DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=2))
+    assert len({next(stream) for _ in range(8)}) == 8  # before any ranking: every image
+    sampler.set_order(easiest_first(SCORES), boundary=0)
+    for _ in range(8):  # what the worker prepared before the update (its prefetch, a round's rest)
+        next(stream)
+    assert {next(stream) for _ in range(20)} == set(EASIEST[:2])
