@@ -73,3 +73,10 @@ def test_multiclass_names_read_riders_and_sitting_people_as_classes(tmp_path, mo
     riders = [b for a, b in pairs if a["label"] == "rider"]
     assert riders and all(b["category_id"] == 1 and b["ignore"] == 0 for b in riders)
     assert all(a == b for a, b in pairs if a["label"] not in ("rider", "sitting person"))
+
+
+def test_classes_only_for_citypersons_files(tmp_path):
+    with pytest.raises(ValueError, match="classes= is for CityPersons .mat sources"):
+        register_pedestrian_dataset("t_json_classes", tmp_path / "x.json", protocol="citypersons", image_root=tmp_path,
+                                    classes=("pedestrian", "rider"))
+    assert "t_json_classes" not in DatasetCatalog.list()
