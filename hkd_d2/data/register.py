@@ -130,7 +130,9 @@ def register_pedestrian_dataset(
         kind = _source_kind(source, protocol)
         factory, implied = _SOURCE_KINDS[kind]
         if "classes" in source_opts and kind != "citypersons_mat":
-            raise ValueError(f"register_pedestrian_dataset({name!r}): classes= is for CityPersons .mat sources, not {source}")
+            raise ValueError(
+                f"register_pedestrian_dataset({name!r}): classes= is for CityPersons .mat sources, not {source}"
+            )
         if image_root is None:
             raise ValueError(f"register_pedestrian_dataset({name!r}): image_root is required for {source}")
         loader = factory(source, image_root, **source_opts)
