@@ -36,7 +36,7 @@ the student followed by KD; the codeword multiplier defaults to 4 (the reference
 1.5-3).
 """
 import logging
-from typing import Dict, Iterable, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
