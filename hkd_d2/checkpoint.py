@@ -166,7 +166,7 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
 
     The classifier (``fc.*``) and BatchNorm's ``num_batches_tracked`` counters are dropped.
     torchvision's bottlenecks stride in the 3x3 conv: train such a backbone with
-    ``MODEL.RESNETS.STRIDE_IN_1X1 False`` and torchvision's RGB pixel mean/std (see README).
+    ``MODEL.RESNETS.STRIDE_IN_1X1 False`` and torchvision's RGB pixel mean/std (see docs/getting_started.md).
     """
     converted = {}
     for name, value in state_dict.items():

@@ -96,7 +96,7 @@ def _add_dataset_config(cfg: CN) -> None:
     cfg.DATASETS.PEDESTRIAN_JSON.FILES = []
     # Folder the image names of those files are relative to ("" = each JSON file's own folder).
     cfg.DATASETS.PEDESTRIAN_JSON.IMAGE_ROOT = ""
-    # Evaluation protocol of those data sets: "citypersons" or "caltech" (see datasets/README.md).
+    # Evaluation protocol of those data sets: "citypersons" or "caltech" (see docs/datasets.md).
     cfg.DATASETS.PEDESTRIAN_JSON.PROTOCOL = "citypersons"
     # Names or ids of their pedestrian categories (empty = "person", "pedestrian").
     cfg.DATASETS.PEDESTRIAN_JSON.CATEGORIES = []

@@ -7,7 +7,7 @@ Formats (``EXPORT_FORMATS``, any subset):
   ``GeneralizedRCNN`` config without the teacher/distillation/export keys, with
   ``MODEL.WEIGHTS: student.pth`` (relative to the YAML) and the deployment threshold
   ``EXPORT.SCORE_THRESH_TEST`` as ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``. Load it with
-  :func:`load_student_config`, or with Detectron2 alone (see the README)::
+  :func:`load_student_config`, or with Detectron2 alone (see docs/deployment.md)::
 
       import hkd_d2
       cfg = hkd_d2.export.load_student_config("student/student.yaml")

@@ -3,7 +3,7 @@
 :func:`register_pedestrian_dataset` registers any supported source in one call; the
 built-in names below resolve under ``$DETECTRON2_DATASETS`` (default ``./datasets``) when
 ``DatasetCatalog.get`` is called, so a data set that is not on disk costs nothing until used
-(see ``datasets/README.md`` for the layouts and how to prepare each one).
+(see ``docs/datasets.md`` for the layouts and how to prepare each one).
 """
 import logging
 import os
@@ -112,7 +112,7 @@ def register_pedestrian_dataset(
             frames are extracted into ``image_root`` on first use), or a callable returning
             records. Nothing is read before ``DatasetCatalog.get(name)``. A ``.json`` source
             takes ``categories=`` (names or ids of its pedestrian categories, default
-            "person"/"pedestrian"; see ``datasets/README.md``).
+            "person"/"pedestrian"; see ``docs/datasets.md``).
         protocol: a key of EVALUATOR_OF_PROTOCOL ("citypersons", "caltech", "ecp",
             "crowdhuman"; the evaluator's rules); implied by .mat, .odgt and Caltech sources,
             required otherwise.
@@ -194,7 +194,7 @@ def ensure_synthetic(root: Optional[Path] = None) -> Path:
 
 def _require(path: Path, how: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found. {how} (see datasets/README.md)")
+        raise FileNotFoundError(f"{path} not found. {how} (see docs/datasets.md)")
     return path
 
 

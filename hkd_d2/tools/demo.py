@@ -50,10 +50,9 @@ logger = logging.getLogger("hkd_d2.demo")
 # Default configs: the student trained alone (--student-configs: Table 3 row 1, level-assigned
 # RoIAlign, the strongest student alone here) and the distilled student (--hkd-config: row 7, PD + RD
 # + LD on the same network, taught by the level-assigned teacher). Row 8 (the same with PyRoIAlign)
-# is not the default: trained from scratch on the CPU, PyRoIAlign's fusion slows learning, for the
-# teacher (MR 63.6 vs 43.1 at 700 iterations, one run each) and for the student alone (row 2 vs
-# row 1: -9.93 [-16.71, -3.16] over 5 paired seeds of an earlier machine; README, "Ablation"). The
-# teacher's config is the one the HKD config names (MODEL.TEACHER.CONFIG_FILE).
+# is not the default: trained from scratch on a CPU, PyRoIAlign's fusion slows learning, of the
+# teacher and of the student alone (benchmarks/README.md). The teacher's config is the one the HKD
+# config names (MODEL.TEACHER.CONFIG_FILE).
 DEFAULT_CONFIGS = {
     "students": ["configs/synthetic/table3/t3_1_baseline.yaml"],
     "hkd": "configs/synthetic/table3/t3_7_pd_rd_ld.yaml",

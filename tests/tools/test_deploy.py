@@ -31,7 +31,7 @@ from ..conftest import REPO
 
 TOOL = REPO / "tools" / "export_student.py"
 STUDENT = REPO / "configs" / "synthetic" / "student_R18_FPN.yaml"
-# Parity tolerances (README, "Deployment"): boxes in original-image pixels, scores, MR points.
+# Parity tolerances (docs/deployment.md): boxes in original-image pixels, scores, MR points.
 BOX_TOL_PX = 1e-2
 SCORE_TOL = 1e-4
 MR_TOL = 0.1
