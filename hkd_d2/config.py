@@ -3,15 +3,9 @@
 Call :func:`add_hkd_config` on a ``get_cfg()`` config before merging a YAML file that
 uses these keys. Each group lives in its own small function so one concept keeps one home.
 """
-from typing import Callable, Dict
-
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_hkd_config", "DISTILL_TERM_CONFIGS"]
-
-# Term class name -> function adding that term's keys; filled by every DistillTerm subclass
-# that declares CONFIG_NODE (hkd_d2.modeling.distill.base), read by add_hkd_config.
-DISTILL_TERM_CONFIGS: Dict[str, Callable[[CN], None]] = {}
+__all__ = ["add_hkd_config"]
 
 
 def _add_teacher_config(cfg: CN) -> None:
@@ -46,10 +40,12 @@ def _add_distill_config(cfg: CN) -> None:
 
 
 def _add_distill_term_config(cfg: CN) -> None:
-    # Each distillation term declares its own keys (CONFIG_NODE and Defaults in its module under
-    # hkd_d2/modeling/distill/, e.g. MODEL.DISTILL.PYRAMID.*, MODEL.DISTILL.GKD.*).
-    for add in DISTILL_TERM_CONFIGS.values():
-        add(cfg)
+    # Each term of DISTILL_TERM_REGISTRY declares its own keys (CONFIG_NODE and Defaults in its
+    # module under hkd_d2/modeling/distill/, e.g. MODEL.DISTILL.PYRAMID.*, MODEL.DISTILL.GKD.*).
+    # Imported here, not at the top: the modeling package imports this module.
+    from .modeling.distill import add_term_configs
+
+    add_term_configs(cfg)
 
 
 def _add_pooler_config(cfg: CN) -> None:

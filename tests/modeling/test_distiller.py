@@ -9,7 +9,7 @@ from detectron2.utils.events import EventStorage
 from hkd_d2.modeling.distill import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
 from hkd_d2.modeling.teacher import FrozenTeacher
 
-from ..hkd_helpers import (CallCounter, batch, build_hkd, hkd_cfg, student_keys, term_keys, withhold_term_keys,
+from ..hkd_helpers import (CallCounter, batch, build_hkd, hkd_cfg, registered_term, student_keys, withhold_term,
                           write_teacher)
 
 DISTILL_LOSSES = {"loss_pd", "loss_rd", "loss_ld"}
@@ -38,12 +38,12 @@ class _RPNProbe(DistillTerm):
         return {"loss_rpn_probe": loss}
 
 
-_PROBE_KEYS = withhold_term_keys("_RPNProbe")
+withhold_term("_RPNProbe")
 
 
 @pytest.fixture
 def probe_keys():
-    with term_keys("_RPNProbe", _PROBE_KEYS):
+    with registered_term(_RPNProbe):
         yield
 
 

@@ -2,6 +2,7 @@ from .base import (  # noqa: F401
     DISTILL_TERM_REGISTRY,
     DistillContext,
     DistillTerm,
+    add_term_configs,
     build_distill_terms,
     config_value,
     enabled_term_classes,

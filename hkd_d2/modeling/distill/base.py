@@ -29,7 +29,6 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.registry import Registry
 
-from ...config import DISTILL_TERM_CONFIGS
 from .schedule import DistillSchedule
 
 __all__ = [
@@ -38,6 +37,7 @@ __all__ = [
     "DistillContext",
     "DistillTerm",
     "Shapes",
+    "add_term_configs",
     "build_distill_terms",
     "config_value",
     "enabled_term_classes",
@@ -125,7 +125,6 @@ class DistillTerm(nn.Module):
             if "WEIGHT" not in keys or not all(k.isupper() for k in keys):
                 raise TypeError(f"{cls.__name__}.Defaults needs upper-case keys, WEIGHT among them; got {sorted(keys)}")
             cls.WEIGHT_KEY = f"{cls.CONFIG_NODE}.WEIGHT"
-            DISTILL_TERM_CONFIGS[cls.__name__] = cls.add_config
 
     def __init__(self, cfg: CfgNode, *, start_iter: int = 0, attenuated: Iterable[str] = ()):
         """
@@ -164,6 +163,16 @@ class DistillTerm(nn.Module):
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def add_term_configs(cfg: CfgNode) -> None:
+    """Add the ``CONFIG_NODE`` of every term in ``DISTILL_TERM_REGISTRY`` (each node once, in
+    registration order) with its declared defaults; :func:`hkd_d2.config.add_hkd_config` calls it."""
+    added = set()
+    for _, term_class in DISTILL_TERM_REGISTRY:
+        if term_class.CONFIG_NODE not in added:
+            term_class.add_config(cfg)
+            added.add(term_class.CONFIG_NODE)
 
 
 def enabled_term_classes(cfg: CfgNode) -> List[type]:
