@@ -3,9 +3,21 @@
 Call :func:`add_hkd_config` on a ``get_cfg()`` config before merging a YAML file that
 uses these keys. Each group lives in its own small function so one concept keeps one home.
 """
+import functools
+from typing import Any
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_hkd_config"]
+__all__ = ["add_hkd_config", "config_value"]
+
+
+def config_value(cfg: CN, key: str) -> Any:
+    """The value of a full dotted key such as ``"MODEL.DISTILL.PYRAMID.WEIGHT"``; a KeyError
+    naming it when the key does not exist."""
+    try:
+        return functools.reduce(getattr, key.split("."), cfg)
+    except AttributeError:
+        raise KeyError(f"Config key {key} does not exist (is the module declaring it imported?)") from None
 
 
 def _add_teacher_config(cfg: CN) -> None:

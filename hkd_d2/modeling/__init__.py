@@ -11,4 +11,7 @@ __all__ = [
     "PedestrianROIHeads",
     "PedestrianRPN",
 ]
-from . import distiller, teacher  # noqa: F401  (registers HKDDistiller)
+from . import distiller, recorders, teacher  # noqa: F401  (registers Distiller and the recorders)
+from .distiller import Distiller, HKDDistiller, StepLosses
+
+__all__ += ["Distiller", "HKDDistiller", "StepLosses"]

@@ -78,7 +78,8 @@ def _float(value) -> float:
 
 def step_record(model, losses: Dict[str, torch.Tensor]) -> Dict:
     """One step's losses (in order) and the model's term statistics and schedule factors."""
-    stats = {k: _float(v) for k, v in model.distill_stats.items()}
+    stats = {k: _float(v) for k, v in model.last_losses.stats.items()}
+    stats.update({f"distill/scale_{k}": float(v) for k, v in model.last_losses.scales.items()})
     return {"losses": [[k, _float(v)] for k, v in losses.items()], "stats": stats}
 
 

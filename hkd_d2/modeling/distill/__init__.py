@@ -4,7 +4,6 @@ from .base import (  # noqa: F401
     DistillTerm,
     add_term_configs,
     build_distill_terms,
-    config_value,
     enabled_term_classes,
     unwrap_ddp,
 )
