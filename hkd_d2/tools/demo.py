@@ -76,7 +76,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--student-configs", nargs="+", default=DEFAULT_CONFIGS["students"],
                    help="configs of the students trained alone (the best of them is the reference of the paired gain)")
     p.add_argument("--hkd-config", default=DEFAULT_CONFIGS["hkd"],
-                   help="config of the distilled student (HKDDistiller; its MODEL.TEACHER.CONFIG_FILE is the teacher)")
+                   help="config of the distilled student (Distiller; its MODEL.TEACHER.CONFIG_FILE is the teacher)")
     p.add_argument("--teacher-iters", type=int, default=700, help="teacher training iterations")
     p.add_argument("--student-iters", type=int, default=250, help="iterations of each student run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student and HKD runs")
@@ -204,7 +204,7 @@ def check_configs(args: argparse.Namespace) -> None:
         raise ValueError(f"--student-configs need distinct file names (they name the run folders): {stems}")
     if teacher_config(resolve_path(args.hkd_config, "--hkd-config")) is None:
         raise ValueError(f"--hkd-config {args.hkd_config} distills from no teacher "
-                         "(MODEL.META_ARCHITECTURE HKDDistiller with MODEL.DISTILL.TERMS needed)")
+                         "(MODEL.META_ARCHITECTURE Distiller with MODEL.DISTILL.TERMS needed)")
 
 
 def _train_all(args: argparse.Namespace, out: Path, clock: StageClock) -> Dict[str, List[Dict]]:

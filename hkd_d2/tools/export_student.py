@@ -15,7 +15,7 @@ from detectron2.data import DatasetCatalog
 
 from ..deploy import DeployedPredictor
 from ..engine.setup import load_config, setup_hkd_logger
-from ..export import EXPORT_FORMATS, ONNX_FILE, ONNX_OPSET, calibration_images, export_formats
+from ..export import ONNX_FILE, ONNX_OPSET, calibration_images, export_formats, format_names
 from .report import write_json
 from .runs import evaluate
 
@@ -33,7 +33,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config-file", required=True, help="the distillation (or student) config")
     parser.add_argument("--weights", required=True, help="checkpoint written by train_net.py")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--format", nargs="+", default=["pytorch"], choices=sorted(n for n, _ in EXPORT_FORMATS),
+    parser.add_argument("--format", nargs="+", default=["pytorch"], choices=format_names(),
                         help="formats to write (any subset)")
     parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset (>= 16)")
     parser.add_argument("--int8", action="store_true", help="also write student.int8.onnx (static quantization)")
