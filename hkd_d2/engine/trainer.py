@@ -41,7 +41,7 @@ from detectron2.evaluation import DatasetEvaluator
 from ..checkpoint import CONFIG_KEY, CheckpointFileError, DistillCheckpointer, check_checkpoint_file
 from ..data import PedestrianDatasetMapper
 from ..data.crowdhuman import with_training_box
-from ..data.register import register_config_datasets
+from ..data.register import register_config_datasets, require_registered
 from ..evaluation import build_evaluator
 from .calibration import LossBalanceHook
 from .guards import build_runaway_guard
@@ -107,6 +107,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
+        for name in cfg.DATASETS.TRAIN:
+            require_registered(name, "DATASETS.TRAIN")
         mapper = PedestrianDatasetMapper(cfg, True)
         if cfg.DATASETS.TRAIN_BOX == "full":
             return build_detection_train_loader(cfg, mapper=mapper)
@@ -117,6 +119,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        require_registered(dataset_name, "DATASETS.TEST")
         return build_detection_test_loader(
             cfg, dataset_name, mapper=PedestrianDatasetMapper(cfg, False)
         )
