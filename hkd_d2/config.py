@@ -8,6 +8,8 @@ from typing import Any
 
 from detectron2.config import CfgNode as CN
 
+from .registries import DISTILL_TERM_REGISTRY
+
 __all__ = ["add_hkd_config", "config_value"]
 
 
@@ -53,11 +55,13 @@ def _add_distill_config(cfg: CN) -> None:
 
 def _add_distill_term_config(cfg: CN) -> None:
     # Each term of DISTILL_TERM_REGISTRY declares its own keys (CONFIG_NODE and Defaults in its
-    # module under hkd_d2/modeling/distill/, e.g. MODEL.DISTILL.PYRAMID.*, MODEL.DISTILL.GKD.*).
-    # Imported here, not at the top: the modeling package imports this module.
-    from .modeling.distill import add_term_configs
-
-    add_term_configs(cfg)
+    # module under hkd_d2/modeling/distill/, e.g. MODEL.DISTILL.PYRAMID.*, MODEL.DISTILL.GKD.*);
+    # each node is added once, in registration order.
+    added = set()
+    for _, term_class in DISTILL_TERM_REGISTRY:
+        if term_class.CONFIG_NODE not in added:
+            term_class.add_config(cfg)
+            added.add(term_class.CONFIG_NODE)
 
 
 def _add_pooler_config(cfg: CN) -> None:

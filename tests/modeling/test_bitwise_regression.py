@@ -17,7 +17,7 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import pytest
 import torch

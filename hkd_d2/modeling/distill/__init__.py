@@ -2,7 +2,6 @@ from .base import (  # noqa: F401
     DISTILL_TERM_REGISTRY,
     DistillContext,
     DistillTerm,
-    add_term_configs,
     build_distill_terms,
     enabled_term_classes,
     unwrap_ddp,

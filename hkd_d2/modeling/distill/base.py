@@ -10,8 +10,7 @@ A method is one module: its term class, registered in ``DISTILL_TERM_REGISTRY``,
 
 * ``CONFIG_NODE``, its config node (e.g. ``"MODEL.DISTILL.PYRAMID"``), and ``Defaults``, a nested
   class whose upper-case attributes are the node's keys with their defaults, each under a one-line
-  comment; :func:`hkd_d2.config.add_hkd_config` adds them for every registered term
-  (:func:`add_term_configs`). The key ``WEIGHT`` is the term's weight (``term.weight``; a term
+  comment; :func:`hkd_d2.config.add_hkd_config` adds them for every registered term. The key ``WEIGHT`` is the term's weight (``term.weight``; a term
   of weight 0 is not built);
 * ``teacher_needs``, the recorder names whose teacher outputs it reads ("features", "rpn", "roi"),
   so that the distiller runs only the teacher work some term needs (none at all when no term
@@ -33,9 +32,9 @@ from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
-from detectron2.utils.registry import Registry
 
 from ...config import config_value
+from ...registries import DISTILL_TERM_REGISTRY
 from ..recorders import ModelOutputs, recorder_names
 from .schedule import DistillSchedule
 
@@ -44,18 +43,10 @@ __all__ = [
     "DistillContext",
     "DistillTerm",
     "Shapes",
-    "add_term_configs",
     "build_distill_terms",
     "enabled_term_classes",
     "unwrap_ddp",
 ]
-
-DISTILL_TERM_REGISTRY = Registry("DISTILL_TERM")
-DISTILL_TERM_REGISTRY.__doc__ = """
-Distillation terms. Each is called as ``Term(cfg, student_shapes, teacher_shapes)`` where the
-shapes are ``Dict[str, ShapeSpec]`` of the two backbones' outputs, and returns a
-:class:`DistillTerm` whose ``losses(ctx: DistillContext) -> Dict[str, Tensor]`` gives its raw losses.
-"""
 
 # Output shapes of a backbone by level name, as the terms receive them.
 Shapes = Dict[str, ShapeSpec]
@@ -157,16 +148,6 @@ class DistillTerm(nn.Module):
         """The term's losses ``{"loss_<name>": 0-dim Tensor}`` *before* its ``WEIGHT`` and its
         schedule (factors of the method's own, such as Chen et al.'s ``1 - mu``, included)."""
         raise NotImplementedError
-
-
-def add_term_configs(cfg: CfgNode) -> None:
-    """Add the ``CONFIG_NODE`` of every term in ``DISTILL_TERM_REGISTRY`` (each node once, in
-    registration order) with its declared defaults; :func:`hkd_d2.config.add_hkd_config` calls it."""
-    added = set()
-    for _, term_class in DISTILL_TERM_REGISTRY:
-        if term_class.CONFIG_NODE not in added:
-            term_class.add_config(cfg)
-            added.add(term_class.CONFIG_NODE)
 
 
 def enabled_term_classes(cfg: CfgNode) -> List[type]:
