@@ -34,7 +34,7 @@ and are dropped by :func:`hkd_d2.export.export_student`. In eval mode only the s
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, List, Optional, Union
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -169,21 +169,24 @@ class Distiller(GeneralizedRCNN):
         return {**losses.detection, **losses.distillation}
 
     def _step_losses(self, batched_inputs: List[Dict]) -> StepLosses:
-        forward, recorded, detection = self._student_forward(batched_inputs)
+        """The losses of one training step (see the module docstring)."""
+        step, recorded, detection = self._student_forward(batched_inputs)
         if not self.distill_terms:
             return StepLosses(detection, {}, {}, {}, {})
-        student = ModelOutputs("student", **{r.name: r.student(forward, recorded[r.name]) for r in self.recorders})
+        student = ModelOutputs("student", **{r.name: r.student(step, recorded[r.name]) for r in self.recorders})
         ctx = DistillContext(
-            images=forward.images,
-            gt_instances=forward.gt_instances,
-            proposals=forward.proposals,
+            images=step.images,
+            gt_instances=step.gt_instances,
+            proposals=step.proposals,
             student=student,
-            teacher=self._teacher_outputs(batched_inputs, forward, student),
+            teacher=self._teacher_outputs(batched_inputs, step, student),
         )
         self._scale_detector_losses(detection)
         return self._distill(ctx, detection)
 
-    def _student_forward(self, batched_inputs: List[Dict]):
+    def _student_forward(
+        self, batched_inputs: List[Dict]
+    ) -> Tuple[StudentForward, Dict[str, Any], Dict[str, torch.Tensor]]:
         """The student's training forward with the recorders' hooks in place: what it computed,
         what the hooks recorded (by recorder name) and its detection losses."""
         images = self.preprocess_image(batched_inputs)
@@ -198,20 +201,20 @@ class Distiller(GeneralizedRCNN):
         detection.update(self.roi_heads.box_predictor.losses(predictions, proposals))
         if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
             self.visualize_training(batched_inputs, proposals)
-        forward = StudentForward(images, gt_instances, features, proposals, RoIOutputs(roi_features, *predictions))
-        return forward, recorded, detection
+        step = StudentForward(images, gt_instances, features, proposals, RoIOutputs(roi_features, *predictions))
+        return step, recorded, detection
 
-    def _teacher_outputs(self, batched_inputs: List[Dict], forward: StudentForward,
+    def _teacher_outputs(self, batched_inputs: List[Dict], step: StudentForward,
                          student: ModelOutputs) -> ModelOutputs:
         """Run the teacher work some term needs on the step's inputs, on the student's terms."""
         outputs = ModelOutputs("teacher")
         if self.teacher is None:
             return outputs
         teacher_images, features = self.teacher.features(batched_inputs)
-        self._check_same_images(forward.images, teacher_images)
+        self._check_same_images(step.images, teacher_images)
         for recorder in self.recorders:
             if recorder.name in self.teacher_needs or recorder.name == "features":
-                outputs[recorder.name] = recorder.teacher(self.teacher, features, forward, student[recorder.name])
+                outputs[recorder.name] = recorder.teacher(self.teacher, features, step, student[recorder.name])
         return outputs
 
     @staticmethod
