@@ -22,11 +22,13 @@ from .pedestrian_json import PathLike, load_pedestrian_json
 from .synthetic import SyntheticConfig, generate_synthetic
 
 __all__ = [
+    "UnregisteredDatasetError",
     "register_pedestrian_dataset",
     "register_all_pedestrian",
     "register_config_datasets",
     "datasets_root",
     "ensure_synthetic",
+    "require_registered",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,29 @@ def register_pedestrian_dataset(
     if image_root is not None:
         metadata["image_root"] = str(image_root)
     MetadataCatalog.get(name).set(**metadata)
+
+
+class UnregisteredDatasetError(KeyError):
+    """A config (or option) names a data set this process has not registered; says what to pass."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def require_registered(name: str, key: str) -> str:
+    """``name`` when it is a registered data set; else :class:`UnregisteredDatasetError` saying in
+    one line what to pass for ``key`` (a config key such as ``DATASETS.TEST``, or an option such as
+    ``--eval-dataset``). A run folder's config may name a data set only the program that trained it
+    registered (a script of one's own, the demo with non-default data)."""
+    if name in DatasetCatalog.list():
+        return name
+    split = "_" + name.rsplit("_", 1)[-1]
+    builtins = [n for n in _builtin_loaders() if n.endswith(split)] or list(_builtin_loaders())
+    value = f"{key} NAME" if key.startswith("--") else f"{key} \"('NAME',)\""
+    raise UnregisteredDatasetError(
+        f"Data set {name!r} ({key}) is not registered in this process: pass {value} with a registered name "
+        f"(built in: {', '.join(builtins)}) or add its JSON file to DATASETS.PEDESTRIAN_JSON.FILES (datasets/README.md)"
+    )
 
 
 def _parse_json_entry(entry: str) -> Tuple[str, Path]:

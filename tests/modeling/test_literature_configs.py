@@ -43,7 +43,7 @@ def test_every_literature_config_exists_and_lists_its_terms(dataset):
         method = path.stem.replace("hkd_plus_", "")
         hkd = ["PyramidDistill", "RegionDistill", "LogitDistill"] if path.stem.startswith("hkd_plus_") else []
         assert list(cfg.MODEL.DISTILL.TERMS) == [*hkd, TERM_NAMES[method]], path
-        assert cfg.MODEL.META_ARCHITECTURE == "HKDDistiller"
+        assert cfg.MODEL.META_ARCHITECTURE == "Distiller"
         assert cfg.OUTPUT_DIR.endswith(f"{dataset}/literature/{path.stem}")
 
 

@@ -5,6 +5,7 @@ import re
 from detectron2.config import CfgNode, get_cfg
 
 from hkd_d2 import config as config_module
+from hkd_d2.modeling.distill import DISTILL_TERM_REGISTRY
 
 from ..conftest import REPO
 
@@ -30,8 +31,8 @@ def _documented_table():
 
 def test_documented_key_table_equals_config_keys_and_defaults(monkeypatch):
     # Only the package's own terms (tests may register toy terms with keys of their own).
-    own = {k: v for k, v in config_module.DISTILL_TERM_CONFIGS.items() if v.__self__.__module__.startswith("hkd_d2.")}
-    monkeypatch.setattr(config_module, "DISTILL_TERM_CONFIGS", own)
+    own = {k: v for k, v in DISTILL_TERM_REGISTRY if v.__module__.startswith("hkd_d2.")}
+    monkeypatch.setattr(DISTILL_TERM_REGISTRY, "_obj_map", own)
     base = dict(_flatten(get_cfg()))
     added = {k: v for k, v in _flatten(config_module.add_hkd_config(get_cfg())) if k not in base}
     table = _documented_table()
