@@ -32,6 +32,7 @@ from detectron2.utils.events import EventStorage
 from hkd_d2.engine import load_config
 from hkd_d2.engine.curriculum import detection_loss, frozen_snapshot
 from hkd_d2.modeling.distill.srm import SRMDistill
+from hkd_d2.modeling.recorders import ModelOutputs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 STEP_CONFIGS = {
@@ -97,7 +98,8 @@ def srm_term(height: int, width: int, channels: int, steps: int, images: int) ->
     sizes = {f: (images, channels, height // s, width // s) for f, s in STRIDES.items()}
     student = {f: torch.randn(size, requires_grad=True) for f, size in sizes.items()}
     teacher = {f: torch.randn(size) for f, size in sizes.items()}
-    ctx = SimpleNamespace(student_features=student, teacher_features=teacher, stats={})
+    ctx = SimpleNamespace(student=ModelOutputs("student", features=student),
+                          teacher=ModelOutputs("teacher", features=teacher), stats={})
     saved: Dict[int, int] = {}
 
     def keep(t: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a CityPersons ``anno_*.mat`` to the generic pedestrian JSON (see datasets/README.md).
+"""Convert a CityPersons ``anno_*.mat`` to the generic pedestrian JSON (see docs/datasets.md).
 
     python datasets/prepare_citypersons.py ANNO_MAT --out OUT.json [--image-root leftImg8bit/val]
 

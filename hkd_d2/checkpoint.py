@@ -1,6 +1,6 @@
 """Loading and saving weights: Detectron2 checkpoints and torchvision ImageNet ResNets, with clear errors.
 
-:class:`HKDCheckpointer` is Detectron2's ``DetectionCheckpointer`` plus these things:
+:class:`DistillCheckpointer` is Detectron2's ``DetectionCheckpointer`` plus these things:
 
 * a missing weights file raises ``FileNotFoundError`` naming it (not a bare assert);
 * a truncated, empty or foreign file raises :class:`CheckpointFileError` naming it and saying
@@ -37,6 +37,7 @@ from .atomic import DiskFullError, atomic_output
 __all__ = [
     "CONFIG_KEY",
     "CheckpointFileError",
+    "DistillCheckpointer",
     "HKDCheckpointer",
     "ResumeError",
     "WeightsMismatchError",
@@ -166,7 +167,7 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
 
     The classifier (``fc.*``) and BatchNorm's ``num_batches_tracked`` counters are dropped.
     torchvision's bottlenecks stride in the 3x3 conv: train such a backbone with
-    ``MODEL.RESNETS.STRIDE_IN_1X1 False`` and torchvision's RGB pixel mean/std (see README).
+    ``MODEL.RESNETS.STRIDE_IN_1X1 False`` and torchvision's RGB pixel mean/std (see docs/getting_started.md).
     """
     converted = {}
     for name, value in state_dict.items():
@@ -179,8 +180,9 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
     return converted
 
 
-class HKDCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer with torchvision conversion and strict, explained key checks.
+class DistillCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer with torchvision conversion and strict, explained key checks (the
+    checkpointer of every hkd_d2 training, teachers' and students' alike).
 
     Args:
         allow_new_classes: accept another class count in the box predictor (fine-tuning a
@@ -324,5 +326,9 @@ class HKDCheckpointer(DetectionCheckpointer):
 def load_detector_weights(model: torch.nn.Module, path: str) -> None:
     """Load a whole detector from ``path`` (no optimizer state): every key must fit, else
     ``FileNotFoundError`` / :class:`WeightsMismatchError` naming the file."""
-    HKDCheckpointer(model, allow_new_classes=False, allow_backbone_only=False).load(path)
+    DistillCheckpointer(model, allow_new_classes=False, allow_backbone_only=False).load(path)
+
+
+# Deprecated name of DistillCheckpointer, kept for one release.
+HKDCheckpointer = DistillCheckpointer
 

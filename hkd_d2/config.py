@@ -3,15 +3,23 @@
 Call :func:`add_hkd_config` on a ``get_cfg()`` config before merging a YAML file that
 uses these keys. Each group lives in its own small function so one concept keeps one home.
 """
-from typing import Callable, Dict
+import functools
+from typing import Any
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_hkd_config", "DISTILL_TERM_CONFIGS"]
+from .registries import DISTILL_TERM_REGISTRY
 
-# Term class name -> function adding that term's keys; filled by every DistillTerm subclass
-# that declares CONFIG_NODE (hkd_d2.modeling.distill.base), read by add_hkd_config.
-DISTILL_TERM_CONFIGS: Dict[str, Callable[[CN], None]] = {}
+__all__ = ["add_hkd_config", "config_value"]
+
+
+def config_value(cfg: CN, key: str) -> Any:
+    """The value of a full dotted key such as ``"MODEL.DISTILL.PYRAMID.WEIGHT"``; a KeyError
+    naming it when the key does not exist."""
+    try:
+        return functools.reduce(getattr, key.split("."), cfg)
+    except AttributeError:
+        raise KeyError(f"Config key {key} does not exist (is the module declaring it imported?)") from None
 
 
 def _add_teacher_config(cfg: CN) -> None:
@@ -46,10 +54,14 @@ def _add_distill_config(cfg: CN) -> None:
 
 
 def _add_distill_term_config(cfg: CN) -> None:
-    # Each distillation term declares its own keys (CONFIG_NODE and Defaults in its module under
-    # hkd_d2/modeling/distill/, e.g. MODEL.DISTILL.PYRAMID.*, MODEL.DISTILL.GKD.*).
-    for add in DISTILL_TERM_CONFIGS.values():
-        add(cfg)
+    # Each term of DISTILL_TERM_REGISTRY declares its own keys (CONFIG_NODE and Defaults in its
+    # module under hkd_d2/modeling/distill/, e.g. MODEL.DISTILL.PYRAMID.*, MODEL.DISTILL.GKD.*);
+    # each node is added once, in registration order.
+    added = set()
+    for _, term_class in DISTILL_TERM_REGISTRY:
+        if term_class.CONFIG_NODE not in added:
+            term_class.add_config(cfg)
+            added.add(term_class.CONFIG_NODE)
 
 
 def _add_pooler_config(cfg: CN) -> None:
@@ -96,7 +108,7 @@ def _add_dataset_config(cfg: CN) -> None:
     cfg.DATASETS.PEDESTRIAN_JSON.FILES = []
     # Folder the image names of those files are relative to ("" = each JSON file's own folder).
     cfg.DATASETS.PEDESTRIAN_JSON.IMAGE_ROOT = ""
-    # Evaluation protocol of those data sets: "citypersons" or "caltech" (see datasets/README.md).
+    # Evaluation protocol of those data sets: "citypersons" or "caltech" (see docs/datasets.md).
     cfg.DATASETS.PEDESTRIAN_JSON.PROTOCOL = "citypersons"
     # Names or ids of their pedestrian categories (empty = "person", "pedestrian").
     cfg.DATASETS.PEDESTRIAN_JSON.CATEGORIES = []

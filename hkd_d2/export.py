@@ -1,13 +1,13 @@
 """Export the student of a distillation run: a plain detector, TorchScript, ONNX (fp32, int8).
 
-Formats (``EXPORT_FORMATS``, any subset):
+Formats (``EXPORT_FORMATS``, any subset; :func:`format_names`):
 
 * ``"pytorch"``: ``student.pth`` (exactly the student detector's keys; distillation-only
   parameters such as channel adapters are dropped) + ``student.yaml``, a plain
   ``GeneralizedRCNN`` config without the teacher/distillation/export keys, with
   ``MODEL.WEIGHTS: student.pth`` (relative to the YAML) and the deployment threshold
   ``EXPORT.SCORE_THRESH_TEST`` as ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``. Load it with
-  :func:`load_student_config`, or with Detectron2 alone (see the README)::
+  :func:`load_student_config`, or with Detectron2 alone (see docs/deployment.md)::
 
       import hkd_d2
       cfg = hkd_d2.export.load_student_config("student/student.yaml")
@@ -47,8 +47,12 @@ from .modeling.distiller import DISTILL_ONLY_PREFIXES
 __all__ = [
     "EXPORT_FORMATS",
     "DetectorGraph",
+    "export_onnx",
+    "export_pytorch",
     "export_student",
     "export_formats",
+    "export_torchscript",
+    "format_names",
     "load_student",
     "load_student_config",
     "quantize_onnx",
@@ -82,10 +86,18 @@ INSTANCES_FIELDS = {
 
 EXPORT_FORMATS = Registry("EXPORT_FORMAT")
 EXPORT_FORMATS.__doc__ = """
-Export formats by name. Each is ``fn(cfg, model, state, out: Path, **options) -> Dict[str, str]``
-(``cfg``: the student config; ``model``: the student GeneralizedRCNN, eval mode, CPU, weights
-loaded; ``state``: its state dict) and returns {artifact name: written path}.
+Export formats: the function writing format ``<name>`` is registered as ``export_<name>``. Each is
+``fn(cfg, model, state, out: Path, **options) -> Dict[str, str]`` (``cfg``: the student config;
+``model``: the student GeneralizedRCNN, eval mode, CPU, weights loaded; ``state``: its state dict)
+and returns {artifact name: written path}.
 """
+# Registered name of an export function = this prefix + the format's name.
+FORMAT_PREFIX = "export_"
+
+
+def format_names() -> List[str]:
+    """The names of the registered export formats ("onnx", "pytorch", "torchscript", ...)."""
+    return sorted(name[len(FORMAT_PREFIX):] for name, _ in EXPORT_FORMATS if name.startswith(FORMAT_PREFIX))
 
 
 def student_config(cfg: CfgNode) -> CfgNode:
@@ -149,7 +161,7 @@ def deploy_config(student_cfg: CfgNode, deploy_threshold: float) -> CfgNode:
 
 
 @EXPORT_FORMATS.register()
-def pytorch(cfg: CfgNode, model: nn.Module, state: Dict[str, torch.Tensor], out: Path, **_) -> Dict[str, str]:
+def export_pytorch(cfg: CfgNode, model: nn.Module, state: Dict[str, torch.Tensor], out: Path, **_) -> Dict[str, str]:
     """``student.pth`` + ``student.yaml``."""
     weights_path, config_path = out / STUDENT_WEIGHTS, out / STUDENT_CONFIG
     with atomic_output(weights_path) as tmp:
@@ -210,7 +222,7 @@ def _sample_image(cfg: CfgNode) -> torch.Tensor:
 
 
 @EXPORT_FORMATS.register()
-def torchscript(cfg: CfgNode, model: nn.Module, state, out: Path, **_) -> Dict[str, str]:
+def export_torchscript(cfg: CfgNode, model: nn.Module, state, out: Path, **_) -> Dict[str, str]:
     """``student.ts``: the scripted :class:`DetectorGraph`."""
     scripted = scripting_with_instances(DetectorGraph(model).eval(), INSTANCES_FIELDS)
     path = out / TORCHSCRIPT_FILE
@@ -229,15 +241,15 @@ def _import_onnx():
 
 def _stamp_onnx(path: Path, meta: ExportMetadata) -> None:
     """Write ``meta`` into the ONNX file's ``metadata_props``."""
-    onnx_lib = _import_onnx()
-    proto = onnx_lib.load(str(path))
+    onnx = _import_onnx()
+    proto = onnx.load(str(path))
     del proto.metadata_props[:]
-    onnx_lib.helper.set_model_props(proto, {METADATA_KEY: meta.to_json()})
-    onnx_lib.save(proto, str(path))
+    onnx.helper.set_model_props(proto, {METADATA_KEY: meta.to_json()})
+    onnx.save(proto, str(path))
 
 
 @EXPORT_FORMATS.register()
-def onnx(cfg: CfgNode, model: nn.Module, state, out: Path, opset: int = ONNX_OPSET,
+def export_onnx(cfg: CfgNode, model: nn.Module, state, out: Path, opset: int = ONNX_OPSET,
          calibration: Optional[Callable[[], Iterable[np.ndarray]]] = None, **_) -> Dict[str, str]:
     """``student.onnx`` (traced :class:`DetectorGraph`, dynamic H and W); with ``calibration``
     (a callable yielding graph inputs), ``student.int8.onnx`` too."""
@@ -294,21 +306,21 @@ def export_formats(cfg: CfgNode, weights: str, out_dir: str, formats: Sequence[s
         cfg: the distillation (or plain student) config.
         weights: a checkpoint written by the trainer for that config (``model_final.pth``).
         out_dir: output folder (created).
-        formats: names in ``EXPORT_FORMATS``.
+        formats: format names (:func:`format_names`).
         options: passed to every format (``opset``, ``calibration`` for int8 ONNX).
 
     Returns:
         {artifact: path}: ``weights``/``config`` (pytorch), ``torchscript``, ``onnx``, ``onnx_int8``.
     """
-    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    unknown = [f for f in formats if f not in format_names()]
     if unknown:
-        raise ValueError(f"Unknown export format(s) {unknown}; choose from {sorted(name for name, _ in EXPORT_FORMATS)}")
+        raise ValueError(f"Unknown export format(s) {unknown}; choose from {format_names()}")
     student_cfg, model, state = load_student(cfg, weights)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     written: Dict[str, str] = {}
     for fmt in formats:
-        written.update(EXPORT_FORMATS.get(fmt)(student_cfg, model, state, out, **options))
+        written.update(EXPORT_FORMATS.get(FORMAT_PREFIX + fmt)(student_cfg, model, state, out, **options))
     for name, path in written.items():
         logger.info(f"Exported {name}: {path}")
     return written

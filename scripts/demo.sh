@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: set up .venv if needed, then train teacher / student / HKD student on generated data
-# and write demo_output/report.md (about 14 minutes on a 2-core CPU). Extra arguments go to
+# and write demo_output/report.md (minutes on a CPU; benchmarks/README.md has measured times). Extra arguments go to
 # tools/demo.py (see `.venv/bin/python tools/demo.py --help`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

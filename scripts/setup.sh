@@ -35,7 +35,7 @@ fi
 
 if ! "$VPY" -c "import detectron2" 2>/dev/null; then
   # Upstream detectron2 is not on the package registry; sal-detectron2 is a republished
-  # wheel of it (tagged cp310, pure-Python use works). See ../shared/ENVIRONMENT.md.
+  # wheel of it (tagged cp310, pure-Python use works).
   D2_DIR="$VENV/detectron2_pkg"
   echo "[setup] installing $D2_PIN into $D2_DIR"
   pip_install --no-deps --only-binary=:all: --python-version 3.10 \

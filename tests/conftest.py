@@ -10,7 +10,7 @@ REFERENCE = REPO.parent / "shared" / "reference"
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """The official reference files (../shared/reference); skips where absent."""
+    """The official reference files beside the checkout (``../shared/reference``); skips where absent."""
     if not REFERENCE.is_dir():
-        pytest.skip(f"reference files not found at {REFERENCE} (shared/ is not beside the repo)")
+        pytest.skip(f"reference files not found at {REFERENCE} (a plain clone has no reference files beside it)")
     return REFERENCE

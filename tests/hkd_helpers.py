@@ -4,14 +4,15 @@ Everything is sized for CPU tests: 64x96 images, FPN with 32 channels, a few RoI
 """
 import contextlib
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from hkd_d2.config import DISTILL_TERM_CONFIGS, add_hkd_config
+from hkd_d2.config import add_hkd_config
+from hkd_d2.modeling.distill import DISTILL_TERM_REGISTRY
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 HKD_CONFIG = CONFIGS / "synthetic" / "hkd_R50_to_R18.yaml"
@@ -144,17 +145,18 @@ def student_keys(cfg: CfgNode, meta: Optional[str] = "GeneralizedRCNN") -> set:
     return set(build_model(plain).state_dict())
 
 
-def withhold_term_keys(name: str) -> Callable[[CfgNode], None]:
-    """Take a test-only term's config keys out of ``add_hkd_config`` (its class definition added
-    them): configs other tests dump (and load in subprocesses without that term) stay plain."""
-    return DISTILL_TERM_CONFIGS.pop(name)
+def withhold_term(name: str) -> type:
+    """Take a test-only term out of ``DISTILL_TERM_REGISTRY`` (registering it gave every config its
+    keys): configs other tests dump (and load in subprocesses without that term) stay plain.
+    fvcore's Registry has no public removal, hence its ``_obj_map``."""
+    return DISTILL_TERM_REGISTRY._obj_map.pop(name)
 
 
 @contextlib.contextmanager
-def term_keys(name: str, add: Callable[[CfgNode], None]) -> Iterator[None]:
-    """Give ``add_hkd_config`` a withheld term's keys for the duration of the block."""
-    DISTILL_TERM_CONFIGS[name] = add
+def registered_term(term_class: type) -> Iterator[None]:
+    """Register a withheld term (its keys in every config built) for the duration of the block."""
+    DISTILL_TERM_REGISTRY.register(term_class)
     try:
         yield
     finally:
-        DISTILL_TERM_CONFIGS.pop(name, None)
+        DISTILL_TERM_REGISTRY._obj_map.pop(term_class.__name__, None)

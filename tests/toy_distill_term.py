@@ -39,7 +39,7 @@ class ToyDistill(DistillTerm):
     def __init__(self, cfg: CfgNode, student_shapes, teacher_shapes):
         super().__init__(cfg, start_iter=cfg.MODEL.DISTILL.TOY.START_ITER)
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        loss = (ctx.student_features["p3"] - ctx.teacher_features["p3"]).abs().mean()
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+        loss = (ctx.student.features["p3"] - ctx.teacher.features["p3"]).abs().mean()
         ctx.stats["distill/toy"] = loss.detach()
-        return {"loss_toy": self.weight * loss}
+        return {"loss_toy": loss}

@@ -6,7 +6,7 @@
         --weights output/synthetic/hkd_R50_to_R18/model_final.pth --output student \
         --format pytorch torchscript onnx [--int8 --calib-images 32]
 """
-import hkd_d2  # noqa: F401  (registers HKDDistiller, PedestrianROIHeads, PyRoIAlign)
+import hkd_d2  # noqa: F401  (registers Distiller, PedestrianROIHeads, PyRoIAlign)
 from hkd_d2.tools.export_student import main
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 :func:`register_pedestrian_dataset` registers any supported source in one call; the
 built-in names below resolve under ``$DETECTRON2_DATASETS`` (default ``./datasets``) when
 ``DatasetCatalog.get`` is called, so a data set that is not on disk costs nothing until used
-(see ``datasets/README.md`` for the layouts and how to prepare each one).
+(see ``docs/datasets.md`` for the layouts and how to prepare each one).
 """
 import logging
 import os
@@ -22,11 +22,13 @@ from .pedestrian_json import PathLike, load_pedestrian_json
 from .synthetic import SyntheticConfig, generate_synthetic
 
 __all__ = [
+    "UnregisteredDatasetError",
     "register_pedestrian_dataset",
     "register_all_pedestrian",
     "register_config_datasets",
     "datasets_root",
     "ensure_synthetic",
+    "require_registered",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ def register_pedestrian_dataset(
             frames are extracted into ``image_root`` on first use), or a callable returning
             records. Nothing is read before ``DatasetCatalog.get(name)``. A ``.json`` source
             takes ``categories=`` (names or ids of its pedestrian categories, default
-            "person"/"pedestrian"; see ``datasets/README.md``). A CityPersons ``.mat`` takes
+            "person"/"pedestrian"; see ``docs/datasets.md``). A CityPersons ``.mat`` takes
             ``classes=`` (its target labels, one class each, e.g. ``CITYPERSONS_MULTICLASS``;
             they become the ``thing_classes``).
         protocol: a key of EVALUATOR_OF_PROTOCOL ("citypersons", "caltech", "ecp",
@@ -147,6 +149,29 @@ def register_pedestrian_dataset(
     if image_root is not None:
         metadata["image_root"] = str(image_root)
     MetadataCatalog.get(name).set(**metadata)
+
+
+class UnregisteredDatasetError(KeyError):
+    """A config (or option) names a data set this process has not registered; says what to pass."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def require_registered(name: str, key: str) -> str:
+    """``name`` when it is a registered data set; else :class:`UnregisteredDatasetError` saying in
+    one line what to pass for ``key`` (a config key such as ``DATASETS.TEST``, or an option such as
+    ``--eval-dataset``). A run folder's config may name a data set only the program that trained it
+    registered (a script of one's own, the demo with non-default data)."""
+    if name in DatasetCatalog.list():
+        return name
+    split = "_" + name.rsplit("_", 1)[-1]
+    builtins = [n for n in _builtin_loaders() if n.endswith(split)] or list(_builtin_loaders())
+    value = f"{key} NAME" if key.startswith("--") else f"{key} \"('NAME',)\""
+    raise UnregisteredDatasetError(
+        f"Data set {name!r} ({key}) is not registered in this process: pass {value} with a registered name "
+        f"(built in: {', '.join(builtins)}) or add its JSON file to DATASETS.PEDESTRIAN_JSON.FILES (datasets/README.md)"
+    )
 
 
 def _parse_json_entry(entry: str) -> Tuple[str, Path]:
@@ -202,7 +227,7 @@ def ensure_synthetic(root: Optional[Path] = None) -> Path:
 
 def _require(path: Path, how: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found. {how} (see datasets/README.md)")
+        raise FileNotFoundError(f"{path} not found. {how} (see docs/datasets.md)")
     return path
 
 

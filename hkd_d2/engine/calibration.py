@@ -1,8 +1,9 @@
 """Loss calibration of a distiller: raw distillation terms against the detection loss.
 
-A distillation term returns ``weight * L`` (``L`` its raw value). :func:`measure_losses` runs the
+A distillation term trains on ``weight * L`` (``L`` its raw value). :func:`measure_losses` runs the
 distiller in training mode, without gradients, on a few batches and averages the detection loss
-(every loss that is not a term's) and each term's raw ``L``. The *balance rule*
+and each term's raw ``L`` (the sum of its raw losses), as the distiller reports them
+(:class:`~hkd_d2.modeling.StepLosses`). The *balance rule*
 (:func:`balanced_weights`) gives each term the weight that makes it ``target`` times the detection
 loss on those batches: ``lambda = target * L_det / L``.
 
@@ -28,7 +29,7 @@ from detectron2.utils.events import EventStorage
 
 from ..atomic import atomic_output
 from ..modeling.distill import unwrap_ddp
-from ..modeling.distiller import HKDDistiller
+from ..modeling.distiller import Distiller
 
 __all__ = ["LossMeasurement", "measure_losses", "balanced_weights", "apply_weights", "format_measurement",
            "LossBalanceHook", "AUTO_BALANCE_FILE"]
@@ -65,36 +66,30 @@ def _term_key(term: nn.Module) -> str:
 
 
 def measure_losses(model: nn.Module, batches: Iterable[List[Dict]]) -> LossMeasurement:
-    """Average detection loss and raw term values of ``model`` (an :class:`HKDDistiller`) on ``batches``.
+    """Average detection loss and raw term values of ``model`` (a :class:`Distiller`) on ``batches``.
 
     Runs in training mode (losses need it) under ``torch.no_grad()`` with no schedule (every
     term's factor 1: ``distill_iter`` None); the model's mode and iteration are restored afterwards.
     """
     model = unwrap_ddp(model)
-    if not isinstance(model, HKDDistiller) or not model.distill_terms:
-        raise TypeError("Loss calibration needs an HKDDistiller with at least one distillation term")
+    if not isinstance(model, Distiller) or not model.distill_terms:
+        raise TypeError("Loss calibration needs a Distiller with at least one distillation term")
     terms = {type(t).__name__: t for t in model.distill_terms}
     sums = {name: 0.0 for name in terms}
     detection, n = 0.0, 0
-    outputs: Dict[str, Dict[str, torch.Tensor]] = {}
-    handles = [t.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
-               for name, t in terms.items()]
     was_training, iteration = model.training, model.distill_iter
     model.train()
     model.distill_iter = None
     try:
         with torch.no_grad(), EventStorage():
             for batch in batches:
-                outputs.clear()
-                losses = model(batch)
-                term_losses = {k for out in outputs.values() for k in out}
-                detection += float(sum(v for k, v in losses.items() if k not in term_losses))
-                for name, out in outputs.items():
-                    sums[name] += float(sum(out.values())) / terms[name].weight
+                model(batch)
+                losses = model.last_losses
+                detection += float(sum(losses.detection.values()))
+                for name, raw in losses.raw.items():
+                    sums[name] += float(sum(raw.values()))
                 n += 1
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
         model.distill_iter = iteration
     if n == 0:
@@ -188,23 +183,13 @@ class LossBalanceHook(HookBase):
             with atomic_output(config_file) as tmp:
                 tmp.write_text(cfg.dump())
 
-    def before_step(self) -> None:
-        if self.trainer.iter == self.trainer.start_iter:  # learn which losses the terms return
-            self._term_outputs: Dict[str, List[str]] = {}
-            self._handles = [t.register_forward_hook(
-                lambda m, _i, out: self._term_outputs.__setitem__(type(m).__name__, list(out)))
-                for t in unwrap_ddp(self.trainer.model).distill_terms]
-
     def after_step(self) -> None:
-        if self.trainer.iter != self.trainer.start_iter:
+        losses = unwrap_ddp(self.trainer.model).last_losses
+        if self.trainer.iter != self.trainer.start_iter or losses is None:
             return
-        for h in self._handles:
-            h.remove()
-        names = {k for keys in self._term_outputs.values() for k in keys}
-        latest = {k: v[0] for k, v in self.trainer.storage.latest().items()}
-        detection = sum(v for k, v in latest.items() if k.startswith("loss_") and k not in names)
-        terms = {k: latest[k] for k in sorted(names) if k in latest}
+        detection = float(sum(losses.detection.values()))
+        terms = {k: float(v) for k, v in sorted(losses.distillation.items())}
         if terms and detection > 0:
             logger.info(f"First iteration: detection loss {detection:.4f}; " + ", ".join(
                 f"{k} {v:.4f} ({v / detection:.2f}x)" for k, v in terms.items())
-                + " (weighted, after the warm-up scale)")
+                + " (weighted, after the schedule factor)")

@@ -1,6 +1,6 @@
 """``--eval-only``: build and load only the detector that is evaluated.
 
-A distillation config (``MODEL.META_ARCHITECTURE`` an :class:`~hkd_d2.modeling.HKDDistiller`)
+A distillation config (``MODEL.META_ARCHITECTURE`` a :class:`~hkd_d2.modeling.Distiller`)
 is evaluated as its student: the student detector is built from the config, no teacher is built
 and no teacher file is read, and the checkpoint's distillation-only parameters (channel
 adapters under ``distill_terms.``) are skipped.
@@ -12,27 +12,27 @@ from torch import nn
 from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..checkpoint import HKDCheckpointer
+from ..checkpoint import DistillCheckpointer
 from ..export import student_config
-from ..modeling.distiller import DISTILL_ONLY_PREFIXES, HKDDistiller
+from ..modeling.distiller import DISTILL_ONLY_PREFIXES, Distiller
 from .trainer import Trainer
 
-__all__ = ["StudentCheckpointer", "build_test_model", "distills"]
+__all__ = ["StudentCheckpointer", "build_test_model", "is_distiller_config"]
 
 
-def distills(cfg: CfgNode) -> bool:
+def is_distiller_config(cfg: CfgNode) -> bool:
     """Whether ``cfg``'s meta-architecture is a distiller (trains a student under a teacher)."""
-    return issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), HKDDistiller)
+    return issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), Distiller)
 
 
 def build_test_model(cfg: CfgNode) -> nn.Module:
     """The model ``--eval-only`` evaluates: the student alone for a distillation config, else the
     config's model (on ``cpu`` where a CUDA device is absent)."""
-    return Trainer.build_model(student_config(cfg) if distills(cfg) else cfg)
+    return Trainer.build_model(student_config(cfg) if is_distiller_config(cfg) else cfg)
 
 
-class StudentCheckpointer(HKDCheckpointer):
-    """:class:`HKDCheckpointer` that skips distillation-only keys of the file, so that a
+class StudentCheckpointer(DistillCheckpointer):
+    """:class:`DistillCheckpointer` that skips distillation-only keys of the file, so that a
     distillation run's checkpoint loads into its student detector."""
 
     def _load_model(self, checkpoint: Dict) -> object:

@@ -2,10 +2,11 @@
 
 Detectron2 stops on a NaN/inf loss only; a distillation term that is finite but huge (say
 ``MODEL.DISTILL.PYRAMID.WEIGHT 1e30``) would "train" a meaningless student to the end.
-:class:`RunawayDistillationGuard` reads the iteration's losses from the EventStorage (where
-Detectron2's trainer puts them, averaged over ranks, on the main process) and raises
-:class:`RunawayDistillationError` once one term has exceeded ``MODEL.DISTILL.MAX_RATIO`` times
-the detection loss for ``MODEL.DISTILL.MAX_RATIO_ITERS`` consecutive iterations. The trainer
+:class:`RunawayDistillationGuard` reads the iteration's detection and distillation losses where
+the distiller keeps them (``last_losses``, :class:`~hkd_d2.modeling.StepLosses`; each process its
+own) and raises :class:`RunawayDistillationError` on every process once one term has exceeded
+``MODEL.DISTILL.MAX_RATIO`` times the detection loss for ``MODEL.DISTILL.MAX_RATIO_ITERS``
+consecutive iterations on some process. The trainer
 registers it before the checkpointer, so the iteration that stops training is never saved; a
 checkpoint saved earlier in the streak (its iterations were already over the ratio) is left on
 disk, but ``last_checkpoint`` is pointed back at the newest one from before the streak, so that
@@ -18,18 +19,15 @@ from detectron2.config import CfgNode
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..modeling.distill import unwrap_ddp
+
 __all__ = [
-    "DETECTION_LOSSES",
     "RunawayDistillationError",
     "RunawayDistillationGuard",
     "any_rank",
     "build_runaway_guard",
     "find_runaway",
 ]
-
-# The losses of Detectron2's RPN and ROI box heads; every other ``loss_*`` is a distillation term.
-DETECTION_LOSSES = frozenset({"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"})
-
 
 class RunawayDistillationError(RuntimeError):
     """A distillation term stayed above ``MAX_RATIO`` times the detection loss; names term, value, ratio."""
@@ -42,23 +40,25 @@ def any_rank(flag: bool) -> bool:
     return any(comm.all_gather(bool(flag)))
 
 
-def find_runaway(losses: Dict[str, float], max_ratio: float) -> Optional[Tuple[str, float, float]]:
-    """The largest distillation term above ``max_ratio`` x the summed detection loss, if any.
+def find_runaway(detection: Dict[str, float], distillation: Dict[str, float],
+                 max_ratio: float) -> Optional[Tuple[str, float, float]]:
+    """The largest distillation loss above ``max_ratio`` x the summed detection loss, if any.
 
     Args:
-        losses: ``{loss name: value}`` of one iteration (``loss_*`` keys; others are ignored).
+        detection: ``{loss name: value}`` of the detector's own losses in one iteration.
+        distillation: ``{loss name: value}`` of the (weighted) distillation losses.
         max_ratio: allowed multiple of the detection loss.
 
     Returns:
         ``(name, value, ratio)`` of the worst offender, or None when every term is within bounds
         (or there is no detection loss to compare with).
     """
-    detection = sum(v for k, v in losses.items() if k in DETECTION_LOSSES)
-    terms = {k: v for k, v in losses.items() if k.startswith("loss_") and k not in DETECTION_LOSSES}
-    if detection <= 0 or not terms:
+    total = sum(detection.values())
+    terms = dict(distillation)
+    if total <= 0 or not terms:
         return None
     name = max(terms, key=terms.get)
-    ratio = terms[name] / detection
+    ratio = terms[name] / total
     return (name, terms[name], ratio) if ratio > max_ratio else None
 
 
@@ -83,25 +83,18 @@ class RunawayDistillationGuard(HookBase):
         # The newest checkpoint when the current streak began ("" = none): the last good one.
         self.last_good = ""
 
-    def _latest_losses(self) -> Dict[str, float]:
-        """This iteration's ``loss_*`` scalars (empty on processes other than the main one)."""
-        return {
-            k: float(v)
-            for k, (v, it) in self.trainer.storage.latest().items()
-            if k.startswith("loss_") and it == self.trainer.iter
-        }
-
     def after_step(self) -> None:
-        losses = self._latest_losses()
-        if losses:  # iterations whose losses were not gathered leave the count as it is
-            runaway = find_runaway(losses, self.max_ratio)
+        losses = unwrap_ddp(self.trainer.model).last_losses
+        if losses is not None:
+            runaway = find_runaway({k: float(v) for k, v in losses.detection.items()},
+                                   {k: float(v) for k, v in losses.distillation.items()}, self.max_ratio)
             if runaway and self.streak == 0:  # before the checkpointer saves this iteration
                 self.last_good = self._newest_checkpoint()
             self.streak = self.streak + 1 if runaway else 0
             self.worst = runaway or self.worst
         if not any_rank(self.streak >= self.patience):
             return
-        if self.worst is None:  # another process saw it: this one has no loss values
+        if self.worst is None:  # another process saw it
             raise RunawayDistillationError(f"runaway distillation at iteration {self.trainer.iter}")
         name, value, ratio = self.worst
         raise RunawayDistillationError(

@@ -3,44 +3,37 @@
 Before each iteration :class:`DistillationHook` gives the (unwrapped) distiller the iteration,
 from which every term's :class:`~hkd_d2.modeling.distill.DistillSchedule` gives its loss
 factors (warm-up over ``MODEL.DISTILL.WARMUP_ITERS``, start iteration, attenuation); after it,
-the warm-up factor (``distill/scale``) and the model's ``distill_stats`` (raw, unweighted term
-values such as ``distill/pd``) go to the EventStorage, hence to metrics.json and TensorBoard.
+it writes what the distiller's ``last_losses`` (:class:`~hkd_d2.modeling.StepLosses`) holds to the
+EventStorage, hence to metrics.json and TensorBoard: the factor each distillation loss got, as
+``distill/scale_<loss>``, and the terms' statistics (raw, unweighted values such as ``distill/pd``).
 The trainer must register it before its writers so each iteration's values are written.
 """
 from typing import List
 
-import torch
 from detectron2.config import CfgNode
 from detectron2.engine import HookBase
 
-from ..modeling.distill import enabled_term_classes, linear_warmup, unwrap_ddp
+from ..modeling.distill import enabled_term_classes, unwrap_ddp
 from ..modeling.distiller import distills
 
 __all__ = ["DistillationHook", "build_distillation_hooks"]
 
 
 class DistillationHook(HookBase):
-    """Tells the distiller the iteration and records the warm-up factor and the term statistics."""
-
-    def __init__(self, warmup_iters: int):
-        """
-        Args:
-            warmup_iters: iterations over which the warm-up factor ramps from 0 to 1 (0 = always 1).
-        """
-        self.warmup_iters = int(warmup_iters)
+    """Tells the distiller the iteration and records the schedule factors and the term statistics."""
 
     def before_step(self) -> None:
         unwrap_ddp(self.trainer.model).distill_iter = self.trainer.iter
 
     def after_step(self) -> None:
-        model = unwrap_ddp(self.trainer.model)
-        stats = {
-            k: v.item() if isinstance(v, torch.Tensor) else float(v) for k, v in model.distill_stats.items()
-        }
-        scale = linear_warmup(self.trainer.iter, self.warmup_iters)
-        self.trainer.storage.put_scalars(**stats)
-        # A schedule value: logged as it is, not median-smoothed like the losses.
-        self.trainer.storage.put_scalar("distill/scale", scale, smoothing_hint=False)
+        losses = unwrap_ddp(self.trainer.model).last_losses
+        if losses is None:
+            return
+        self.trainer.storage.put_scalars(**{k: float(v) for k, v in losses.stats.items()})
+        # Schedule values: logged as they are, not median-smoothed like the losses.
+        self.trainer.storage.put_scalars(
+            **{f"distill/scale_{name}": scale for name, scale in losses.scales.items()}, smoothing_hint=False
+        )
 
 
 def build_distillation_hooks(cfg: CfgNode) -> List[HookBase]:
@@ -52,4 +45,4 @@ def build_distillation_hooks(cfg: CfgNode) -> List[HookBase]:
     term_hooks = []
     for term_class in enabled_term_classes(cfg):
         term_hooks.extend(h for h in term_class.hooks if h not in term_hooks)
-    return [DistillationHook(cfg.MODEL.DISTILL.WARMUP_ITERS), *(hook(cfg) for hook in term_hooks)]
+    return [DistillationHook(), *(hook(cfg) for hook in term_hooks)]

@@ -4,7 +4,7 @@ Differences from ``DefaultTrainer``:
 
 * data loaders use :class:`~hkd_d2.data.PedestrianDatasetMapper` (ignore regions kept);
 * the evaluator is the one the dataset's metadata names (``evaluator_type``);
-* checkpoints go through :class:`~hkd_d2.checkpoint.HKDCheckpointer` (torchvision ResNet
+* checkpoints go through :class:`~hkd_d2.checkpoint.DistillCheckpointer` (torchvision ResNet
   weights converted, mismatched weights refused with the offending keys);
 * distillation hooks (schedule, per-term metrics) are added when the model distills, with the
   runaway guard (:mod:`~hkd_d2.engine.guards`) before the checkpointer;
@@ -15,6 +15,14 @@ Differences from ``DefaultTrainer``:
 * a CUDA ``MODEL.DEVICE`` falls back to ``cpu`` (one warning) where there is no GPU, and the
   JSON data sets of ``DATASETS.PEDESTRIAN_JSON`` are registered, so a script of one's own needs
   nothing but ``Trainer(cfg)``.
+
+``Trainer.__init__`` runs ``DefaultTrainer.__init__``'s steps through the builders DefaultTrainer
+lets subclasses override (``build_model``, ``build_optimizer``, ``build_train_loader``,
+``build_lr_scheduler``, ``build_hooks``) plus two of its own, :meth:`Trainer.build_checkpointer`
+and :meth:`Trainer.wrap_model`: DefaultTrainer constructs its ``DetectionCheckpointer`` and calls
+``create_ddp_model`` inline, and the latter passes CUDA device ids, which DistributedDataParallel
+refuses for a CPU model. tests/engine/test_trainer.py fails when DefaultTrainer.__init__ gains a
+step that this one lacks.
 """
 import logging
 import os
@@ -30,11 +38,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.evaluation import DatasetEvaluator
 
-from ..checkpoint import CONFIG_KEY, CheckpointFileError, HKDCheckpointer, check_checkpoint_file
+from ..checkpoint import CONFIG_KEY, CheckpointFileError, DistillCheckpointer, check_checkpoint_file
 from ..data import PedestrianDatasetMapper
 from ..data.crowdhuman import with_training_box
 from ..data.curriculum import build_curriculum_loader, uses_curriculum
-from ..data.register import register_config_datasets
+from ..data.register import register_config_datasets, require_registered
 from ..evaluation import build_evaluator
 from .calibration import LossBalanceHook
 from .curriculum import build_curriculum_hooks
@@ -61,30 +69,38 @@ def wrap_distributed(model: nn.Module) -> nn.Module:
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
-        # The steps of DefaultTrainer.__init__, with our DDP wrapper and checkpointer.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        if not logging.getLogger(HKD_LOGGER).handlers:  # data, resume and guard messages reach log.txt
+        # hkd_d2's additions: its log in log.txt, the CPU fallback, the data sets, one run per folder.
+        if not logging.getLogger(HKD_LOGGER).handlers:
             setup_hkd_logger(cfg.OUTPUT_DIR)
         cfg = resolve_device(cfg)
         register_config_datasets(cfg)
         self._output_lock = lock_output_dir(cfg.OUTPUT_DIR)
+        # DefaultTrainer.__init__'s steps, in its order, through overridable builders.
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = wrap_distributed(model)
-        step_runner = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = step_runner(model, data_loader, optimizer)
+        model = self.wrap_model(model)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = HKDCheckpointer(
-            model, cfg.OUTPUT_DIR, run_config=cfg.dump(), trainer=weakref.proxy(self)
-        )
+        self.checkpointer = self.build_checkpointer(cfg, model)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def wrap_model(cls, model: nn.Module) -> nn.Module:
+        """The model as trained: DDP-wrapped when several processes train (see :func:`wrap_distributed`).
+        The teacher is not a submodule of a distiller, so it stays out of the wrapper."""
+        return wrap_distributed(model)
+
+    def build_checkpointer(self, cfg: CfgNode, model: nn.Module) -> DistillCheckpointer:
+        """The checkpointer of the run: saves into OUTPUT_DIR with the run's config in every checkpoint."""
+        return DistillCheckpointer(model, cfg.OUTPUT_DIR, run_config=cfg.dump(), trainer=weakref.proxy(self))
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
@@ -93,6 +109,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
+        for name in cfg.DATASETS.TRAIN:
+            require_registered(name, "DATASETS.TRAIN")
         mapper = PedestrianDatasetMapper(cfg, True)
         if cfg.DATASETS.TRAIN_BOX == "full" and not uses_curriculum(cfg):
             return build_detection_train_loader(cfg, mapper=mapper)
@@ -107,6 +125,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        require_registered(dataset_name, "DATASETS.TEST")
         return build_detection_test_loader(
             cfg, dataset_name, mapper=PedestrianDatasetMapper(cfg, False)
         )
@@ -137,7 +156,7 @@ class Trainer(DefaultTrainer):
         return ret
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """DefaultTrainer's (with :class:`HKDCheckpointer`'s fallback to the newest intact
+        """DefaultTrainer's (with :class:`DistillCheckpointer`'s fallback to the newest intact
         checkpoint), plus a warning listing the config keys that differ from the checkpoint's run."""
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():

@@ -1,14 +1,19 @@
 """Model parts of hkd_d2; importing this package registers them with Detectron2's registries."""
-from . import distill, pyramid_pooler, roi_heads, rpn  # noqa: F401  (registration side effects)
+from . import distill, pyramid_pooler, recorders, roi_heads, rpn  # noqa: F401  (registration side effects)
+from .distiller import Distiller, HKDDistiller, StepLosses
 from .pyramid_pooler import ROI_POOLER_REGISTRY, PyRoIAlign, build_box_pooler
+from .recorders import RECORDER_REGISTRY
 from .roi_heads import PedestrianROIHeads
 from .rpn import PedestrianRPN
 
 __all__ = [
+    "Distiller",
+    "HKDDistiller",
+    "RECORDER_REGISTRY",
     "ROI_POOLER_REGISTRY",
+    "StepLosses",
     "build_box_pooler",
     "PyRoIAlign",
     "PedestrianROIHeads",
     "PedestrianRPN",
 ]
-from . import distiller, teacher  # noqa: F401  (registers HKDDistiller)

@@ -1,23 +1,30 @@
-"""HKDDistiller: the meta-architecture that trains a student detector under a frozen teacher.
+"""Distiller: the meta-architecture that trains a student detector under a frozen teacher.
 
 One training step (N images, R sampled RoIs over the batch):
 
-1. student: preprocess -> backbone -> RPN (proposals + RPN losses) -> ROI heads sample the
-   proposals once (``label_and_sample_proposals``) -> ``pool_and_predict`` on the sampled RoIs
-   -> box-head losses (``box_predictor.losses``);
+1. student, with the hooks of the needed recorders (:mod:`hkd_d2.modeling.recorders`) in place:
+   preprocess -> backbone -> RPN (proposals + RPN losses) -> ROI heads sample the proposals once
+   (``label_and_sample_proposals``) -> ``pool_and_predict`` on the sampled RoIs -> box-head losses
+   (``box_predictor.losses``): the *detection* losses;
 2. teacher (only when some distillation term needs it, under ``torch.no_grad()``, eval mode):
    its own preprocessing of the same inputs (same padded size is checked), its backbone once,
-   then, on demand, its RPN head on the student's anchors ("rpn") and its ``pool_and_predict``
-   on *the same* sampled RoIs ("roi");
-3. every distillation term reads a :class:`DistillContext` and returns weighted losses; each
-   is multiplied by the term's schedule factor at ``self.distill_iter`` (the iteration, set by
-   :class:`hkd_d2.engine.DistillationHook`; None outside a trainer: factor 1).
+   then each needed recorder's teacher output on the student's terms (RPN head on the student's
+   anchors: "rpn"; ``pool_and_predict`` on *the same* sampled RoIs: "roi");
+3. every distillation term reads the :class:`~hkd_d2.modeling.distill.DistillContext` and returns
+   its raw losses; the distiller trains on ``term.weight x factor x raw``, the factor being the
+   term's schedule at ``self.distill_iter`` (the iteration, set by
+   :class:`hkd_d2.engine.DistillationHook`; None outside a trainer: factor 1), and applies the
+   terms' factors on detection losses (Chen et al.'s ``mu``);
+4. the step's losses by origin, :class:`StepLosses` (detection, distillation, raw, the factors
+   applied, the terms' statistics), are kept as ``last_losses``: the runaway guard, the loss
+   calibration and the metrics hook read them there. ``forward`` returns detection and
+   distillation losses in one dict, as Detectron2's trainers expect.
 
 Loss normalisation of the HKD terms (see :mod:`hkd_d2.modeling.distill.hkd`): every MSE is a
 plain mean over all elements of its tensors, so it does not grow with batch size, channels or
 RoI count: ``L_PD = sum_{l in P2..P5} mean((P_s,l - P_t,l)^2)``, ``L_RD = mean((R_s - R_t)^2)``
 over the (R, C, S, S) pooled RoI features, ``L_LD = mean((G_s - G_t)^2)`` over the (R, K+1)
-class logits. The reported ``loss_pd/rd/ld`` are ``lambda * scale * L``.
+class logits. The trained ``loss_pd/rd/ld`` are ``lambda * factor * L``.
 
 The teacher is held outside the module tree: it is not in ``state_dict()``, ``parameters()``,
 the optimizer or the DDP wrapper; ``.to()``/``.cuda()`` still move it with the student.
@@ -25,8 +32,9 @@ Parameters that exist only for distillation (channel adapters) live under ``dist
 and are dropped by :func:`hkd_d2.export.export_student`. In eval mode only the student runs.
 """
 import logging
-from contextlib import contextmanager
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -35,10 +43,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
+from .compatibility import check_teacher, teacher_reads
 from .distill import DistillContext, build_distill_terms, enabled_term_classes
+from .recorders import ALWAYS_RECORDED, ModelOutputs, RoIOutputs, StudentForward, build_recorders
 from .teacher import FrozenTeacher, build_teacher
 
-__all__ = ["HKDDistiller", "DISTILL_ONLY_PREFIXES", "distills", "check_teacher_conventions"]
+__all__ = ["Distiller", "HKDDistiller", "StepLosses", "DISTILL_ONLY_PREFIXES", "distills"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,96 +56,42 @@ logger = logging.getLogger(__name__)
 DISTILL_ONLY_PREFIXES = ("distill_terms.",)
 
 
-@contextmanager
-def _record_outputs(module: nn.Module, enabled: bool) -> Iterator[list]:
-    """Collect the outputs of every ``module`` call made inside the block (when enabled)."""
-    outputs: list = []
-    handle = module.register_forward_hook(lambda _m, _i, out: outputs.append(out)) if enabled else None
-    try:
-        yield outputs
-    finally:
-        if handle is not None:
-            handle.remove()
+@dataclass(frozen=True)
+class StepLosses:
+    """The losses of one training step of a :class:`Distiller`, by origin (0-dim tensors)."""
 
+    # The student detector's own losses (RPN, box head), after the terms' factors on them.
+    detection: Dict[str, torch.Tensor]
+    # Every term's losses as trained on: WEIGHT x schedule factor x raw value, in term order.
+    distillation: Dict[str, torch.Tensor]
+    # The terms' raw losses (before WEIGHT and the schedule): term class name -> loss name -> value.
+    raw: Dict[str, Dict[str, torch.Tensor]]
+    # The schedule factor each distillation loss got (0 before a term's start, ramping in the warm-up).
+    scales: Dict[str, float]
+    # The terms' statistics (e.g. "distill/pd"): floats or 0-dim tensors.
+    stats: Dict[str, Union[float, torch.Tensor]]
 
-@contextmanager
-def _record_returns(obj: Any, method: str, enabled: bool) -> Iterator[list]:
-    """Collect the return values of every ``obj.<method>(...)`` call made inside the block (when
-    enabled), by shadowing the method with a recording wrapper on the instance."""
-    returns: list = []
-    if not enabled:
-        yield returns
-        return
-    shadowed = method in vars(obj)
-    original = getattr(obj, method)
+    def detached(self) -> "StepLosses":
+        """The same values, out of the autograd graph."""
+        def detach(values: Dict[str, Any]) -> Dict[str, Any]:
+            return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
 
-    def recording(*args, **kwargs):
-        out = original(*args, **kwargs)
-        returns.append(out)
-        return out
-
-    setattr(obj, method, recording)
-    try:
-        yield returns
-    finally:
-        if shadowed:
-            setattr(obj, method, original)
-        else:
-            delattr(obj, method)
+        return StepLosses(detach(self.detection), detach(self.distillation),
+                          {term: detach(raw) for term, raw in self.raw.items()}, dict(self.scales), detach(self.stats))
 
 
 def distills(cfg: CfgNode) -> bool:
-    """Whether ``cfg`` trains under a teacher: its meta-architecture is an :class:`HKDDistiller`
+    """Whether ``cfg`` trains under a teacher: its meta-architecture is a :class:`Distiller`
     and some term of ``MODEL.DISTILL.TERMS`` has a weight other than 0."""
     meta = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    return isinstance(meta, type) and issubclass(meta, HKDDistiller) and bool(enabled_term_classes(cfg))
-
-
-def _anchor_layout(proposal_generator: nn.Module) -> tuple:
-    generator = proposal_generator.anchor_generator
-    return (
-        type(generator).__name__,
-        [a.tolist() for a in generator.cell_anchors],
-        list(generator.strides),
-        generator.offset,
-        tuple(proposal_generator.box2box_transform.weights),
-    )
-
-
-def _box_delta_layout(roi_heads: nn.Module) -> tuple:
-    predictor = roi_heads.box_predictor
-    return tuple(predictor.box2box_transform.weights), predictor.bbox_pred.out_features
-
-
-def check_teacher_conventions(
-    student_rpn: nn.Module, student_roi_heads: nn.Module, teacher: FrozenTeacher, terms: nn.ModuleList
-) -> None:
-    """Raise a ValueError when a term reads teacher outputs that the student's conventions do
-    not fit: RPN outputs on the student's anchors need the same anchors (MODEL.ANCHOR_GENERATOR)
-    and MODEL.RPN.BBOX_REG_WEIGHTS; box deltas on the student's RoIs need the same
-    MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS and class-specific/agnostic regression."""
-    detector = teacher.detector
-    checks = []
-    if any("rpn" in t.teacher_needs for t in terms):
-        checks.append(("anchors (MODEL.ANCHOR_GENERATOR, MODEL.RPN.BBOX_REG_WEIGHTS)",
-                       _anchor_layout(student_rpn), _anchor_layout(detector.proposal_generator)))
-    if any(t.reads_teacher_box_deltas for t in terms):
-        checks.append(("box deltas (MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS, CLS_AGNOSTIC_BBOX_REG)",
-                       _box_delta_layout(student_roi_heads), _box_delta_layout(detector.roi_heads)))
-    for what, student, teacher_layout in checks:
-        if student != teacher_layout:
-            raise ValueError(
-                f"A distillation term reads the teacher's {what.split(' (')[0]} on the student's terms, "
-                f"but they are encoded differently: {what} of the student {student} vs the teacher "
-                f"{teacher_layout} (MODEL.TEACHER.CONFIG_FILE)"
-            )
+    return isinstance(meta, type) and issubclass(meta, Distiller) and bool(enabled_term_classes(cfg))
 
 
 @META_ARCH_REGISTRY.register()
-class HKDDistiller(GeneralizedRCNN):
+class Distiller(GeneralizedRCNN):
     """A ``GeneralizedRCNN`` student plus distillation terms and a frozen teacher."""
 
-    # Student weights (MODEL.WEIGHTS) need not hold these; read by HKDCheckpointer.
+    # Student weights (MODEL.WEIGHTS) need not hold these; read by DistillCheckpointer.
     checkpoint_optional_prefixes = DISTILL_ONLY_PREFIXES
 
     @configurable
@@ -156,22 +112,23 @@ class HKDDistiller(GeneralizedRCNN):
         for method in ("label_and_sample_proposals", "pool_and_predict"):
             if not callable(getattr(self.roi_heads, method, None)):
                 raise TypeError(
-                    f"HKDDistiller needs ROI heads with {method}() (PedestrianROIHeads); "
+                    f"The Distiller needs ROI heads with {method}() (PedestrianROIHeads); "
                     f"got {type(self.roi_heads).__name__}"
                 )
         if getattr(self.roi_heads, "mask_on", False) or getattr(self.roi_heads, "keypoint_on", False):
-            raise ValueError("HKDDistiller trains box detectors only: set MASK_ON/KEYPOINT_ON False")
+            raise ValueError("The Distiller trains box detectors only: set MASK_ON/KEYPOINT_ON False")
         self.distill_terms = distill_terms
         self.teacher_needs: FrozenSet[str] = frozenset().union(*(t.teacher_needs for t in distill_terms))
         if self.teacher_needs and teacher is None:
             raise ValueError(f"Distillation terms need the teacher's {set(self.teacher_needs)}")
         # Plain attribute, not a submodule: keeps the teacher out of state_dict/parameters/DDP.
         object.__setattr__(self, "_teacher", teacher if self.teacher_needs else None)
+        self.recorders = build_recorders(self.teacher_needs | ALWAYS_RECORDED, self)
         # Training iteration for the terms' schedules; the DistillationHook sets it every
         # iteration (None: no schedule, every factor 1).
         self.distill_iter: Optional[int] = None
-        # Unweighted per-term statistics of the last training step (floats or 0-dim tensors).
-        self.distill_stats: Dict[str, torch.Tensor] = {}
+        # The losses of the last training step, detached (None before the first).
+        self.last_losses: Optional[StepLosses] = None
 
     @classmethod
     def from_config(cls, cfg):
@@ -183,7 +140,8 @@ class HKDDistiller(GeneralizedRCNN):
         if teacher is None:
             logger.info("No distillation term with a weight other than 0: the teacher is not built")
         else:
-            check_teacher_conventions(ret["proposal_generator"], ret["roi_heads"], teacher, terms)
+            for mismatch in check_teacher(cfg, teacher.cfg, teacher_reads(terms)):
+                logger.info(f"Teacher and student differ on {mismatch.describe()}")
         ret.update(teacher=teacher, distill_terms=terms)
         return ret
 
@@ -199,94 +157,65 @@ class HKDDistiller(GeneralizedRCNN):
         return self
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
-        """Training: dict of student detection losses plus ``loss_*`` distillation losses.
-        Eval: the student's detections (see :meth:`GeneralizedRCNN.inference`)."""
+        """Training: dict of the student's detection losses followed by the ``loss_*`` distillation
+        losses (both also in ``last_losses``). Eval: the student's detections (see
+        :meth:`GeneralizedRCNN.inference`)."""
         if not self.training:
             return self.inference(batched_inputs)
         if "instances" not in batched_inputs[0]:
-            raise ValueError("HKDDistiller training needs 'instances' in every input dict")
+            raise ValueError("Distiller training needs 'instances' in every input dict")
+        losses = self._step_losses(batched_inputs)
+        self.last_losses = losses.detached()
+        return {**losses.detection, **losses.distillation}
 
+    def _step_losses(self, batched_inputs: List[Dict]) -> StepLosses:
+        """The losses of one training step (see the module docstring)."""
+        step, recorded, detection = self._student_forward(batched_inputs)
+        if not self.distill_terms:
+            return StepLosses(detection, {}, {}, {}, {})
+        student = ModelOutputs("student", **{r.name: r.student(step, recorded[r.name]) for r in self.recorders})
+        ctx = DistillContext(
+            images=step.images,
+            gt_instances=step.gt_instances,
+            proposals=step.proposals,
+            student=student,
+            teacher=self._teacher_outputs(batched_inputs, step, student),
+        )
+        self._scale_detector_losses(detection)
+        return self._distill(ctx, detection)
+
+    def _student_forward(
+        self, batched_inputs: List[Dict]
+    ) -> Tuple[StudentForward, Dict[str, Any], Dict[str, torch.Tensor]]:
+        """The student's training forward with the recorders' hooks in place: what it computed,
+        what the hooks recorded (by recorder name) and its detection losses."""
         images = self.preprocess_image(batched_inputs)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        features = self.backbone(images.tensor)
-        rpn = self.proposal_generator
-        needs_rpn = "rpn" in self.teacher_needs
-        with _record_outputs(rpn.rpn_head, needs_rpn) as rpn_outputs, _record_returns(
-            rpn, "label_and_sample_anchors", needs_rpn
-        ) as rpn_targets:
-            proposals, proposal_losses = rpn(images, features, gt_instances)
-        proposals = self.roi_heads.label_and_sample_proposals(proposals, gt_instances)
-        roi_features, predictions = self.roi_heads.pool_and_predict(features, proposals)
-
-        losses = dict(proposal_losses)
-        losses.update(self.roi_heads.box_predictor.losses(predictions, proposals))
+        with ExitStack() as stack:
+            recorded = {r.name: stack.enter_context(r.recording(self)) for r in self.recorders}
+            features = self.backbone(images.tensor)
+            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+            proposals = self.roi_heads.label_and_sample_proposals(proposals, gt_instances)
+            roi_features, predictions = self.roi_heads.pool_and_predict(features, proposals)
+        detection = dict(proposal_losses)
+        detection.update(self.roi_heads.box_predictor.losses(predictions, proposals))
         if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
             self.visualize_training(batched_inputs, proposals)
-        if not self.distill_terms:
-            return losses
+        step = StudentForward(images, gt_instances, features, proposals, RoIOutputs(roi_features, *predictions))
+        return step, recorded, detection
 
-        ctx = DistillContext(
-            images=images,
-            gt_instances=gt_instances,
-            student_features=features,
-            proposals=proposals,
-            student_roi_features=roi_features,
-            student_predictions=predictions,
-        )
-        if needs_rpn:
-            ctx.student_rpn = self._student_rpn(features, rpn_outputs, rpn_targets)
-        self._fill_teacher(ctx, batched_inputs)
-        self._scale_detector_losses(losses)
-        losses.update(self._distill_losses(ctx))
-        return losses
-
-    def _scale_detector_losses(self, losses: Dict[str, torch.Tensor]) -> None:
-        """Apply the terms' factors on detection losses, following each term's schedule: a factor
-        f becomes ``1 - scale * (1 - f)`` (the plain detector at scale 0, the term's at 1)."""
-        for term in self.distill_terms:
-            scale = term.schedule.scale(self.distill_iter)
-            for name, factor in term.detector_loss_scales.items():
-                losses[name] = losses[name] * (1.0 - scale * (1.0 - factor))
-
-    def _student_rpn(
-        self, features: Dict[str, torch.Tensor], rpn_outputs: list, rpn_targets: list
-    ) -> Dict[str, list]:
-        """The student's RPN head outputs and training targets recorded during its RPN forward,
-        and its anchors."""
-        objectness, deltas = rpn_outputs[-1]
-        gt_labels, gt_boxes = rpn_targets[-1]
-        rpn = self.proposal_generator
-        anchors = rpn.anchor_generator([features[f] for f in rpn.in_features])
-        return {
-            "objectness_logits": objectness,
-            "anchor_deltas": deltas,
-            "anchors": anchors,
-            "gt_labels": gt_labels,
-            "gt_boxes": gt_boxes,
-        }
-
-    def _fill_teacher(self, ctx: DistillContext, batched_inputs: List[Dict]) -> None:
-        """Run the teacher work some term needs on the step's inputs and sampled RoIs."""
-        teacher_images, teacher_features = self.teacher.features(batched_inputs)
-        self._check_same_images(ctx.images, teacher_images)
-        ctx.teacher_features = teacher_features
-        if "roi" in self.teacher_needs:
-            ctx.teacher_roi_features, ctx.teacher_predictions = self.teacher.pool_and_predict(
-                teacher_features, ctx.proposals
-            )
-        if "rpn" in self.teacher_needs:
-            objectness, deltas = self.teacher.rpn_head(teacher_features)
-            for s, t in zip(ctx.student_rpn["objectness_logits"], objectness):
-                if s.shape != t.shape:
-                    raise ValueError(
-                        f"Teacher RPN objectness {tuple(t.shape)} does not match the student's "
-                        f"{tuple(s.shape)}: teacher and student need the same RPN.IN_FEATURES and anchors"
-                    )
-            ctx.teacher_rpn = {
-                "objectness_logits": objectness,
-                "anchor_deltas": deltas,
-                "anchors": ctx.student_rpn["anchors"],
-            }
+    def _teacher_outputs(self, batched_inputs: List[Dict], step: StudentForward,
+                         student: ModelOutputs) -> ModelOutputs:
+        """Run the teacher work some term needs on the step's inputs, on the student's terms."""
+        outputs = ModelOutputs("teacher")
+        if self.teacher is None:
+            return outputs
+        teacher_images, features = self.teacher.features(batched_inputs)
+        self._check_same_images(step.images, teacher_images)
+        for recorder in self.recorders:
+            if recorder.name in self.teacher_needs or recorder.name == "features":
+                outputs[recorder.name] = recorder.teacher(self.teacher, features, step, student[recorder.name])
+        return outputs
 
     @staticmethod
     def _check_same_images(student: ImageList, teacher: ImageList) -> None:
@@ -296,20 +225,35 @@ class HKDDistiller(GeneralizedRCNN):
                 f"{tuple(student.tensor.shape[-2:])}): give them the same backbone size divisibility"
             )
 
-    def _distill_losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        """Call every term, scale its losses by its schedule and keep its statistics (with the
-        factors of the losses whose schedule is not the plain warm-up, as ``distill/scale_<loss>``)."""
-        losses: Dict[str, torch.Tensor] = {}
+    def _scale_detector_losses(self, losses: Dict[str, torch.Tensor]) -> None:
+        """Apply the terms' factors on detection losses, following each term's schedule: a factor
+        f becomes ``1 - scale * (1 - f)`` (the plain detector at scale 0, the term's at 1)."""
         for term in self.distill_terms:
-            for name, value in term(ctx).items():
-                if name in losses:
-                    raise KeyError(f"Two distillation terms report the same loss '{name}'")
-                scale = term.schedule.loss_scale(name, self.distill_iter)
-                losses[name] = value * scale
-                if not term.schedule.is_plain_warmup:
-                    ctx.stats[f"distill/scale_{name}"] = scale
-        self.distill_stats = {
-            k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in ctx.stats.items()
-        }
-        return losses
+            scale = term.schedule.scale(self.distill_iter)
+            for name, factor in term.detector_loss_scales.items():
+                losses[name] = losses[name] * (1.0 - scale * (1.0 - factor))
 
+    def _distill(self, ctx: DistillContext, detection: Dict[str, torch.Tensor]) -> StepLosses:
+        """Call every term; weigh and schedule its raw losses."""
+        distillation: Dict[str, torch.Tensor] = {}
+        raw: Dict[str, Dict[str, torch.Tensor]] = {}
+        scales: Dict[str, float] = {}
+        for term in self.distill_terms:
+            raw[type(term).__name__] = term_losses = term(ctx)
+            for name, value in term_losses.items():
+                if name in distillation or name in detection:
+                    raise KeyError(f"Distillation term {type(term).__name__} reports the loss '{name}' another term "
+                                   "or the detector reports too")
+                scales[name] = term.schedule.loss_scale(name, self.distill_iter)
+                distillation[name] = term.weight * value * scales[name]
+        return StepLosses(detection, distillation, raw, scales, ctx.stats)
+
+
+@META_ARCH_REGISTRY.register()
+class HKDDistiller(Distiller):
+    """Deprecated name of :class:`Distiller`, kept for one release so that configs with
+    ``MODEL.META_ARCHITECTURE: "HKDDistiller"`` still build."""
+
+    def __init__(self, *args, **kwargs):
+        logger.warning('MODEL.META_ARCHITECTURE "HKDDistiller" is deprecated and will be removed: use "Distiller"')
+        super().__init__(*args, **kwargs)

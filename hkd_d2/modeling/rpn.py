@@ -1,5 +1,6 @@
 """Region proposal network whose anchor labelling respects ignore regions."""
-from typing import List, Tuple
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
@@ -19,7 +20,23 @@ class PedestrianRPN(IgnoreRegionsMixin, RPN):
     positive. With ``ignore_regions`` on, an anchor the matcher labels background that an
     ignore box covers (IoA >= ``ignore_ioa_threshold``) gets label -1 and is never sampled.
     Targets without ``gt_ignore`` are labelled exactly as by Detectron2's RPN.
+
+    Inside :meth:`recording_targets` it also records the targets of its training forwards (read by
+    the distiller's "rpn" recorder, :mod:`hkd_d2.modeling.recorders`).
     """
+
+    # The list recording_targets() collects into; None (the class value) when not recording.
+    _recorded_targets: Optional[list] = None
+
+    @contextmanager
+    def recording_targets(self) -> Iterator[List[Tuple[List[torch.Tensor], List[torch.Tensor]]]]:
+        """Collect the ``(gt_labels, gt_boxes)`` of every :meth:`label_and_sample_anchors` call
+        made inside the block: the targets the RPN's losses use."""
+        self._recorded_targets = records = []
+        try:
+            yield records
+        finally:
+            del self._recorded_targets
 
     @torch.jit.unused
     @torch.no_grad()
@@ -36,11 +53,15 @@ class PedestrianRPN(IgnoreRegionsMixin, RPN):
                 foreground), subsampled as by :class:`RPN`.
             list[Tensor]: N ``(A, 4)`` matched gt boxes (meaningful where the label is 1).
         """
-        if not any(x.has("gt_ignore") for x in gt_instances):
-            return super().label_and_sample_anchors(anchors, gt_instances)
-        anchors = Boxes.cat(anchors)
-        labels_and_boxes = [self._label_image_anchors(anchors, x) for x in gt_instances]
-        return [labels for labels, _ in labels_and_boxes], [boxes for _, boxes in labels_and_boxes]
+        if any(x.has("gt_ignore") for x in gt_instances):
+            all_anchors = Boxes.cat(anchors)
+            labels_and_boxes = [self._label_image_anchors(all_anchors, x) for x in gt_instances]
+            targets = [labels for labels, _ in labels_and_boxes], [boxes for _, boxes in labels_and_boxes]
+        else:
+            targets = super().label_and_sample_anchors(anchors, gt_instances)
+        if self._recorded_targets is not None:
+            self._recorded_targets.append(targets)
+        return targets
 
     def _label_image_anchors(
         self, anchors: Boxes, targets: Instances

@@ -111,7 +111,12 @@ class FrozenTeacher(nn.Module):
     Every method runs under ``torch.no_grad()``. Shapes: N images, R RoIs, C channels.
     """
 
-    def __init__(self, detector: nn.Module):
+    def __init__(self, detector: nn.Module, cfg: CfgNode):
+        """
+        Args:
+            detector: the teacher detector, its weights loaded.
+            cfg: its config (:func:`load_teacher_config`), against which the student's is checked.
+        """
         super().__init__()
         if not callable(getattr(detector.roi_heads, "pool_and_predict", None)):
             raise TypeError(
@@ -120,6 +125,7 @@ class FrozenTeacher(nn.Module):
                 "the teacher config (MODEL.TEACHER.CONFIG_FILE)"
             )
         self.detector = detector
+        self.cfg = cfg
         self.requires_grad_(False)
         self.train(False)
 
@@ -162,4 +168,4 @@ def build_teacher(cfg: CfgNode) -> FrozenTeacher:
     detector = build_model(teacher_cfg)
     load_detector_weights(detector, weights)
     logger.info(f"Teacher {type(detector).__name__} loaded from {weights}")
-    return FrozenTeacher(detector)
+    return FrozenTeacher(detector, teacher_cfg)

@@ -134,8 +134,8 @@ def run_ablation(
                     teacher_cfg, list(opts) + list(teacher_opts), str(out / TEACHERS_DIR / stem))
             run_opts += ["MODEL.TEACHER.CONFIG_FILE", teacher_cfg, "MODEL.TEACHER.WEIGHTS", teacher_weights[stem]]
         eta = (time.monotonic() - start) / done * (len(todo) - done) if done else float("nan")
-        logger.info(f"==== run {index}/{len(runs)}: {run.name} seed {run.seed} | {done}/{len(todo)} done this "
-                    f"session | elapsed {format_duration(time.monotonic() - start)}"
+        logger.info(f"==== run {index}/{len(runs)}: {run.name} seed {run.seed} | {done}/{len(todo)} done by this "
+                    f"process | elapsed {format_duration(time.monotonic() - start)}"
                     + (f" | ETA {format_duration(eta)}" if done else "") + " ====")
         mr = run_fn(run.config_file, run_opts, str(run.output_dir))
         write_json(run.result_path, {"config": run.config_file, "name": run.name, "seed": run.seed,

@@ -19,11 +19,11 @@ Every knob (configs, data size, image size, schedules, seeds) is a command-line 
 import argparse
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 from ..data import SyntheticConfig, generate_synthetic, register_pedestrian_dataset
@@ -50,15 +50,19 @@ logger = logging.getLogger("hkd_d2.demo")
 # Default configs: the student trained alone (--student-configs: Table 3 row 1, level-assigned
 # RoIAlign, the strongest student alone here) and the distilled student (--hkd-config: row 7, PD + RD
 # + LD on the same network, taught by the level-assigned teacher). Row 8 (the same with PyRoIAlign)
-# is not the default: trained from scratch on the CPU, PyRoIAlign's fusion slows learning, for the
-# teacher (MR 63.6 vs 43.1 at 700 iterations, one run each) and for the student alone (row 2 vs
-# row 1: -9.93 [-16.71, -3.16] over 5 paired seeds of an earlier machine; README, "Ablation"). The
-# teacher's config is the one the HKD config names (MODEL.TEACHER.CONFIG_FILE).
+# is not the default: trained from scratch on a CPU, PyRoIAlign's fusion slows learning, of the
+# teacher and of the student alone (benchmarks/README.md). The teacher's config is the one the HKD
+# config names (MODEL.TEACHER.CONFIG_FILE).
 DEFAULT_CONFIGS = {
     "students": ["configs/synthetic/table3/t3_1_baseline.yaml"],
     "hkd": "configs/synthetic/table3/t3_7_pd_rd_ld.yaml",
 }
-TRAIN_SET, VAL_SET = "hkd_demo_train", "hkd_demo_val"
+# Names of the demo's data splits. With the built-in synthetic defaults (SYNTHETIC_DEFAULTS) its
+# images are those of the built-in synthetic_citypersons_* sets, registered on import in every
+# process: the run folders then name those, and export, --eval-only and the other tools find the
+# same images. Other data get names only the demo's process knows.
+BUILTIN_SETS = ("synthetic_citypersons_train", "synthetic_citypersons_val")
+DEMO_SETS = ("hkd_demo_train", "hkd_demo_val")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -76,7 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--student-configs", nargs="+", default=DEFAULT_CONFIGS["students"],
                    help="configs of the students trained alone (the best of them is the reference of the paired gain)")
     p.add_argument("--hkd-config", default=DEFAULT_CONFIGS["hkd"],
-                   help="config of the distilled student (HKDDistiller; its MODEL.TEACHER.CONFIG_FILE is the teacher)")
+                   help="config of the distilled student (Distiller; its MODEL.TEACHER.CONFIG_FILE is the teacher)")
     p.add_argument("--teacher-iters", type=int, default=700, help="teacher training iterations")
     p.add_argument("--student-iters", type=int, default=250, help="iterations of each student run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student and HKD runs")
@@ -99,8 +103,18 @@ def _stage_plan(args: argparse.Namespace) -> Dict[str, float]:
     return stage_plan(_student_kinds(args), args.seeds, args.teacher_iters, args.student_iters, args.num_val)
 
 
+def dataset_names(args: argparse.Namespace) -> Tuple[str, str]:
+    """(train, val) names of the demo's data: the built-in synthetic CityPersons names when the demo
+    generates the built-in synthetic data (default ``--data`` and data knobs), else its own."""
+    data = SYNTHETIC_DEFAULTS
+    knobs = (args.num_train, args.num_val, tuple(args.image_size), args.person_scale)
+    builtin = (data["num_train"], data["num_val"], (data["height"], data["width"]), data["scale"])
+    return BUILTIN_SETS if args.data is None and knobs == builtin else DEMO_SETS
+
+
 def prepare_data(args: argparse.Namespace, data_dir: Path) -> None:
-    """Generate the demo data (unless ``data_dir`` exists) and register its two splits."""
+    """Generate the demo data (unless ``data_dir`` exists) and register its two splits
+    (:func:`dataset_names`) on it."""
     if not data_dir.is_dir():
         h, w = args.image_size
         cfg = SyntheticConfig(width=w, height=h, seed=SYNTHETIC_DEFAULTS["seed"], scale=args.person_scale)
@@ -108,17 +122,19 @@ def prepare_data(args: argparse.Namespace, data_dir: Path) -> None:
     else:
         logger.info(f"Using existing data in {data_dir}")
     root = data_dir / "citypersons"
-    for name, split in ((TRAIN_SET, "train"), (VAL_SET, "val")):
+    for name, split in zip(dataset_names(args), ("train", "val")):
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
         register_pedestrian_dataset(name, root / "annotations" / f"anno_{split}.mat",
                                     image_root=root / "leftImg8bit" / split)
 
 
 def _run_opts(args: argparse.Namespace, iters: int, seed: int) -> List[str]:
     """Per-run overrides: the demo data, the schedule and the seed (the rest is in the configs)."""
+    train_set, val_set = dataset_names(args)
     return [
-        "DATASETS.TRAIN", f"('{TRAIN_SET}',)", "DATASETS.TEST", f"('{VAL_SET}',)",
+        "DATASETS.TRAIN", f"('{train_set}',)", "DATASETS.TEST", f"('{val_set}',)",
         "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.8 * iters)},)",
         "SOLVER.WARMUP_ITERS", str(min(50, iters // 5)), "SOLVER.CHECKPOINT_PERIOD", str(iters + 1),
         "TEST.MISS_RATE.PLOT", "False", "SEED", str(seed), "MODEL.DEVICE", args.device,
@@ -204,7 +220,7 @@ def check_configs(args: argparse.Namespace) -> None:
         raise ValueError(f"--student-configs need distinct file names (they name the run folders): {stems}")
     if teacher_config(resolve_path(args.hkd_config, "--hkd-config")) is None:
         raise ValueError(f"--hkd-config {args.hkd_config} distills from no teacher "
-                         "(MODEL.META_ARCHITECTURE HKDDistiller with MODEL.DISTILL.TERMS needed)")
+                         "(MODEL.META_ARCHITECTURE Distiller with MODEL.DISTILL.TERMS needed)")
 
 
 def _train_all(args: argparse.Namespace, out: Path, clock: StageClock) -> Dict[str, List[Dict]]:
@@ -235,7 +251,8 @@ def _per_seed(runs: Dict[str, List[Dict]], best: str) -> List[Dict]:
 
 def _pictures(args: argparse.Namespace, out: Path, runs: Dict[str, List[Dict]], detectors: Dict[str, Dict],
               val_image) -> None:
-    curves = {row_name(k): curves_from_output(VAL_SET, v[0]["eval_dir"], ["Reasonable"])["Reasonable"]
+    val_set = dataset_names(args)[1]
+    curves = {row_name(k): curves_from_output(val_set, v[0]["eval_dir"], ["Reasonable"])["Reasonable"]
               for k, v in runs.items()}
     plot_mr_fppi(curves, out / "mr_fppi.png", title="Demo validation set, Reasonable")
     predictor = build_predictor(detectors["hkd"]["cfg"], detectors["hkd"]["weights"])
@@ -257,7 +274,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
     runs = _train_all(args, out, clock)
 
     clock.start("complexity")
-    val_image = cv2.imread(busiest_image(DatasetCatalog.get(VAL_SET)))
+    val_image = cv2.imread(busiest_image(DatasetCatalog.get(dataset_names(args)[1])))
     detectors = {k: deployable(v[0], k) for k, v in runs.items()}
     figures = measure_complexity(args, detectors, val_image)
 

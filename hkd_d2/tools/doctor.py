@@ -8,8 +8,9 @@ It builds the distiller (student + frozen teacher) exactly as training would, th
 1. the teacher's detections on a few validation images (``DATASETS.TEST[0]``, else the training
    set): top score and recall at IoU 0.5 of the boxes above ``--score``; a teacher that loads but
    detects nothing (random weights, wrong ``INPUT.FORMAT``, pixel mean/std) is flagged;
-2. the config keys where teacher and student disagree although a term reads one output on the
-   other's terms (:mod:`hkd_d2.modeling.compatibility`), and the two backbones' padding;
+2. the config keys where teacher and student disagree (:mod:`hkd_d2.modeling.compatibility`,
+   the check the distiller itself makes when it is built: a disagreement on something a term
+   reads stops the doctor there, with the keys), and the two backbones' padding;
 3. each raw distillation term and the detection loss over ``--batches`` training batches, and the
    weight that brings each term to ``--target`` times the detection loss (the rule of
    ``MODEL.DISTILL.AUTO_BALANCE``, :mod:`hkd_d2.engine.calibration`).
@@ -32,8 +33,7 @@ from detectron2.utils.logger import setup_logger
 from ..engine.calibration import LossMeasurement, balanced_weights, format_measurement, measure_losses
 from ..engine.setup import load_config, resolve_device
 from ..engine.trainer import Trainer
-from ..modeling.compatibility import teacher_student_mismatches
-from ..modeling.teacher import load_teacher_config
+from ..modeling.compatibility import TeacherMismatchError, teacher_reads, teacher_student_mismatches
 from .report import markdown_table
 
 __all__ = ["TeacherCheck", "check_teacher_detections", "run_doctor", "main"]
@@ -132,22 +132,22 @@ def _padding_problem(model) -> Optional[str]:
 def run_doctor(cfg: CfgNode, num_images: int, num_batches: int, target: float, score: float,
                min_top_score: float, min_recall: float) -> Dict:
     """Every check; returns ``{"teacher", "mismatches", "padding", "losses", "balanced", "flagged"}``."""
-    model = Trainer.build_model(cfg)
+    model = Trainer.build_model(cfg)  # raises TeacherMismatchError on a disagreement a term reads
     if getattr(model, "teacher", None) is None:
         raise ValueError("This config trains no distilled student (no teacher to check): "
-                         "MODEL.META_ARCHITECTURE HKDDistiller with distillation terms needed")
+                         "MODEL.META_ARCHITECTURE Distiller with distillation terms needed")
     teacher = check_teacher_detections(*teacher_detections(cfg, model, num_images), score, min_top_score, min_recall)
     logger.info(teacher.message)
-    mismatches = teacher_student_mismatches(cfg, load_teacher_config(cfg), model.teacher_needs)
+    mismatches = teacher_student_mismatches(cfg, model.teacher.cfg, teacher_reads(model.distill_terms))
     for m in mismatches:
-        (logger.warning if m.read else logger.info)(m.describe())
+        logger.info(m.describe())
     padding = _padding_problem(model)
     if padding:
         logger.warning(padding)
     loader = Trainer.build_train_loader(cfg)
     losses: LossMeasurement = measure_losses(model, itertools.islice(iter(loader), num_batches))
     logger.info("Loss calibration:\n" + format_measurement(losses, target))
-    flagged = (not teacher.ok) or any(m.read for m in mismatches) or padding is not None
+    flagged = (not teacher.ok) or padding is not None
     return {"teacher": teacher, "mismatches": mismatches, "padding": padding, "losses": losses,
             "balanced": balanced_weights(losses, target), "flagged": flagged}
 
@@ -157,15 +157,15 @@ def render(result: Dict, target: float) -> str:
     losses: LossMeasurement = result["losses"]
     rows = [[name, f"{losses.raw[name]:.4f}", f"{losses.weights[name]:.4g}", f"{losses.ratio(name):.2f}",
              f"{result['balanced'][name]:.4g}", losses.weight_keys[name]] for name in losses.raw]
-    read = [m.describe() for m in result["mismatches"] if m.read] + ([result["padding"]] if result["padding"] else [])
-    unread = [m.describe() for m in result["mismatches"] if not m.read]
+    problems = [result["padding"]] if result["padding"] else []
+    notes = [m.describe() for m in result["mismatches"]]
     lines = [
         "# Distillation pre-flight check",
         "",
         "## Teacher", "", ("OK: " if result["teacher"].ok else "PROBLEM: ") + result["teacher"].message, "",
         "## Teacher-student agreement", "",
-        *(["PROBLEM: " + r for r in read] or ["OK: no disagreement on anything a term reads."]),
-        *["note: " + u for u in unread], "",
+        *(["PROBLEM: " + p for p in problems] or ["OK: no disagreement on anything a term reads."]),
+        *["note: " + n for n in notes], "",
         f"## Loss calibration (detection loss {losses.detection:.4f}, mean of {losses.batches} batch(es))", "",
         markdown_table(["Term", "raw L", "weight", "weighted / detection", f"weight for {target:g}x", "key"], rows), "",
         f"Rule: weight = {target:g} x detection loss / raw L (MODEL.DISTILL.AUTO_BALANCE.ENABLED True applies it "
@@ -179,7 +179,7 @@ def render(result: Dict, target: float) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config-file", required=True, help="distillation config (HKDDistiller)")
+    p.add_argument("--config-file", required=True, help="distillation config (Distiller)")
     p.add_argument("--num-images", type=int, default=8, help="validation images the teacher is run on")
     p.add_argument("--batches", type=int, default=4, help="training batches the losses are averaged over")
     p.add_argument("--target", type=float, default=0.25, help="wanted weighted term / detection loss")
@@ -196,8 +196,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         setup_logger(name=name, abbrev_name=name[:3])
     cfg = resolve_device(load_config(args.config_file, args.opts))
     cfg.freeze()
-    result = run_doctor(cfg, args.num_images, args.batches, args.target, args.score, args.min_top_score,
-                        args.min_recall)
+    try:
+        result = run_doctor(cfg, args.num_images, args.batches, args.target, args.score, args.min_top_score,
+                            args.min_recall)
+    except TeacherMismatchError as e:
+        print(f"PROBLEM: {e}")
+        return 1
     print(render(result, args.target))
     return 1 if result["flagged"] else 0
 

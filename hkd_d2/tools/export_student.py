@@ -13,9 +13,10 @@ from typing import Dict, Optional, Sequence
 
 from detectron2.data import DatasetCatalog
 
+from ..data.register import UnregisteredDatasetError, register_config_datasets, require_registered
 from ..deploy import DeployedPredictor
 from ..engine.setup import load_config, setup_hkd_logger
-from ..export import EXPORT_FORMATS, ONNX_FILE, ONNX_OPSET, calibration_images, export_formats
+from ..export import ONNX_FILE, ONNX_OPSET, calibration_images, export_formats, format_names
 from .report import write_json
 from .runs import evaluate
 
@@ -33,7 +34,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config-file", required=True, help="the distillation (or student) config")
     parser.add_argument("--weights", required=True, help="checkpoint written by train_net.py")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--format", nargs="+", default=["pytorch"], choices=sorted(n for n, _ in EXPORT_FORMATS),
+    parser.add_argument("--format", nargs="+", default=["pytorch"], choices=format_names(),
                         help="formats to write (any subset)")
     parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset (>= 16)")
     parser.add_argument("--int8", action="store_true", help="also write student.int8.onnx (static quantization)")
@@ -61,10 +62,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
     if args.int8 and "onnx" not in args.format:
         raise ValueError("--int8 quantizes the ONNX student: add onnx to --format")
     cfg = load_config(args.config_file, args.opts)
+    register_config_datasets(cfg)
+    if args.int8 and not cfg.DATASETS.TRAIN:
+        raise ValueError(f"{args.config_file}: --int8 calibrates on DATASETS.TRAIN[0], which is empty")
+    dataset: Optional[str] = args.eval_dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    evaluates = args.int8 and dataset and dataset.lower() != "none"
+    try:  # before anything is written
+        if args.int8:
+            require_registered(cfg.DATASETS.TRAIN[0], "DATASETS.TRAIN")
+        if evaluates:
+            require_registered(dataset, "--eval-dataset" if args.eval_dataset else "DATASETS.TEST")
+    except UnregisteredDatasetError as e:
+        raise SystemExit(f"{args.config_file}: {e}") from None
     calibration = None
     if args.int8:
-        if not cfg.DATASETS.TRAIN:
-            raise ValueError(f"{args.config_file}: --int8 calibrates on DATASETS.TRAIN[0], which is empty")
         records = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
 
         def calibration():
@@ -73,8 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
             return calibration_images(records, args.calib_images, preprocess)()
 
     written = export_formats(cfg, args.weights, args.output, args.format, opset=args.opset, calibration=calibration)
-    dataset: Optional[str] = args.eval_dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
-    if args.int8 and dataset and dataset.lower() != "none":
+    if evaluates:
         mr = int8_miss_rates(cfg, written, dataset, args.output)
         write_json(os.path.join(args.output, INT8_REPORT), {"dataset": dataset, "MR": mr})
         for setup in mr["onnx"]:

@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
+from ..data.register import require_registered
 from ..engine.setup import load_config, resolve_device
 from ..engine.trainer import Trainer
 from ..evaluation import MissRateCurve, MissRateEvaluator, miss_rate_curves
@@ -65,6 +66,7 @@ def evaluate(cfg: CfgNode, model: nn.Module, output_dir: str, dataset_name: Opti
         if not cfg.DATASETS.TEST:
             raise ValueError("No data set to evaluate on: DATASETS.TEST is empty")
         dataset_name = cfg.DATASETS.TEST[0]
+    require_registered(dataset_name, "DATASETS.TEST")
     cfg = cfg.clone()
     cfg.defrost()
     cfg.DATASETS.TEST = (dataset_name,)

@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
+from ..data.register import UnregisteredDatasetError
 from ..engine import Trainer, setup_config
 from ..engine.evaluate import StudentCheckpointer, build_test_model
 
@@ -21,13 +22,16 @@ def run(args: argparse.Namespace) -> Optional[Dict]:
     """One process's work: train (resuming when ``args.resume``) or, with ``args.eval_only``,
     load ``MODEL.WEIGHTS`` (or the last checkpoint) and evaluate."""
     cfg = setup_config(args)
-    if args.eval_only:
-        model = build_test_model(cfg)
-        StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
-        verify_results(cfg, results)
-        return results
-    trainer = Trainer(cfg)
+    try:
+        if args.eval_only:
+            model = build_test_model(cfg)
+            StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            results = Trainer.test(cfg, model)
+            verify_results(cfg, results)
+            return results
+        trainer = Trainer(cfg)
+    except UnregisteredDatasetError as e:
+        raise SystemExit(f"{args.config_file}: {e}") from None
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

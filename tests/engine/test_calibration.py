@@ -43,7 +43,7 @@ def test_measurement_equals_the_terms_raw_values(tiny):
             for b in batches:
                 losses = model(b)
                 det.append(sum(v for k, v in losses.items() if k not in ("loss_pd", "loss_rd", "loss_ld")).item())
-                stats.append({k: float(v) for k, v in model.distill_stats.items()})
+                stats.append({k: float(v) for k, v in model.last_losses.stats.items()})
     assert m.detection == pytest.approx(sum(det) / 2, rel=1e-6)
     for name, stat in zip(TERMS, ("distill/pd", "distill/rd", "distill/ld")):
         assert m.raw[name] == pytest.approx(sum(s[stat] for s in stats) / 2, rel=1e-5)

@@ -15,7 +15,7 @@ from hkd_d2.atomic import DiskFullError
 from hkd_d2.checkpoint import (
     CONFIG_KEY,
     CheckpointFileError,
-    HKDCheckpointer,
+    DistillCheckpointer,
     ResumeError,
     WeightsMismatchError,
     check_checkpoint_file,
@@ -57,7 +57,7 @@ def test_torchvision_resnet_matches_every_backbone_key(tmp_path, depth, arch, no
     converted = convert_torchvision_resnet(tv.state_dict())
     assert set(converted) == backbone_keys  # every key matched, none left over
 
-    HKDCheckpointer(model).load(str(path))
+    DistillCheckpointer(model).load(str(path))
     state = model.state_dict()
     assert torch.equal(state["backbone.bottom_up.stem.conv1.weight"], tv.conv1.weight)
     assert torch.equal(state["backbone.bottom_up.res2.0.conv1.norm.running_var"], tv.layer1[0].bn1.running_var)
@@ -68,7 +68,7 @@ def test_missing_weights_file_names_it(tmp_path):
     model = standard_rcnn(18)
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        HKDCheckpointer(model).load(str(missing))
+        DistillCheckpointer(model).load(str(missing))
 
 
 def test_weights_of_another_architecture_list_keys(tmp_path):
@@ -138,7 +138,7 @@ def _damaged(kind: str, good: Path, path: Path) -> Path:
 def test_damaged_weights_file_is_named(tmp_path, kind, problem, loader):
     path = _damaged(kind, _detector_file(tmp_path), tmp_path / f"{kind}.pth")
     model = standard_rcnn(18)
-    load = HKDCheckpointer(model).load if loader == "MODEL.WEIGHTS" else (lambda p: load_detector_weights(model, p))
+    load = DistillCheckpointer(model).load if loader == "MODEL.WEIGHTS" else (lambda p: load_detector_weights(model, p))
     with pytest.raises(CheckpointFileError, match=problem) as err:
         load(str(path))
     assert err.value.path == str(path) and f"{kind}.pth" in str(err.value)
@@ -153,14 +153,14 @@ def test_foreign_torch_file_is_named(tmp_path, content, problem):
     path = tmp_path / "foreign.pth"
     torch.save(content, path)
     with pytest.raises(CheckpointFileError, match=problem):
-        HKDCheckpointer(standard_rcnn(18)).load(str(path))
+        DistillCheckpointer(standard_rcnn(18)).load(str(path))
     with pytest.raises(CheckpointFileError, match="foreign.pth"):
         check_checkpoint_file(str(path))
 
 
 def _saving_checkpointer(tmp_path, **kwargs):
     model = standard_rcnn(18)
-    return model, HKDCheckpointer(model, str(tmp_path), save_to_disk=True, **kwargs)
+    return model, DistillCheckpointer(model, str(tmp_path), save_to_disk=True, **kwargs)
 
 
 def test_save_is_atomic_and_keeps_umask_permissions(tmp_path):
@@ -256,3 +256,9 @@ def test_resume_without_intact_checkpoint_stops_clearly(tmp_path):
     _damaged("empty", tmp_path / "model_final.pth", tmp_path / "model_final.pth")
     with pytest.raises(ResumeError, match=r"no intact checkpoint in .*model_final.pth.*empty"):
         ckpt.resume_or_load("", resume=True)
+
+
+def test_old_checkpointer_name_is_the_same_class():
+    from hkd_d2.checkpoint import HKDCheckpointer
+
+    assert HKDCheckpointer is DistillCheckpointer

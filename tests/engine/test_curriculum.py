@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     teacher_files = write_teacher(tmp_path_factory.mktemp("teacher"))
     cfg = hkd_cfg(teacher_files)
     torch.manual_seed(0)
-    student = build_model(cfg)  # an HKDDistiller: its detection losses are GeneralizedRCNN's
+    student = build_model(cfg)  # a Distiller: its detection losses are GeneralizedRCNN's
     return cfg, student, build_teacher(cfg)
 
 

@@ -6,6 +6,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
@@ -14,26 +15,35 @@ from hkd_d2.engine.guards import RunawayDistillationError, RunawayDistillationGu
 from hkd_d2.engine.interrupt import StopOnSignal, TrainingInterrupted
 from hkd_d2.engine.lock import LOCK_FILE, OutputDirBusyError, OutputDirLock
 from hkd_d2.engine.resume import config_changes, describe_config_changes
+from hkd_d2.modeling import StepLosses
 
 DETECTION = {"loss_rpn_cls": 0.5, "loss_rpn_loc": 0.2, "loss_cls": 0.2, "loss_box_reg": 0.1}  # sums to 1
 
 
 def test_find_runaway_names_the_worst_term_over_the_ratio():
-    assert find_runaway({**DETECTION, "loss_pd": 999.0, "loss_rd": 5.0}, 1000.0) is None
-    name, value, ratio = find_runaway({**DETECTION, "loss_pd": 2000.0, "loss_rd": 3000.0}, 1000.0)
+    assert find_runaway(DETECTION, {"loss_pd": 999.0, "loss_rd": 5.0}, 1000.0) is None
+    name, value, ratio = find_runaway(DETECTION, {"loss_pd": 2000.0, "loss_rd": 3000.0}, 1000.0)
     assert (name, value) == ("loss_rd", 3000.0) and ratio == pytest.approx(3000.0)
-    assert find_runaway({"loss_pd": 1e30}, 10.0) is None  # nothing to compare with
+    assert find_runaway({}, {"loss_pd": 1e30}, 10.0) is None  # nothing to compare with
+
+
+def _step(losses):
+    """The distiller's record of a step whose losses are ``losses`` (a DETECTION key is detection)."""
+    split = {origin: {k: torch.tensor(v) for k, v in losses.items() if (k in DETECTION) == (origin == "detection")}
+             for origin in ("detection", "distillation")}
+    return StepLosses(split["detection"], split["distillation"], {}, {}, {})
 
 
 def _run_guard(guard, per_iteration, checkpointer=None):
     """Feed ``per_iteration`` loss dicts through ``guard`` as a trainer would (with ``checkpointer``:
     saving every iteration after the guard, as the periodic checkpointer does); return iterations done."""
     done = []
+    model = SimpleNamespace(last_losses=None)
     with EventStorage(0) as storage:
-        guard.trainer = SimpleNamespace(storage=storage, iter=0, checkpointer=checkpointer)
+        guard.trainer = SimpleNamespace(storage=storage, iter=0, checkpointer=checkpointer, model=model)
         for it, losses in enumerate(per_iteration):
             storage.iter = guard.trainer.iter = it
-            storage.put_scalars(**losses, cur_iter=it)
+            model.last_losses = _step(losses)
             guard.after_step()
             if checkpointer is not None:
                 checkpointer.save(f"model_{it:07d}")

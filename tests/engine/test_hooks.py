@@ -1,4 +1,4 @@
-"""DistillationHook: warm-up schedule on the model, scale and term statistics in the EventStorage."""
+"""DistillationHook: the iteration on the model, applied factors and term statistics in the EventStorage."""
 import pytest
 from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
@@ -25,24 +25,22 @@ def test_schedule_start_warmup_and_attenuation():
     assert [schedule.scale(i) for i in (0, 9, 10, 12, 14, 50)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
     assert schedule.loss_scale("loss_a", 50) == pytest.approx(0.5)
     assert schedule.loss_scale("loss_b", 50) == 1.0
-    assert schedule.loss_scale("loss_a", None) == 1.0 and not schedule.is_plain_warmup
-    assert DistillSchedule(warmup_iters=4).is_plain_warmup
+    assert schedule.loss_scale("loss_a", None) == 1.0
 
 
 def test_hooks_only_for_distillers():
     cfg = add_hkd_config(get_cfg())
     assert build_distillation_hooks(cfg) == []
-    cfg.MODEL.META_ARCHITECTURE = "HKDDistiller"
-    cfg.MODEL.DISTILL.WARMUP_ITERS = 7
+    cfg.MODEL.META_ARCHITECTURE = "Distiller"
     (hook,) = build_distillation_hooks(cfg)
-    assert isinstance(hook, DistillationHook) and hook.warmup_iters == 7
+    assert isinstance(hook, DistillationHook)
     # Every weight 0: the config does not distill.
     for key in ("PYRAMID", "REGION", "LOGIT"):
         cfg.MODEL.DISTILL[key].WEIGHT = 0.0
     assert build_distillation_hooks(cfg) == []
 
 
-def test_training_records_scale_and_term_statistics(tmp_path):
+def test_training_records_the_applied_factors_and_term_statistics(tmp_path):
     cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.WARMUP_ITERS": 2,
                                                "MODEL.DISTILL.TERMS": ["PyramidDistill", "LogitDistill"]})
     model = build_hkd(cfg)
@@ -53,7 +51,10 @@ def test_training_records_scale_and_term_statistics(tmp_path):
     trainer.train(0, 3)
     assert iterations == [0, 1, 2]
     history = trainer.storage.histories()
-    assert [v for v, _ in history["distill/scale"].values()] == [0.0, 0.5, 1.0]
+    # The factors as applied, one per loss.
+    for name in ("loss_pd", "loss_ld"):
+        assert [v for v, _ in history[f"distill/scale_{name}"].values()] == [0.0, 0.5, 1.0]
+    assert "distill/scale_loss_rd" not in history
     for name in ("distill/pd", "distill/pd_p2", "distill/pd_p5", "distill/ld"):
         assert len(history[name].values()) == 3 and history[name].latest() > 0, name
     assert "distill/rd" not in history
@@ -70,7 +71,7 @@ def test_terms_with_a_hook_get_it(monkeypatch):
 
     monkeypatch.setattr(PKDDistill, "hooks", (lambda cfg: ("hook for", cfg.MODEL.DISTILL.PKD.WEIGHT),))
     cfg = add_hkd_config(get_cfg())
-    cfg.MODEL.META_ARCHITECTURE = "HKDDistiller"
+    cfg.MODEL.META_ARCHITECTURE = "Distiller"
     cfg.MODEL.DISTILL.TERMS = ["PyramidDistill", "PKDDistill"]
     built = build_distillation_hooks(cfg)
     assert isinstance(built[0], DistillationHook)

@@ -12,6 +12,7 @@ from detectron2.structures import ImageList, Instances
 from hkd_d2 import add_hkd_config
 from hkd_d2.modeling.distill import DistillContext
 from hkd_d2.modeling.distill.bkd import BKDDistill, BKDHook, annotation_counts, balanced_kl, class_balanced_weights
+from hkd_d2.modeling.recorders import ModelOutputs, RoIOutputs
 
 BETA = 0.9999
 
@@ -78,9 +79,9 @@ def _ctx(student, teacher, gt_classes):
         inst.gt_classes = torch.tensor(classes)
         proposals.append(inst)
     return DistillContext(
-        images=ImageList(torch.zeros(1, 3, 8, 8), [(8, 8)]), gt_instances=[], student_features={},
-        proposals=proposals, student_roi_features=torch.zeros(0), student_predictions=(student, torch.zeros(0, 8)),
-        teacher_predictions=(teacher, torch.zeros(0, 8)),
+        images=ImageList(torch.zeros(1, 3, 8, 8), [(8, 8)]), gt_instances=[], proposals=proposals,
+        student=ModelOutputs("student", roi=RoIOutputs(torch.zeros(0), student, torch.zeros(0, 8))),
+        teacher=ModelOutputs("teacher", roi=RoIOutputs(torch.zeros(0), teacher, torch.zeros(0, 8))),
     )
 
 
@@ -97,7 +98,9 @@ def test_annotation_counts_weigh_foreground_classes_background_one():
     assert term.class_weights().tolist() == pytest.approx([*fg, 1.0], rel=1e-6)
     ctx = _ctx(STUDENT, TEACHER, [[0, 1], [2, 2]])
     loss = term(ctx)["loss_bkd"].item()
-    assert loss == pytest.approx(0.5 * _oracle_kl(STUDENT.tolist(), TEACHER.tolist(), [*fg, 1.0], 2.0), rel=1e-5)
+    # Raw: the distiller multiplies by the weight (alpha), 0.5.
+    assert loss == pytest.approx(_oracle_kl(STUDENT.tolist(), TEACHER.tolist(), [*fg, 1.0], 2.0), rel=1e-5)
+    assert term.weight == 0.5
     assert ctx.stats["distill/bkd_weight_1"] == pytest.approx(fg[1], rel=1e-6)
 
 

@@ -11,6 +11,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from hkd_d2 import add_hkd_config
 from hkd_d2.modeling.distill import DistillContext
 from hkd_d2.modeling.distill.chen2017 import Chen2017Distill, teacher_bounded_l2
+from hkd_d2.modeling.recorders import ModelOutputs, RoIOutputs, RPNOutputs, StudentRPNOutputs
 
 
 def make_cfg(**chen):
@@ -38,12 +39,11 @@ def make_ctx(scores_s, scores_t, deltas_s, deltas_t, gt=None):
     return DistillContext(
         images=ImageList(torch.zeros(1, 3, 8, 16), [(8, 16)]),
         gt_instances=[gt_instances],
-        student_features={"p2": torch.zeros(1, 1, 2, 4)},
         proposals=[proposals],
-        student_roi_features=torch.zeros(2, 1, 1, 1),
-        student_predictions=(scores_s, deltas_s),
-        teacher_features={"p2": torch.zeros(1, 1, 2, 4)},
-        teacher_predictions=(scores_t, deltas_t),
+        student=ModelOutputs("student", features={"p2": torch.zeros(1, 1, 2, 4)},
+                             roi=RoIOutputs(torch.zeros(2, 1, 1, 1), scores_s, deltas_s)),
+        teacher=ModelOutputs("teacher", features={"p2": torch.zeros(1, 1, 2, 4)},
+                             roi=RoIOutputs(torch.zeros(2, 1, 1, 1), scores_t, deltas_t)),
     )
 
 
@@ -86,8 +86,8 @@ def test_hint_loss_through_adaptation_conv():
         term.adapters["p2"].weight.fill_(2.0)
         term.adapters["p2"].bias.zero_()
     ctx = make_ctx(torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 4), torch.zeros(2, 4))
-    ctx.student_features = {"p2": torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])}
-    ctx.teacher_features = {"p2": torch.full((1, 1, 2, 2), 2.0)}
+    ctx.student["features"] = {"p2": torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])}
+    ctx.teacher["features"] = {"p2": torch.full((1, 1, 2, 2), 2.0)}
     losses = term(ctx)
     # A(V) = 2V = 2, 4, 6, 8 vs 2: squared errors 0, 4, 16, 36 -> mean 14; gamma 0.5.
     assert set(losses) == {"loss_chen2017_hint"}
@@ -95,10 +95,9 @@ def test_hint_loss_through_adaptation_conv():
 
 
 def _rpn(objectness, deltas, anchors, labels=None, matched=None):
-    out = {"objectness_logits": [objectness], "anchor_deltas": [deltas], "anchors": [anchors]}
-    if labels is not None:
-        out.update(gt_labels=list(labels), gt_boxes=list(matched))
-    return out
+    if labels is None:
+        return RPNOutputs([objectness], [deltas], [anchors])
+    return StudentRPNOutputs([objectness], [deltas], [anchors], list(labels), list(matched))
 
 
 def test_rpn_soft_objectness_and_bounded_regression_by_hand():
@@ -114,8 +113,8 @@ def test_rpn_soft_objectness_and_bounded_regression_by_hand():
     deltas_t = torch.zeros(1, 4, 1, 2)  # teacher exact -> error 0
     # The RPN's own labels: anchor 0 positive (matched to itself), anchor 1 background.
     labels, matched = torch.tensor([[1, 0]]), anchors.tensor.clone().unsqueeze(0)
-    ctx.student_rpn = _rpn(obj_s, deltas_s, anchors, labels, matched)
-    ctx.teacher_rpn = _rpn(obj_t, deltas_t, anchors)
+    ctx.student["rpn"] = _rpn(obj_s, deltas_s, anchors, labels, matched)
+    ctx.teacher["rpn"] = _rpn(obj_t, deltas_t, anchors)
     losses = term(ctx)
 
     def sig(z):
@@ -151,8 +150,8 @@ def test_rpn_losses_cover_the_rpns_sampled_minibatch_at_a_realistic_anchor_count
         labels[i, sampled[40:]] = 0
     matched = anchors.tensor.unsqueeze(0).repeat(n, 1, 1) + torch.randn(n, num, 4, generator=g)
     ctx = make_ctx(torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2, 4), torch.zeros(2, 4))
-    ctx.student_rpn = _rpn(obj_s, deltas_s, anchors, labels, matched)
-    ctx.teacher_rpn = _rpn(obj_t, deltas_t, anchors)
+    ctx.student["rpn"] = _rpn(obj_s, deltas_s, anchors, labels, matched)
+    ctx.teacher["rpn"] = _rpn(obj_t, deltas_t, anchors)
     losses = term(ctx)
 
     # Oracle: loops over the sampled anchors, in Detectron2's (H, W, A) anchor order.
@@ -179,12 +178,13 @@ def test_rpn_losses_cover_the_rpns_sampled_minibatch_at_a_realistic_anchor_count
     assert losses["loss_chen2017_rpn_reg"].item() == pytest.approx(0.5 * bounded / (256 * n), rel=1e-4)
 
 
-def test_weight_multiplies_every_part():
+def test_weight_is_left_to_the_distiller():
+    """The term's raw losses do not depend on WEIGHT; the distiller multiplies every part by it."""
     cfg = make_cfg(RPN=False, HINT_WEIGHT=0.0, WEIGHT=3.0)
     term = Chen2017Distill(cfg, SHAPES, SHAPES)
     base = Chen2017Distill(make_cfg(RPN=False, HINT_WEIGHT=0.0), SHAPES, SHAPES)
     args = (torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.0, 1.0], [1.0, 1.0]]),
             torch.zeros(2, 4), torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
     scaled, plain = term(make_ctx(*args)), base(make_ctx(*args))
-    for k in plain:
-        assert scaled[k].item() == pytest.approx(3.0 * plain[k].item())
+    assert term.weight == 3.0 and base.weight == 1.0
+    assert {k: v.item() for k, v in scaled.items()} == {k: v.item() for k, v in plain.items()}

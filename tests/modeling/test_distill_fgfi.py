@@ -9,6 +9,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from hkd_d2 import add_hkd_config
 from hkd_d2.modeling.distill import DistillContext, build_distill_terms
 from hkd_d2.modeling.distill.fgfi import FGFIDistill, imitation_masks
+from hkd_d2.modeling.recorders import ModelOutputs
 
 SHAPES = {"p2": ShapeSpec(channels=1, stride=4)}
 
@@ -38,11 +39,9 @@ def make_ctx(boxes, student, teacher):
     return DistillContext(
         images=ImageList(torch.zeros(1, 3, 8, 8), [(8, 8)]),
         gt_instances=[gt],
-        student_features={"p2": student},
         proposals=[],
-        student_roi_features=torch.zeros(0, 1, 1, 1),
-        student_predictions=(torch.zeros(0, 2), torch.zeros(0, 4)),
-        teacher_features={"p2": teacher},
+        student=ModelOutputs("student", features={"p2": student}),
+        teacher=ModelOutputs("teacher", features={"p2": teacher}),
     )
 
 
@@ -56,15 +55,15 @@ TEACHER = torch.tensor([[[[0.0, 0.0], [0.0, 1.0]]]])
 def test_mask_keeps_only_the_best_anchor_at_psi_half():
     term = make_term(0.5)
     losses = term(make_ctx([[0, 0, 8, 8]], STUDENT, TEACHER))
-    # Only location (1, 1): (4 - 1)^2 / (2 * 1), weight 0.01.
-    assert losses["loss_fgfi"].item() == pytest.approx(0.01 * 9 / 2)
+    # Only location (1, 1): (4 - 1)^2 / (2 * 1); raw (the distiller applies the weight, 0.01).
+    assert losses["loss_fgfi"].item() == pytest.approx(9 / 2) and term.weight == 0.01
 
 
 def test_lower_psi_adds_the_one_third_iou_anchors():
     term = make_term(0.3)
     losses = term(make_ctx([[0, 0, 8, 8]], STUDENT, TEACHER))
     # Locations (0, 1), (1, 0), (1, 1): (4 + 9 + 9) / (2 * 3).
-    assert losses["loss_fgfi"].item() == pytest.approx(0.01 * 22 / 6)
+    assert losses["loss_fgfi"].item() == pytest.approx(22 / 6)
 
 
 def test_mask_function_on_hand_built_anchors():
@@ -158,15 +157,13 @@ def test_several_levels_match_the_reference_with_a_3x3_adapter():
         images=ImageList(torch.zeros(2, 3, 32, 48), [(32, 48)] * 2),
         gt_instances=[Instances((32, 48), gt_boxes=Boxes(torch.tensor(b)), gt_classes=torch.zeros(len(b), dtype=torch.long))
                       for b in gt_boxes],
-        student_features=student,
         proposals=[],
-        student_roi_features=torch.zeros(0, 3, 1, 1),
-        student_predictions=(torch.zeros(0, 2), torch.zeros(0, 4)),
-        teacher_features=teacher,
+        student=ModelOutputs("student", features=student),
+        teacher=ModelOutputs("teacher", features=teacher),
     )
     expected = _fgfi_oracle(gt_boxes, {f: v.numpy() for f, v in student.items()},
                             {f: v.numpy() for f, v in teacher.items()}, levels, 0.5)
-    assert term(ctx)["loss_fgfi"].item() == pytest.approx(0.01 * expected, rel=1e-5)
+    assert term(ctx)["loss_fgfi"].item() == pytest.approx(expected, rel=1e-5)
     assert ctx.stats["distill/fgfi_mask_locations"] > 3  # several levels take part
 
 

@@ -22,6 +22,7 @@ from hkd_d2.modeling.distill.gkd_prototypes import (
     prototype_records,
     select_prototypes,
 )
+from hkd_d2.modeling.recorders import ModelOutputs, RoIOutputs
 
 from ..hkd_helpers import TINY, _merge, build_hkd, write_teacher
 from ..conftest import CONFIGS
@@ -111,12 +112,11 @@ def make_ctx(seed=0):
     return DistillContext(
         images=ImageList(torch.zeros(2, 3, 32, 32), [(32, 32)] * 2),
         gt_instances=gt,
-        student_features=student,
         proposals=proposals,
-        student_roi_features=torch.zeros(4, 2, 1, 1),
-        student_predictions=(torch.randn(4, 3, generator=g), torch.zeros(4, 8)),
-        teacher_features=teacher,
-        teacher_predictions=(torch.randn(4, 3, generator=g), torch.zeros(4, 8)),
+        student=ModelOutputs("student", features=student,
+                             roi=RoIOutputs(torch.zeros(4, 2, 1, 1), torch.randn(4, 3, generator=g), torch.zeros(4, 8))),
+        teacher=ModelOutputs("teacher", features=teacher,
+                             roi=RoIOutputs(torch.zeros(4, 2, 1, 1), torch.randn(4, 3, generator=g), torch.zeros(4, 8))),
     )
 
 
@@ -144,8 +144,8 @@ def _cos_max(v, protos):
 
 def _oracle(ctx, prototypes, fg_weight=1.0, bg_weight=4.0, temperature=2.0):
     """The reference's losses with plain loops over RoIs, levels and locations."""
-    s = {f: ctx.student_features[f].detach().numpy() for f in LEVELS}
-    t = {f: ctx.teacher_features[f].numpy() for f in LEVELS}
+    s = {f: ctx.student.features[f].detach().numpy() for f in LEVELS}
+    t = {f: ctx.teacher.features[f].numpy() for f in LEVELS}
     rois = []  # (image, box, class, level, r)
     for n, (boxes, classes) in enumerate(zip(ROI_BOXES, ROI_CLASSES)):
         for box, c in zip(boxes, classes):
@@ -175,7 +175,7 @@ def _oracle(ctx, prototypes, fg_weight=1.0, bg_weight=4.0, temperature=2.0):
                         bg_num, bg_den = bg_num + e, bg_den + 1
         fg_terms.append(fg_num / max(1.0, 2 * fg_den))
         bg_terms.append(bg_num / max(1.0, 2 * bg_den))
-    zs, zt = ctx.student_predictions[0].numpy(), ctx.teacher_predictions[0].numpy()
+    zs, zt = ctx.student.roi.scores.numpy(), ctx.teacher.roi.scores.numpy()
     positive_rows = [0, 1, 3]
     kd = 0.0
     for (_, _, _, _, r), row in zip(rois, positive_rows):
@@ -202,7 +202,7 @@ def test_losses_match_the_reference_formula(prototypes):
     assert losses["loss_gkd_bg"].item() == pytest.approx(bg, rel=1e-5)
     assert losses["loss_gkd_kd"].item() == pytest.approx(kd, rel=1e-5)
     sum(losses.values()).backward()
-    assert all(torch.isfinite(x.grad).all() for x in ctx.student_features.values())
+    assert all(torch.isfinite(x.grad).all() for x in ctx.student.features.values())
 
 
 def test_boxes_go_to_one_level_by_canonical_size():

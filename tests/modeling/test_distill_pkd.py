@@ -11,6 +11,7 @@ from detectron2.structures import ImageList
 from hkd_d2 import add_hkd_config
 from hkd_d2.modeling.distill import DistillContext
 from hkd_d2.modeling.distill.pkd import PKDDistill, pearson_loss
+from hkd_d2.modeling.recorders import ModelOutputs
 
 S = torch.tensor([1.0, 2.0, 3.0]).view(1, 1, 1, 3)
 T = torch.tensor([2.0, 4.0, 7.0]).view(1, 1, 1, 3)
@@ -63,7 +64,7 @@ def test_default_levels_are_the_reference_p2_to_p5():
     assert cfg.MODEL.DISTILL.PKD.WEIGHT == 6.0
 
 
-def test_term_sums_levels_with_weight_six():
+def test_term_sums_levels():
     cfg = add_hkd_config(get_cfg())
     cfg.MODEL.DISTILL.PKD.IN_FEATURES = ["p2", "p3"]
     shapes = {f: ShapeSpec(channels=1, stride=s) for f, s in (("p2", 4), ("p3", 8))}
@@ -71,14 +72,13 @@ def test_term_sums_levels_with_weight_six():
     ctx = DistillContext(
         images=ImageList(torch.zeros(1, 3, 4, 12), [(4, 12)]),
         gt_instances=[],
-        student_features={"p2": S, "p3": S},
         proposals=[],
-        student_roi_features=torch.zeros(0),
-        student_predictions=(torch.zeros(0, 2), torch.zeros(0, 4)),
-        teacher_features={"p2": T, "p3": -S},
+        student=ModelOutputs("student", features={"p2": S, "p3": S}),
+        teacher=ModelOutputs("teacher", features={"p2": T, "p3": -S}),
     )
     losses = term(ctx)
-    assert losses["loss_pkd"].item() == pytest.approx(6 * (ONE_MINUS_R + 2.0) * SAMPLE, abs=1e-4)
+    # Raw: the distiller multiplies by the weight, 6.
+    assert losses["loss_pkd"].item() == pytest.approx((ONE_MINUS_R + 2.0) * SAMPLE, abs=1e-5) and term.weight == 6.0
     assert ctx.stats["distill/pkd_p3"].item() == pytest.approx(2.0 * SAMPLE, abs=1e-5)
 
 

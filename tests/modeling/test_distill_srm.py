@@ -25,6 +25,7 @@ from hkd_d2.modeling.distill.srm import (
     save_dictionaries,
     sparse_codes,
 )
+from hkd_d2.modeling.recorders import ModelOutputs
 
 
 def _sigmoid(v):
@@ -138,16 +139,15 @@ def test_codeword_count_sparsity_and_what_trains():
     assert "codebook.coders.p3.dictionary" in term.state_dict() and "codebook.ready" in term.state_dict()
 
 
-def test_term_sums_levels_times_weight():
+def test_term_sums_levels_raw():
     torch.manual_seed(0)
     term = SRMDistill(_cfg(WEIGHT=0.5, CODEWORD_MULTIPLIER=2.0, SPARSITY=0.25), SHAPES_S, SHAPES_T)
     g = torch.Generator().manual_seed(3)
     student = {"p3": torch.randn(2, 2, 3, 4, generator=g), "p4": torch.randn(2, 2, 2, 2, generator=g)}
     teacher = {"p3": torch.randn(2, 4, 3, 4, generator=g), "p4": torch.randn(2, 4, 2, 2, generator=g)}
     ctx = DistillContext(
-        images=ImageList(torch.zeros(2, 3, 24, 32), [(24, 32)] * 2), gt_instances=[], student_features=student,
-        proposals=[], student_roi_features=torch.zeros(0), student_predictions=(torch.zeros(0, 2), torch.zeros(0, 4)),
-        teacher_features=teacher,
+        images=ImageList(torch.zeros(2, 3, 24, 32), [(24, 32)] * 2), gt_instances=[], proposals=[],
+        student=ModelOutputs("student", features=student), teacher=ModelOutputs("teacher", features=teacher),
     )
     loss = term(ctx)["loss_srm"]
     expected = 0.0
@@ -160,7 +160,8 @@ def test_term_sums_levels_times_weight():
         probs = 1 / (1 + np.exp(-logits))
         mean, target = probs.mean(axis=(2, 3)), codes.mean(axis=(2, 3))
         expected += _oracle_ce(probs, labels) + np.mean(-(target * np.log(mean) + (1 - target) * np.log(1 - mean)))
-    assert loss.item() == pytest.approx(0.5 * expected, rel=1e-5)
+    # Raw: the distiller multiplies by the weight, 0.5.
+    assert loss.item() == pytest.approx(expected, rel=1e-5) and term.weight == 0.5
     assert ctx.stats["distill/srm_ce"].item() + ctx.stats["distill/srm_bce"].item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert term.student_coders["p3"].dictionary.grad is not None and term.codebook.coders["p3"].dictionary.grad is None

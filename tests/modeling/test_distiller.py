@@ -1,4 +1,5 @@
-"""HKDDistiller: teacher outside the module tree and frozen, shared RoIs, teacher work on demand."""
+"""Distiller: teacher outside the module tree and frozen, shared RoIs, teacher work on demand,
+losses by origin."""
 from typing import Dict
 
 import pytest
@@ -6,10 +7,11 @@ import torch
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
+from hkd_d2.modeling import Distiller, HKDDistiller
 from hkd_d2.modeling.distill import DISTILL_TERM_REGISTRY, DistillContext, DistillTerm
 from hkd_d2.modeling.teacher import FrozenTeacher
 
-from ..hkd_helpers import (CallCounter, batch, build_hkd, hkd_cfg, student_keys, term_keys, withhold_term_keys,
+from ..hkd_helpers import (CallCounter, batch, build_hkd, hkd_cfg, registered_term, student_keys, withhold_term,
                           write_teacher)
 
 DISTILL_LOSSES = {"loss_pd", "loss_rd", "loss_ld"}
@@ -31,19 +33,19 @@ class _RPNProbe(DistillTerm):
     def __init__(self, cfg, student_shapes, teacher_shapes):
         super().__init__(cfg)
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         _RPNProbe.seen.append(ctx)
         loss = sum((s - t).pow(2).mean() for s, t in zip(
-            ctx.student_rpn["objectness_logits"], ctx.teacher_rpn["objectness_logits"]))
+            ctx.student.rpn.objectness_logits, ctx.teacher.rpn.objectness_logits))
         return {"loss_rpn_probe": loss}
 
 
-_PROBE_KEYS = withhold_term_keys("_RPNProbe")
+withhold_term("_RPNProbe")
 
 
 @pytest.fixture
 def probe_keys():
-    with term_keys("_RPNProbe", _PROBE_KEYS):
+    with registered_term(_RPNProbe):
         yield
 
 
@@ -187,22 +189,26 @@ def test_rpn_outputs_on_student_anchors(tmp_path, probe_keys):
         losses = model(batch())
     assert losses["loss_rpn_probe"].requires_grad
     ctx = _RPNProbe.seen[-1]
-    assert ctx.teacher_roi_features is None and ctx.teacher_features is not None
-    s, t = ctx.student_rpn, ctx.teacher_rpn
-    assert len(s["objectness_logits"]) == len(t["objectness_logits"]) == 5
-    for so, to, sd, td, a in zip(s["objectness_logits"], t["objectness_logits"],
-                                 s["anchor_deltas"], t["anchor_deltas"], s["anchors"]):
+    assert "roi" not in ctx.teacher and "features" in ctx.teacher
+    with pytest.raises(KeyError, match="'roi' in its teacher_needs"):
+        ctx.teacher.roi
+    s, t = ctx.student.rpn, ctx.teacher.rpn
+    assert len(s.objectness_logits) == len(t.objectness_logits) == 5
+    for so, to, sd, td, a in zip(s.objectness_logits, t.objectness_logits, s.anchor_deltas, t.anchor_deltas, s.anchors):
         assert so.shape == to.shape and sd.shape == td.shape
         assert so.requires_grad and not to.requires_grad
         assert len(a) == so.shape[1] * so.shape[2] * so.shape[3]
-    assert t["anchors"] is s["anchors"]
+    assert t.anchors is s.anchors
     # The RPN's own sampled mini-batch: labels in {-1, 0, 1}, at most BATCH_SIZE_PER_IMAGE sampled.
-    num_anchors = sum(len(a) for a in s["anchors"])
-    for labels, boxes in zip(s["gt_labels"], s["gt_boxes"]):
+    num_anchors = sum(len(a) for a in s.anchors)
+    for labels, boxes in zip(s.gt_labels, s.gt_boxes):
         assert labels.shape == (num_anchors,) and boxes.shape == (num_anchors, 4)
         assert 0 < int((labels >= 0).sum()) <= cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE
         assert int((labels == 1).sum()) > 0 and int((labels == -1).sum()) > 0
-    assert "label_and_sample_anchors" not in vars(model.proposal_generator)  # unshadowed after
+    # Recorded through hooks that are gone after the step; no method of the RPN was replaced.
+    rpn = model.proposal_generator
+    assert rpn._recorded_targets is None and not rpn.rpn_head._forward_hooks and not rpn.anchor_generator._forward_hooks
+    assert "label_and_sample_anchors" not in vars(rpn)
 
 
 def test_teacher_with_other_anchors_or_box_weights_is_refused(tmp_path, probe_keys):
@@ -260,7 +266,43 @@ def test_schedule_multiplies_term_losses(tmp_path):
     for name in DISTILL_LOSSES:
         assert torch.allclose(scaled[name], 0.25 * full[name], rtol=1e-4), name
     weight = cfg.MODEL.DISTILL.PYRAMID.WEIGHT
-    assert torch.allclose(full["loss_pd"], weight * model.distill_stats["distill/pd"], rtol=1e-5)
+    assert torch.allclose(full["loss_pd"], weight * model.last_losses.stats["distill/pd"], rtol=1e-5)
+    assert model.last_losses.scales == {name: 0.25 for name in DISTILL_LOSSES}
+
+
+def test_losses_by_origin(tmp_path):
+    """forward returns detection then distillation losses; last_losses has them apart, with each
+    term's raw losses and the factors applied."""
+    cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.DISTILL.WARMUP_ITERS": 4})
+    model = build_hkd(cfg)
+    model.train()
+    model.distill_iter = 2
+    with EventStorage():
+        losses = model(batch())
+    step = model.last_losses
+    assert list(losses) == [*step.detection, *step.distillation]
+    assert set(step.detection) == DETECTION_LOSSES and list(step.distillation) == ["loss_pd", "loss_rd", "loss_ld"]
+    assert all(torch.equal(losses[k], v) for k, v in {**step.detection, **step.distillation}.items())
+    assert not any(v.requires_grad for v in step.distillation.values())  # kept out of the graph
+    assert set(step.raw) == {"PyramidDistill", "RegionDistill", "LogitDistill"}
+    assert torch.equal(step.raw["PyramidDistill"]["loss_pd"], step.stats["distill/pd"])
+    for term in model.distill_terms:
+        for name, raw in step.raw[type(term).__name__].items():
+            assert step.scales[name] == 0.5
+            assert torch.equal(step.distillation[name], term.weight * raw * 0.5)
+
+
+def test_old_meta_architecture_name_still_builds(tmp_path):
+    cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.META_ARCHITECTURE": "HKDDistiller"})
+    model = build_hkd(cfg)
+    assert isinstance(model, HKDDistiller) and isinstance(model, Distiller) and model.teacher is not None
+
+
+def test_a_term_overriding_forward_is_refused():
+    with pytest.raises(TypeError, match="implements losses"):
+        class _WeightedByItself(DistillTerm):
+            def forward(self, ctx):
+                return {}
 
 
 def _ddp_worker(cfg, out_dir):
@@ -298,13 +340,11 @@ def test_detector_loss_factors_follow_the_schedule():
     """A term's factor f on a detection loss (Chen 2017's mu) becomes 1 - scale * (1 - f)."""
     from types import SimpleNamespace
 
-    from hkd_d2.modeling.distiller import HKDDistiller
-
     from hkd_d2.modeling.distill import DistillSchedule
 
     term = SimpleNamespace(detector_loss_scales={"loss_cls": 0.25}, schedule=DistillSchedule(warmup_iters=2))
     for iteration, expected in ((0, 2.0), (1, 1.25), (2, 0.5)):
         losses = {"loss_cls": torch.tensor(2.0), "loss_box_reg": torch.tensor(3.0)}
-        HKDDistiller._scale_detector_losses(SimpleNamespace(distill_terms=[term], distill_iter=iteration), losses)
+        Distiller._scale_detector_losses(SimpleNamespace(distill_terms=[term], distill_iter=iteration), losses)
         assert losses["loss_cls"].item() == pytest.approx(expected)
         assert losses["loss_box_reg"].item() == 3.0

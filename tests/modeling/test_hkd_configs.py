@@ -27,7 +27,7 @@ def _load(path):
 @pytest.mark.parametrize("dataset", ["synthetic", "caltech", "citypersons"])
 def test_hkd_config_names_its_teacher(dataset):
     cfg = _load(CONFIGS / dataset / "hkd_R50_to_R18.yaml")
-    assert cfg.MODEL.META_ARCHITECTURE == "HKDDistiller"
+    assert cfg.MODEL.META_ARCHITECTURE == "Distiller"
     assert list(cfg.MODEL.DISTILL.TERMS) == ALL
     assert cfg.MODEL.RESNETS.DEPTH == 18 and cfg.MODEL.ROI_BOX_HEAD.POOLER_NAME == "PyRoIAlign"
     teacher = load_teacher_config(cfg)
@@ -45,7 +45,7 @@ def test_table3_rows(dataset, stem, terms, pooler):
     if terms is None:
         assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
     else:
-        assert cfg.MODEL.META_ARCHITECTURE == "HKDDistiller"
+        assert cfg.MODEL.META_ARCHITECTURE == "Distiller"
         assert list(cfg.MODEL.DISTILL.TERMS) == terms
         # teacher and student pool alike: PyRoIAlign in both, or level-assigned in both
         assert load_teacher_config(cfg).MODEL.ROI_BOX_HEAD.POOLER_NAME == pooler

@@ -59,12 +59,12 @@ def test_every_literature_config_exists_and_lists_its_terms(dataset):
         if method in CURRICULA:
             assert cfg.DATALOADER.SAMPLER_TRAIN == CURRICULUM_SAMPLER, path
             # Alone: the student trained alone, in the curriculum's order.
-            assert cfg.MODEL.META_ARCHITECTURE == ("HKDDistiller" if hkd else "GeneralizedRCNN"), path
+            assert cfg.MODEL.META_ARCHITECTURE == ("Distiller" if hkd else "GeneralizedRCNN"), path
             if hkd:
                 assert list(cfg.MODEL.DISTILL.TERMS) == hkd, path
             continue
         assert list(cfg.MODEL.DISTILL.TERMS) == [*hkd, TERM_NAMES[method]], path
-        assert cfg.MODEL.META_ARCHITECTURE == "HKDDistiller"
+        assert cfg.MODEL.META_ARCHITECTURE == "Distiller"
 
 
 @pytest.mark.parametrize("name", [*METHOD_LOSSES, *(f"hkd_plus_{m}" for m in METHOD_LOSSES)])

@@ -10,14 +10,14 @@ from hkd_d2.engine import build_distillation_hooks
 from hkd_d2.modeling.distill import DistillTerm
 
 from .. import toy_distill_term
-from ..hkd_helpers import batch, build_hkd, hkd_cfg, term_keys, withhold_term_keys, write_teacher
+from ..hkd_helpers import batch, build_hkd, hkd_cfg, registered_term, withhold_term, write_teacher
 
-# The toy term's keys exist only inside its test (see withhold_term_keys).
-_TOY_KEYS = withhold_term_keys("ToyDistill")
+# The toy term and its keys exist only inside its test (see withhold_term).
+_TOY = withhold_term("ToyDistill")
 
 
 def test_toy_term_from_one_file_trains_two_iterations(tmp_path):
-    with term_keys("ToyDistill", _TOY_KEYS):
+    with registered_term(_TOY):
         _train_toy_term(tmp_path)
 
 

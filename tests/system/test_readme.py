@@ -1,14 +1,18 @@
-"""The shell commands of README.md and datasets/README.md still match the tools they call.
+"""The shell commands of the user documentation still match the tools they call.
 
-Rules (so that the READMEs cannot drift from the code, while the test stays fast):
+Documentation: README.md, docs/*.md, benchmarks/README.md and datasets/README.md. Rules (so that
+the pages cannot drift from the code, while the test stays fast):
 
 * every command (a line starting with a program such as ``.venv/bin/python``, ``bash``,
-  ``apt-get``) of a ```bash or plain ``` block is read, continuation lines joined; Python commands must use ``.venv/bin/python`` and no command uses ``sudo``;
+  ``apt-get``, after any ``NAME=value`` settings and ``nice -n N``) of a ```bash or plain ``` block
+  is read, continuation lines joined; Python commands must use ``.venv/bin/python`` and no command
+  uses ``sudo``;
 * every Python program named (``train_net.py``, ``tools/*.py``, ``datasets/*.py``,
   ``-m module``) is run in-process with ``--help``; it must exit 0 and list every ``--flag`` the
-  README passes to it (flags in ``[...]`` included);
+  page passes to it (flags in ``[...]`` included);
+* every ``bash`` script named exists;
 * a command whose comment contains ``tiny:`` is run whole, in an empty folder;
-* ``benchmarks/`` scripts (no flags; they time work) and non-Python commands are not run.
+* ``benchmarks/`` scripts (no flags; they time work) and other commands are not run.
 """
 import contextlib
 import io
@@ -24,7 +28,12 @@ import pytest
 
 from ..conftest import REPO
 
-READMES = [REPO / "README.md", REPO / "datasets" / "README.md"]
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md",
+             REPO / "datasets" / "README.md"]
+# Pages that must exist (a renamed page would otherwise leave the test with less to check).
+REQUIRED_PAGES = ("README.md", "docs/getting_started.md", "docs/methods.md", "docs/datasets.md",
+                  "docs/evaluation.md", "docs/deployment.md", "docs/reliability.md", "docs/config.md",
+                  "benchmarks/README.md")
 VENV_PYTHON = ".venv/bin/python"
 TINY_MARK = "tiny:"
 NOT_RUN = ("benchmarks/",)
@@ -32,6 +41,21 @@ NOT_RUN = ("benchmarks/",)
 
 # First words that make a code-block line a shell command (other lines are trees, config text).
 COMMAND_WORDS = (VENV_PYTHON, "python", "python3", "bash", "pip", "apt-get", "sudo")
+ENV_SETTING = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+
+
+def _from_program(words: List[str]) -> List[str]:
+    """``words`` without leading ``NAME=value`` settings and ``nice [-n N]``."""
+    while words and ENV_SETTING.match(words[0]):
+        words = words[1:]
+    if words[:1] == ["nice"]:
+        words = words[3:] if words[1:2] == ["-n"] else words[1:]
+    return words
+
+
+def program_words(command: str) -> List[str]:
+    """The words of ``command``'s last ``&&`` part (comments dropped) from the program on."""
+    return _from_program(shlex.split(command.split(" && ")[-1], comments=True))
 
 
 def shell_commands(readme: Path) -> List[Tuple[str, int]]:
@@ -47,7 +71,8 @@ def shell_commands(readme: Path) -> List[Tuple[str, int]]:
             start = number
         pending += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
         if not line.rstrip().endswith("\\"):
-            if pending.split(" ", 1)[0] in COMMAND_WORDS:
+            words = _from_program(pending.split())
+            if words and words[0] in COMMAND_WORDS:
                 commands.append((pending.strip(), start))
             pending = ""
     return commands
@@ -55,19 +80,24 @@ def shell_commands(readme: Path) -> List[Tuple[str, int]]:
 
 def _python_program(command: str) -> List[str]:
     """``[script]`` or ``["-m", module]`` plus the arguments, for a ``.venv/bin/python`` command."""
-    tokens = shlex.split(command.split(" && ")[-1], comments=True)
-    return tokens[1:] if tokens and tokens[0] == VENV_PYTHON else []
+    words = program_words(command)
+    return words[1:] if words and words[0] == VENV_PYTHON else []
 
 
-ALL = [(readme, command, line) for readme in READMES for command, line in shell_commands(readme)]
+ALL = [(page, command, line) for page in DOC_PAGES for command, line in shell_commands(page)]
 PYTHON = [(r, c, n) for r, c, n in ALL if _python_program(c) and not _python_program(c)[0].startswith(NOT_RUN)]
 
 
-def test_the_readmes_have_commands():
+def _id(page: Path, line: int) -> str:
+    return f"{page.relative_to(REPO)}:{line}"
+
+
+def test_the_pages_exist_and_have_commands():
+    assert all((REPO / page).is_file() for page in REQUIRED_PAGES)
     assert len(ALL) > 20 and len(PYTHON) > 15
 
 
-@pytest.mark.parametrize("readme,command,line", ALL, ids=[f"{r.parent.name}/{r.name}:{n}" for r, _, n in ALL])
+@pytest.mark.parametrize("readme,command,line", ALL, ids=[_id(r, n) for r, _, n in ALL])
 def test_commands_use_the_venv_and_no_sudo(readme, command, line):
     words = shlex.split(command, comments=True)
     assert "sudo" not in words, f"{readme.name}:{line}: {command}"
@@ -95,7 +125,16 @@ def _help(program: Tuple[str, ...]) -> str:
     return _HELP[program]
 
 
-@pytest.mark.parametrize("readme,command,line", PYTHON, ids=[f"{r.parent.name}/{r.name}:{n}" for r, _, n in PYTHON])
+SCRIPTS = [(r, c, n) for r, c, n in ALL if program_words(c)[0] == "bash" and len(program_words(c)) > 1]
+
+
+@pytest.mark.parametrize("readme,command,line", SCRIPTS, ids=[_id(r, n) for r, _, n in SCRIPTS])
+def test_bash_scripts_exist(readme, command, line):
+    script = program_words(command)[1]
+    assert (REPO / script).is_file(), f"{readme.name}:{line}: no {script}"
+
+
+@pytest.mark.parametrize("readme,command,line", PYTHON, ids=[_id(r, n) for r, _, n in PYTHON])
 def test_command_flags_exist(readme, command, line):
     args = _python_program(command)
     program = tuple(args[:2]) if args[0] == "-m" else (args[0],)
@@ -113,7 +152,7 @@ def test_there_is_a_tiny_command():
     assert TINY
 
 
-@pytest.mark.parametrize("readme,command,line", TINY, ids=[f"{r.name}:{n}" for r, _, n in TINY])
+@pytest.mark.parametrize("readme,command,line", TINY, ids=[_id(r, n) for r, _, n in TINY])
 def test_tiny_commands_run(readme, command, line, tmp_path):
     args = _python_program(command)
     if args[0] != "-m":

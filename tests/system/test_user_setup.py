@@ -1,4 +1,4 @@
-"""Issue 17, as a Detectron2 user meets it: log lines, resolved paths, own data, file modes."""
+"""The add-on as a Detectron2 user meets it: log lines, resolved paths, own data, file modes."""
 import json
 import os
 import subprocess

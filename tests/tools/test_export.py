@@ -79,3 +79,26 @@ def test_unknown_format_is_refused(distilled, tmp_path):
     with pytest.raises(ValueError, match=r"Unknown export format\(s\) \['tensorrt'\]; choose from \['onnx', 'pytorch', 'torchscript'\]"):
         export_formats(cfg, weights, str(tmp_path / "export"), ["pytorch", "tensorrt"])
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("key,opts,hint", [
+    ("DATASETS.TRAIN", [], "pass DATASETS.TRAIN \"('NAME',)\""),
+    ("DATASETS.TEST", ["--eval-dataset", "script_only_val"], "pass --eval-dataset NAME"),
+])
+def test_a_data_set_only_the_training_program_knew_is_named_with_what_to_pass(distilled, tmp_path, key, opts, hint):
+    """A run folder whose config names data sets only its training script registered: --int8 stops
+    before writing anything, with one line naming the data set and what to pass instead."""
+    from hkd_d2.tools import export_student as tool
+
+    cfg, _, weights = distilled
+    cfg.DATASETS.TRAIN = ("synthetic_citypersons_train",) if key != "DATASETS.TRAIN" else ("script_only_train",)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.dump())
+    out = tmp_path / "int8"
+    with pytest.raises(SystemExit) as stop:
+        tool.main(["--config-file", str(config_file), "--weights", weights, "--output", str(out),
+                   "--format", "onnx", "--int8", *opts])
+    message = str(stop.value.code)
+    assert "\n" not in message and "is not registered in this process" in message and hint in message
+    assert "synthetic_citypersons_" in message and str(config_file) in message
+    assert not out.exists()

@@ -434,3 +434,10 @@ def test_ablation_report_only_uses_finished_runs(tmp_path):
     assert "Gain vs a" in (tmp_path / "table.md").read_text()
     with pytest.raises(ValueError, match="overrides"):
         ablation.main(["--configs", "x/a.yaml", "--seeds", "2", "--out", str(tmp_path), "--report-only", "--", "K", "2"])
+
+
+def test_demo_run_folders_name_built_in_data_sets_when_the_data_are_the_built_in_ones():
+    """Tools run on a demo run folder in another process find its data under the built-in names."""
+    assert demo.dataset_names(demo.parse_args([])) == ("synthetic_citypersons_train", "synthetic_citypersons_val")
+    for other in (["--num-train", "8"], ["--image-size", "64", "96"], ["--data", "elsewhere"]):
+        assert demo.dataset_names(demo.parse_args(other)) == demo.DEMO_SETS

@@ -115,7 +115,7 @@ def test_hkd_trains_resumes_and_keeps_the_teacher_out(datasets, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     last_step = [m for m in metrics if "total_loss" in m][-1]
-    assert all(k in last_step for k in ("loss_pd", "loss_rd", "loss_ld", "distill/scale", "distill/pd"))
+    assert all(k in last_step for k in ("loss_pd", "loss_rd", "loss_ld", "distill/scale_loss_pd", "distill/pd"))
 
     run = train_net(datasets, "--config-file", HKD, "--resume", *hkd, "SOLVER.MAX_ITER", "6")
     assert run.returncode == 0, run.stderr[-3000:]

@@ -3,7 +3,6 @@ from .base import (  # noqa: F401
     DistillContext,
     DistillTerm,
     build_distill_terms,
-    config_value,
     enabled_term_classes,
     unwrap_ddp,
 )

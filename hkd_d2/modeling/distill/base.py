@@ -1,25 +1,30 @@
 """The shared mechanism of every distillation method: a registry of *terms*.
 
-A term is a small ``nn.Module`` built from the config. At each training step the
-distillation meta-architecture fills one :class:`DistillContext` with the student's
-(and, when some term asks for it, the teacher's) intermediate tensors, calls every term
-on it and adds the returned, already weighted losses, times the term's schedule, to the loss dict.
+A term is a small ``nn.Module`` built from the config. At each training step the distiller
+(:class:`~hkd_d2.modeling.distiller.Distiller`) fills one :class:`DistillContext` with what the
+student and, for the outputs some term asks for, the teacher exposed
+(:mod:`hkd_d2.modeling.recorders`), calls every term on it and trains on
+``WEIGHT x schedule factor x`` each raw loss the term returns.
 
-A method is one module: its term class declares
+A method is one module: its term class, registered in ``DISTILL_TERM_REGISTRY``, declares
 
 * ``CONFIG_NODE``, its config node (e.g. ``"MODEL.DISTILL.PYRAMID"``), and ``Defaults``, a nested
   class whose upper-case attributes are the node's keys with their defaults, each under a one-line
-  comment; :func:`hkd_d2.config.add_hkd_config` adds them (:meth:`DistillTerm.add_config`). The
-  key ``WEIGHT`` is the term's weight (``term.weight``; a term of weight 0 is not built);
-* ``teacher_needs``, which teacher outputs it reads, so that the meta-architecture runs only the
-  teacher work some term needs (none at all when no term needs the teacher);
+  comment; :func:`hkd_d2.config.add_hkd_config` adds them for every registered term. The key ``WEIGHT`` is the term's weight (``term.weight``; a term
+  of weight 0 is not built);
+* ``teacher_needs``, the recorder names whose teacher outputs it reads ("features", "rpn", "roi"),
+  so that the distiller runs only the teacher work some term needs (none at all when no term
+  needs the teacher);
 * ``hooks``, the training hooks it needs (built by the trainer when the term is on);
 * its :class:`~hkd_d2.modeling.distill.schedule.DistillSchedule` (warm-up, start iteration,
-  attenuation), given to :meth:`DistillTerm.__init__`.
+  attenuation), given to :meth:`DistillTerm.__init__`;
+
+and implements :meth:`DistillTerm.losses`, which returns its *raw* losses: the distiller applies
+the weight and the schedule, and exposes detection, trained and raw losses in one place
+(:class:`~hkd_d2.modeling.distiller.StepLosses`) for calibration, the runaway guard and the metrics.
 """
-import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Tuple, Union
 
 import torch
 from torch import nn
@@ -27,105 +32,78 @@ from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
-from detectron2.utils.registry import Registry
 
-from ...config import DISTILL_TERM_CONFIGS
+from ...config import config_value
+from ...registries import DISTILL_TERM_REGISTRY
+from ..recorders import ModelOutputs, recorder_names
 from .schedule import DistillSchedule
 
 __all__ = [
     "DISTILL_TERM_REGISTRY",
-    "TEACHER_OUTPUTS",
     "DistillContext",
     "DistillTerm",
     "Shapes",
     "build_distill_terms",
-    "config_value",
     "enabled_term_classes",
     "unwrap_ddp",
 ]
 
-DISTILL_TERM_REGISTRY = Registry("DISTILL_TERM")
-DISTILL_TERM_REGISTRY.__doc__ = """
-Distillation terms. Each is called as ``Term(cfg, student_shapes, teacher_shapes)`` where the
-shapes are ``Dict[str, ShapeSpec]`` of the two backbones' outputs, and returns an nn.Module
-whose ``forward(ctx: DistillContext) -> Dict[str, Tensor]`` gives weighted losses.
-"""
-
 # Output shapes of a backbone by level name, as the terms receive them.
 Shapes = Dict[str, ShapeSpec]
-
-# What a term may ask of the teacher: backbone maps, RPN outputs on the student's anchors,
-# pooled RoI features / box-head predictions on the student's sampled RoIs.
-TEACHER_OUTPUTS = frozenset({"features", "rpn", "roi"})
 
 
 @dataclass
 class DistillContext:
-    """Tensors of one training step, shared by all distillation terms.
+    """What the terms read in one training step.
 
-    Shapes: N images, R sampled RoIs over the batch, K classes, S pooler resolution.
-    ``teacher_*`` fields are ``None`` unless some term listed them in ``teacher_needs``.
+    Shapes: N images, R sampled RoIs over the batch. ``student`` holds the student's "features"
+    and "roi" in every step, and "rpn" (with its RPN's own training targets,
+    :class:`~hkd_d2.modeling.recorders.StudentRPNOutputs`) when some term needs it; ``teacher``
+    holds the outputs the terms' ``teacher_needs`` name (and its "features" whenever it runs).
     """
 
     images: ImageList
     gt_instances: List[Instances]
-    # Backbone outputs, e.g. {"p2": (N, C, H/4, W/4), ...}.
-    student_features: Dict[str, torch.Tensor]
     # Sampled RoIs shared by student and teacher (proposal_boxes, gt_classes, gt_boxes, ...).
     proposals: List[Instances]
-    # Pooled RoI features (R, C, S, S) and box-head predictions: scores (R, K+1), deltas (R, 4K).
-    student_roi_features: torch.Tensor
-    student_predictions: Tuple[torch.Tensor, torch.Tensor]
-    teacher_features: Optional[Dict[str, torch.Tensor]] = None
-    teacher_roi_features: Optional[torch.Tensor] = None
-    teacher_predictions: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-    # RPN head outputs (only when some term needs "rpn"): {"objectness_logits": per level
-    # (N, A, Hl, Wl), "anchor_deltas": per level (N, A*4, Hl, Wl), "anchors": per level Boxes
-    # (Hl*Wl*A, 4)}; the teacher's are computed on the student's anchors (same "anchors" list).
-    # The student's also holds the RPN's own training targets: "gt_labels", N tensors (sum HlWlA,)
-    # in {-1, 0, 1} (its sampled mini-batch: -1 = not sampled or ignored), and "gt_boxes", N
-    # (sum HlWlA, 4) matched boxes.
-    student_rpn: Optional[Dict[str, list]] = None
-    teacher_rpn: Optional[Dict[str, list]] = None
+    student: ModelOutputs
+    teacher: ModelOutputs
     # Unweighted per-term statistics a term wants logged (e.g. raw MSE), filled by the terms:
     # floats or detached 0-dim tensors, named like "distill/pd"; written to the EventStorage.
     stats: Dict[str, Union[float, torch.Tensor]] = field(default_factory=dict)
 
 
-def config_value(cfg: CfgNode, key: str) -> Any:
-    """The value of a full dotted key such as ``"MODEL.DISTILL.PYRAMID.WEIGHT"``."""
-    try:
-        return functools.reduce(getattr, key.split("."), cfg)
-    except AttributeError:
-        raise KeyError(f"Config key {key} does not exist (is the module declaring it imported?)") from None
-
-
 class DistillTerm(nn.Module):
     """Base class: subclasses declare ``CONFIG_NODE`` and ``Defaults`` (and ``teacher_needs``,
-    ``hooks`` when they need any) and implement ``forward``."""
+    ``hooks`` when they need any) and implement :meth:`losses`."""
 
-    # The term's config node, e.g. "MODEL.DISTILL.PYRAMID"; a subclass declaring it gets the keys
-    # of its nested class Defaults (WEIGHT among them) added by add_hkd_config.
+    # The term's config node, e.g. "MODEL.DISTILL.PYRAMID"; a registered subclass declaring it gets
+    # the keys of its nested class Defaults (WEIGHT among them) added by add_hkd_config.
     CONFIG_NODE: str
     # Upper-case attributes: the keys of CONFIG_NODE with their defaults, a one-line comment above each.
     Defaults: type
     # Full config key of the term's weight, "<CONFIG_NODE>.WEIGHT" (set from CONFIG_NODE).
     WEIGHT_KEY: str
+    # Recorder names (hkd_d2.modeling.recorders) whose teacher outputs the term reads.
     teacher_needs: FrozenSet[str] = frozenset()
     # The term reads the teacher's box deltas on the student's RoIs: both box heads must encode
-    # boxes alike (checked by the meta-architecture). RPN deltas are checked with "rpn".
+    # boxes alike (hkd_d2.modeling.compatibility). RPN deltas are covered by "rpn".
     reads_teacher_box_deltas: bool = False
     # Hook classes the term needs in training, each built as ``hook(cfg)``.
     hooks: Tuple[Callable[[CfgNode], Any], ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} overrides forward(); a distillation term implements losses(ctx), which "
+                "returns its raw losses (the distiller multiplies them by WEIGHT and the schedule)"
+            )
         if "CONFIG_NODE" in cls.__dict__:
             keys = cls.config_defaults()
             if "WEIGHT" not in keys or not all(k.isupper() for k in keys):
                 raise TypeError(f"{cls.__name__}.Defaults needs upper-case keys, WEIGHT among them; got {sorted(keys)}")
             cls.WEIGHT_KEY = f"{cls.CONFIG_NODE}.WEIGHT"
-            DISTILL_TERM_CONFIGS[cls.__name__] = cls.add_config
 
     def __init__(self, cfg: CfgNode, *, start_iter: int = 0, attenuated: Iterable[str] = ()):
         """
@@ -163,6 +141,12 @@ class DistillTerm(nn.Module):
         return {}
 
     def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+        """The raw losses of :meth:`losses` (subclasses implement that, not this)."""
+        return self.losses(ctx)
+
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+        """The term's losses ``{"loss_<name>": 0-dim Tensor}`` *before* its ``WEIGHT`` and its
+        schedule (factors of the method's own, such as Chen et al.'s ``1 - mu``, included)."""
         raise NotImplementedError
 
 
@@ -172,14 +156,17 @@ def enabled_term_classes(cfg: CfgNode) -> List[type]:
     return [c for c in classes if config_value(cfg, c.WEIGHT_KEY) != 0]
 
 
-def build_distill_terms(cfg: CfgNode, student_shapes, teacher_shapes) -> nn.ModuleList:
+def build_distill_terms(cfg: CfgNode, student_shapes: Shapes, teacher_shapes: Shapes) -> nn.ModuleList:
     """Build the terms listed in ``cfg.MODEL.DISTILL.TERMS``, leaving out those of weight 0."""
     terms = nn.ModuleList()
     for term_class in enabled_term_classes(cfg):
         term = term_class(cfg, student_shapes, teacher_shapes)
-        unknown = set(term.teacher_needs) - TEACHER_OUTPUTS
+        unknown = set(term.teacher_needs) - set(recorder_names())
         if unknown:
-            raise ValueError(f"Distillation term {term_class.__name__} asks for unknown teacher outputs {unknown}")
+            raise ValueError(
+                f"Distillation term {term_class.__name__} asks for unknown teacher outputs {sorted(unknown)} "
+                f"(registered recorders: {recorder_names()})"
+            )
         terms.append(term)
     return terms
 

@@ -4,7 +4,7 @@
 The detector keeps its own (instance-balanced) cross-entropy ``loss_cls``; this term adds the
 class-balanced distillation on the box head's class logits of the shared sampled RoIs:
 
-    loss_bkd = WEIGHT * T^2 * mean over RoIs of KL(p_t~ || softmax(z_s / T)),
+    loss_bkd = T^2 * mean over RoIs of KL(p_t~ || softmax(z_s / T))   (the distiller applies WEIGHT),
     p_t~ = w * softmax(z_t / T) / sum_c (w_c softmax(z_t / T)_c),
 
 with the class-balanced ("effective number") weights ``w_c = (1 - beta) / (1 - beta^n_c)``
@@ -116,8 +116,8 @@ class BKDHook(HookBase):
 class BKDDistill(DistillTerm):
     """Class-balanced KL between teacher and student box-head class scores on the shared RoIs.
 
-    Loss: ``loss_bkd``; stats ``distill/bkd_kl`` (unweighted), ``distill/bkd_weight_<c>`` (the
-    weight of each column, background last).
+    Loss: ``loss_bkd`` (raw: the distiller applies WEIGHT, the paper's alpha); stats
+    ``distill/bkd_kl``, ``distill/bkd_weight_<c>`` (the weight of each column, background last).
     """
 
     CONFIG_NODE = "MODEL.DISTILL.BKD"
@@ -172,12 +172,12 @@ class BKDDistill(DistillTerm):
             torch.distributed.all_reduce(batch)
         self.class_counts += batch
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         if self.count_sampled_rois:
             self._count_sampled_rois(ctx)
-        scores_s, scores_t = ctx.student_predictions[0], ctx.teacher_predictions[0]
+        scores_s, scores_t = ctx.student.roi.scores, ctx.teacher.roi.scores
         weights = self.class_weights().to(scores_s)
         kl = balanced_kl(scores_s, scores_t, weights, self.temperature)
         ctx.stats["distill/bkd_kl"] = kl.detach()
         ctx.stats.update({f"distill/bkd_weight_{c}": float(w) for c, w in enumerate(weights.tolist())})
-        return {"loss_bkd": self.weight * kl}
+        return {"loss_bkd": kl}

@@ -118,7 +118,7 @@ def flatten_rpn_outputs(objectness: List[torch.Tensor], deltas: List[torch.Tenso
 class Chen2017Distill(DistillTerm):
     """Soft CE + teacher-bounded regression (box head, RPN) + hint losses of Chen et al. 2017.
 
-    Losses (all multiplied by ``WEIGHT``): ``loss_chen2017_cls`` ``(1-mu) L_soft``,
+    Losses (the distiller multiplies all by ``WEIGHT``): ``loss_chen2017_cls`` ``(1-mu) L_soft``,
     ``loss_chen2017_reg`` ``nu L_b`` (box head), ``loss_chen2017_rpn_cls``,
     ``loss_chen2017_rpn_reg`` (RPN), ``loss_chen2017_hint`` ``gamma L_hint``.
     """
@@ -196,7 +196,7 @@ class Chen2017Distill(DistillTerm):
         weights[-1] = self.bg_weight
         return weights
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         losses = {}
         if self.box_head:
             losses.update(self._box_head_losses(ctx))
@@ -204,11 +204,11 @@ class Chen2017Distill(DistillTerm):
             losses.update(self._rpn_losses(ctx))
         if len(self.adapters):
             losses["loss_chen2017_hint"] = self.hint_weight * self._hint_loss(ctx)
-        return {k: self.weight * v for k, v in losses.items()}
+        return losses
 
     def _box_head_losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        scores_s, deltas_s = ctx.student_predictions
-        scores_t, deltas_t = ctx.teacher_predictions
+        scores_s, deltas_s = ctx.student.roi.scores, ctx.student.roi.deltas
+        scores_t, deltas_t = ctx.teacher.roi.scores, ctx.teacher.roi.deltas
         soft = weighted_soft_cross_entropy(
             scores_s, scores_t, self._class_weights(scores_s.shape[1], scores_s), self.temperature
         )
@@ -249,15 +249,12 @@ class Chen2017Distill(DistillTerm):
         return deltas.view(deltas.shape[0], -1, 4)[fg, classes]
 
     def _rpn_losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        logits_s, deltas_s = flatten_rpn_outputs(
-            ctx.student_rpn["objectness_logits"], ctx.student_rpn["anchor_deltas"]
-        )
-        logits_t, deltas_t = flatten_rpn_outputs(
-            ctx.teacher_rpn["objectness_logits"], ctx.teacher_rpn["anchor_deltas"]
-        )
-        anchors = Boxes.cat(ctx.student_rpn["anchors"])
-        labels = torch.stack(ctx.student_rpn["gt_labels"])  # (N, A): the RPN's sampled mini-batch
-        matched = torch.stack(ctx.student_rpn["gt_boxes"])  # (N, A, 4)
+        student, teacher = ctx.student.rpn, ctx.teacher.rpn
+        logits_s, deltas_s = flatten_rpn_outputs(student.objectness_logits, student.anchor_deltas)
+        logits_t, deltas_t = flatten_rpn_outputs(teacher.objectness_logits, teacher.anchor_deltas)
+        anchors = Boxes.cat(student.anchors)
+        labels = torch.stack(student.gt_labels)  # (N, A): the RPN's sampled mini-batch
+        matched = torch.stack(student.gt_boxes)  # (N, A, 4)
         normalizer = self.rpn_batch_size_per_image * len(labels)
         sampled = labels >= 0
         # 2-class distribution per anchor: [foreground, background] with background last.
@@ -280,7 +277,7 @@ class Chen2017Distill(DistillTerm):
 
     def _hint_loss(self, ctx: DistillContext) -> torch.Tensor:
         per_level = [
-            mse(adapter(ctx.student_features[f]), ctx.teacher_features[f], f"Chen2017Distill hint {f}")
+            mse(adapter(ctx.student.features[f]), ctx.teacher.features[f], f"Chen2017Distill hint {f}")
             for f, adapter in self.adapters.items()
         ]
         hint = torch.stack(per_level).mean()

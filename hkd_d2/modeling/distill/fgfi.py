@@ -86,7 +86,7 @@ def masked_imitation_loss(
 class FGFIDistill(DistillTerm):
     """Fine-grained feature imitation near anchors that match ground truth well.
 
-    Loss: ``loss_fgfi`` = WEIGHT * L; stats ``distill/fgfi_imitation``, ``distill/fgfi_mask_locations``.
+    Loss: ``loss_fgfi`` = L (times WEIGHT, by the distiller); stats ``distill/fgfi_imitation``, ``distill/fgfi_mask_locations``.
     """
 
     CONFIG_NODE = "MODEL.DISTILL.FGFI"
@@ -121,8 +121,9 @@ class FGFIDistill(DistillTerm):
             kernel_size=c.ADAPTER_KERNEL_SIZE, always=True,
         )
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
-        features = [ctx.student_features[f] for f in self.rpn_features]
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+        student, teacher = ctx.student.features, ctx.teacher.features
+        features = [student[f] for f in self.rpn_features]
         anchors = self.anchor_generator(features)
         masks = imitation_masks(
             [split_ignored(x)[0].gt_boxes for x in ctx.gt_instances],
@@ -132,12 +133,12 @@ class FGFIDistill(DistillTerm):
         )
         by_level = dict(zip(self.rpn_features, masks))
         loss = masked_imitation_loss(
-            [self.adapters[f](ctx.student_features[f]) for f in self.in_features],
-            [ctx.teacher_features[f] for f in self.in_features],
+            [self.adapters[f](student[f]) for f in self.in_features],
+            [teacher[f] for f in self.in_features],
             [by_level[f] for f in self.in_features],
         )
         ctx.stats["distill/fgfi_imitation"] = loss.detach()
         ctx.stats["distill/fgfi_mask_locations"] = float(
             sum(int(by_level[f].sum()) for f in self.in_features)
         )
-        return {"loss_fgfi": self.weight * loss}
+        return {"loss_fgfi": loss}

@@ -18,7 +18,7 @@ w.r.t. the prototypes are noisy knowledge and imitated less. Losses, with
 * ``loss_gkd_kd`` = ``KD_WEIGHT`` x mean over positive RoIs of ``r_i T^2 mean_c KL_c``, the KL
   between teacher and student class scores at temperature ``T``, averaged over classes.
 
-All are multiplied by ``WEIGHT``; with ``ATTENUATE`` the two feature losses (not the KL) decay
+The distiller multiplies all by ``WEIGHT``; with ``ATTENUATE`` the two feature losses (not the KL) decay
 linearly to 0 at SOLVER.MAX_ITER (the term's schedule).
 
 Reference: the authors' code (DAVAR-Lab-ML ``third_party/kd``: ``kd_loss.py`` and the Faster
@@ -205,22 +205,23 @@ class GKDDistill(DistillTerm):
             out[f] = (idx, self.box_averages[f](features[f], rois[idx]).flatten(1))
         return out
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         boxes, classes, positive = self._positive_rois(ctx.proposals)
+        student_maps, teacher_maps = ctx.student.features, ctx.teacher.features
         image_of = torch.repeat_interleave(
             torch.arange(len(boxes), device=classes.device), torch.tensor([len(b) for b in boxes], device=classes.device)
         )
         all_boxes = cat([b.tensor for b in boxes])
         ignore_boxes = [split_ignored(x)[1].tensor for x in ctx.gt_instances]
         with torch.no_grad():
-            vec_s = self.assigned_vectors(ctx.student_features, boxes)
-            vec_t = self.assigned_vectors(ctx.teacher_features, boxes)
+            vec_s = self.assigned_vectors(student_maps, boxes)
+            vec_t = self.assigned_vectors(teacher_maps, boxes)
         weights = all_boxes.new_ones(len(all_boxes))
         fg_levels, bg_levels = [], []
         for f in self.in_features:
             idx, s = vec_s[f]
             weights[idx] = self._robust_weights(f, s, vec_t[f][1], classes[idx])
-            student, teacher = self.adapters[f](ctx.student_features[f]), ctx.teacher_features[f]
+            student, teacher = self.adapters[f](student_maps[f]), teacher_maps[f]
             fg_map = self._foreground_map(all_boxes[idx], image_of[idx], weights[idx], teacher.shape, self.strides[f])
             bg = (fg_map == 0) & ~self._ignore_mask(ignore_boxes, teacher.shape, self.strides[f])
             err = (student - teacher).pow(2).mean(dim=1)
@@ -230,15 +231,15 @@ class GKDDistill(DistillTerm):
                 ctx.stats[f"distill/gkd_robust_weight_{f}"] = weights[idx].mean()
         fg, bg = torch.stack(fg_levels).mean(), torch.stack(bg_levels).mean()
         kd = soft_label_kl(
-            ctx.student_predictions[0][positive], ctx.teacher_predictions[0][positive], self.temperature, weights
+            ctx.student.roi.scores[positive], ctx.teacher.roi.scores[positive], self.temperature, weights
         )
         ctx.stats.update(
             {"distill/gkd_fg": fg.detach(), "distill/gkd_bg": bg.detach(), "distill/gkd_kd": kd.detach()}
         )
         return {
-            "loss_gkd_fg": self.weight * self.fg_weight * fg,
-            "loss_gkd_bg": self.weight * self.bg_weight * bg,
-            "loss_gkd_kd": self.weight * self.kd_weight * kd,
+            "loss_gkd_fg": self.fg_weight * fg,
+            "loss_gkd_bg": self.bg_weight * bg,
+            "loss_gkd_kd": self.kd_weight * kd,
         }
 
     def _positive_rois(self, proposals: List[Instances]) -> Tuple[List[Boxes], torch.Tensor, torch.Tensor]:

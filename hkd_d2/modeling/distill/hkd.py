@@ -8,9 +8,9 @@
 * ``LogitDistill`` (``loss_ld``): box-head class logits on the same RoIs,
   ``L_LD = mean((G_s - G_t)^2)`` over all (R, K+1) elements.
 
-Each returns ``weight * L``; the meta-architecture applies the schedule scale. The raw
-``L`` values go to ``ctx.stats`` as ``distill/pd`` (plus ``distill/pd_<level>``),
-``distill/rd`` and ``distill/ld``.
+Each returns the raw ``L``; the distiller multiplies it by the term's weight (lambda) and its
+schedule factor. The raw ``L`` values also go to ``ctx.stats`` as ``distill/pd`` (plus
+``distill/pd_<level>``), ``distill/rd`` and ``distill/ld``.
 
 When the student's channels differ from the teacher's, a trainable 1x1 conv on the student side
 (:func:`~hkd_d2.modeling.distill.common.feature_adapter`, ``MODEL.DISTILL.ADAPT_CHANNELS``) maps
@@ -76,21 +76,21 @@ class PyramidDistill(DistillTerm):
             raise ValueError(f"MODEL.DISTILL.PYRAMID.REDUCTION '{self.reduction}' is not one of {sorted(PD_REDUCTIONS)}")
         self.adapters = level_adapters(cfg, "PyramidDistill", self.in_features, student_shapes, teacher_shapes)
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+        student, teacher = ctx.student.features, ctx.teacher.features
         per_level = {
-            f: mse(self.adapters[f](ctx.student_features[f]), ctx.teacher_features[f], f"PyramidDistill {f}")
-            for f in self.in_features
+            f: mse(self.adapters[f](student[f]), teacher[f], f"PyramidDistill {f}") for f in self.in_features
         }
-        loss = PD_REDUCTIONS[self.reduction](per_level, ctx.teacher_features)
+        loss = PD_REDUCTIONS[self.reduction](per_level, teacher)
         ctx.stats.update({f"distill/pd_{f}": v.detach() for f, v in per_level.items()})
         ctx.stats["distill/pd"] = loss.detach()
-        return {"loss_pd": self.weight * loss}
+        return {"loss_pd": loss}
 
 
 class _SharedRoIMSE(DistillTerm):
     """``L = mean((S - T)^2)`` over all elements of a student and a teacher output on the shared
-    sampled RoIs (:meth:`outputs`); returns ``loss_<SHORT_NAME>`` = ``weight * L`` and logs the raw
-    ``L`` as ``distill/<SHORT_NAME>``."""
+    sampled RoIs (:meth:`outputs`); returns ``loss_<SHORT_NAME>`` = ``L`` and logs it as
+    ``distill/<SHORT_NAME>``."""
 
     # Names the loss and the statistic, e.g. "rd".
     SHORT_NAME: str
@@ -103,10 +103,10 @@ class _SharedRoIMSE(DistillTerm):
         """The student's output (through its adapter, if any) and the teacher's, of one shape."""
         raise NotImplementedError
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         loss = mse(*self.outputs(ctx), type(self).__name__)
         ctx.stats[f"distill/{self.SHORT_NAME}"] = loss.detach()
-        return {f"loss_{self.SHORT_NAME}": self.weight * loss}
+        return {f"loss_{self.SHORT_NAME}": loss}
 
 
 @DISTILL_TERM_REGISTRY.register()
@@ -131,7 +131,7 @@ class RegionDistill(_SharedRoIMSE):
         )
 
     def outputs(self, ctx: DistillContext) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.adapter(ctx.student_roi_features), ctx.teacher_roi_features
+        return self.adapter(ctx.student.roi.features), ctx.teacher.roi.features
 
 
 @DISTILL_TERM_REGISTRY.register()
@@ -146,4 +146,4 @@ class LogitDistill(_SharedRoIMSE):
         WEIGHT = 1.0
 
     def outputs(self, ctx: DistillContext) -> Tuple[torch.Tensor, torch.Tensor]:
-        return ctx.student_predictions[0], ctx.teacher_predictions[0]
+        return ctx.student.roi.scores, ctx.teacher.roi.scores

@@ -46,7 +46,7 @@ def pearson_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6
 class PKDDistill(DistillTerm):
     """Pearson-correlation feature distillation on FPN levels.
 
-    Loss: ``loss_pkd`` = WEIGHT * sum over levels; stats ``distill/pkd_<level>`` (unweighted, about ``1 - r``).
+    Loss: ``loss_pkd`` = sum over levels (times WEIGHT, by the distiller); stats ``distill/pkd_<level>`` (unweighted, about ``1 - r``).
     """
 
     CONFIG_NODE = "MODEL.DISTILL.PKD"
@@ -67,11 +67,11 @@ class PKDDistill(DistillTerm):
         self.in_features = list(c.IN_FEATURES)
         self.adapters = level_adapters(cfg, "MODEL.DISTILL.PKD.IN_FEATURES", self.in_features, student_shapes, teacher_shapes)
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         total = 0.0
         for f in self.in_features:
-            student = self.adapters[f](ctx.student_features[f])
-            level = pearson_loss(student, ctx.teacher_features[f], self.eps)
+            student = self.adapters[f](ctx.student.features[f])
+            level = pearson_loss(student, ctx.teacher.features[f], self.eps)
             ctx.stats[f"distill/pkd_{f}"] = level.detach()
             total = total + level
-        return {"loss_pkd": self.weight * total}
+        return {"loss_pkd": total}

@@ -7,7 +7,8 @@ The factor on a term's loss ``name`` at iteration ``i`` is
       * (max(0, 1 - i / max_iter) if name is attenuated, else 1)   otherwise.
 
 :class:`hkd_d2.engine.DistillationHook` tells the meta-architecture the iteration; outside a
-trainer (iteration ``None``) every factor is 1.
+trainer (iteration ``None``) every factor is 1. The distiller is the one place that computes them;
+the factors it applied are in its ``last_losses.scales``, and the metrics show those.
 """
 from dataclasses import dataclass
 from typing import FrozenSet, Optional
@@ -49,8 +50,3 @@ class DistillSchedule:
         if iteration is None or name not in self.attenuated:
             return scale
         return scale * max(0.0, 1.0 - iteration / self.max_iter)
-
-    @property
-    def is_plain_warmup(self) -> bool:
-        """True when the factor is the warm-up ramp alone (no start iteration, no attenuation)."""
-        return self.start_iter == 0 and not self.attenuated

@@ -19,7 +19,7 @@ Each pixel of a teacher FPN map, ``x`` (C_t channels), is coded on a dictionary 
       L = CE(student codes, y)                          (mean over pixels)
         + BCE(mean over pixels of sigmoid(D_s^T x_s + b_s), g)   (mean over N*K),
 
-  summed over levels and multiplied by ``WEIGHT``. The reference applies its cross-entropy to the
+  summed over levels (the distiller multiplies it by ``WEIGHT``). The reference applies its cross-entropy to the
   student's *sigmoid outputs* as if they were logits; that is the default here too, and
   ``CE_ON_LOGITS`` uses the pre-sigmoid ``D_s^T x_s + b_s`` instead.
 
@@ -317,8 +317,8 @@ class SRMDictionaryHook(HookBase):
 class SRMDistill(DistillTerm):
     """Sparse representation matching on FPN levels (see the module docstring).
 
-    Loss: ``loss_srm`` = WEIGHT * sum over levels of (pixel CE + image BCE); stats
-    ``distill/srm_ce``, ``distill/srm_bce`` (unweighted sums over levels).
+    Loss: ``loss_srm`` = sum over levels of (pixel CE + image BCE), times WEIGHT by the distiller;
+    stats ``distill/srm_ce``, ``distill/srm_bce`` (sums over levels).
     """
 
     CONFIG_NODE = "MODEL.DISTILL.SRM"
@@ -355,16 +355,16 @@ class SRMDistill(DistillTerm):
              for f in self.in_features}
         )
 
-    def forward(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
+    def losses(self, ctx: DistillContext) -> Dict[str, torch.Tensor]:
         with torch.no_grad():
-            teacher = self.codebook.sparse_codes(ctx.teacher_features)
+            teacher = self.codebook.sparse_codes(ctx.teacher.features)
         ce_total, bce_total = 0.0, 0.0
         for f in self.in_features:
             pixel_labels, image_labels = code_targets(teacher[f])
             ce, bce = code_matching_losses(
-                self.student_coders[f](ctx.student_features[f]), pixel_labels, image_labels, self.ce_on_logits
+                self.student_coders[f](ctx.student.features[f]), pixel_labels, image_labels, self.ce_on_logits
             )
             ce_total, bce_total = ce_total + ce, bce_total + bce
         ctx.stats["distill/srm_ce"] = ce_total.detach()
         ctx.stats["distill/srm_bce"] = bce_total.detach()
-        return {"loss_srm": self.weight * (ce_total + bce_total)}
+        return {"loss_srm": ce_total + bce_total}
