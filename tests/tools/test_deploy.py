@@ -87,6 +87,18 @@ def _pytorch_predictor(written, threshold: float):
     return build_predictor(load_student_config(written["config"], ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(threshold)]))
 
 
+def assert_same_detections(pytorch, deployed, image: np.ndarray) -> list:
+    """The PyTorch predictor's and an exported model's detections on ``image`` (BGR) agree within
+    the parity tolerances; returns their scores."""
+    a, b = pytorch(image)["instances"], deployed(image)["instances"]
+    assert b.image_size == a.image_size == image.shape[:2]
+    assert len(a) == len(b)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    assert torch.allclose(a.scores, b.scores, atol=SCORE_TOL, rtol=0)
+    assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=BOX_TOL_PX, rtol=0)
+    return a.scores.tolist()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_same_detections_as_pytorch(exported, runtime):
@@ -97,13 +109,7 @@ def test_same_detections_as_pytorch(exported, runtime):
         image = cv2.imread(record["file_name"])
         # An odd size too: the graphs take any H, W (the predictor resizes as DefaultPredictor).
         for im in (image, cv2.resize(image, (101, 83))):
-            a, b = pytorch(im)["instances"], deployed(im)["instances"]
-            assert b.image_size == a.image_size == im.shape[:2]
-            assert len(a) == len(b)
-            assert torch.equal(a.pred_classes, b.pred_classes)
-            assert torch.allclose(a.scores, b.scores, atol=SCORE_TOL, rtol=0)
-            assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=BOX_TOL_PX, rtol=0)
-            scores += a.scores.tolist()
+            scores += assert_same_detections(pytorch, deployed, im)
     # Detections were compared, and their scores are not flat (a trained model).
     assert len(scores) > 0 and np.ptp(scores) > 0.05
 
