@@ -9,7 +9,7 @@ then a budget-vs-cost report (see :mod:`hkd_d2.compress.pipeline` for the folder
 """
 import argparse
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from ..compress import CandidateSet, CompressOptions, Schedule, run_compress
 from ..engine.setup import setup_hkd_logger

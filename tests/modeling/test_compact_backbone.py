@@ -6,8 +6,6 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
-from detectron2.solver import build_optimizer
-from detectron2.utils.events import EventStorage
 from torch import nn
 from torchvision.models import mobilenet_v2
 
@@ -21,7 +19,7 @@ from hkd_d2.engine.setup import load_config
 from hkd_d2.modeling.backbone import StageSpec, build_compact_stage, stage_specs
 
 from ..conftest import CONFIGS
-from ..hkd_helpers import TINY, _merge, batch, build_hkd, hkd_cfg, write_teacher
+from ..hkd_helpers import TINY, _merge, batch, hkd_cfg, train_iterations, write_teacher
 
 STUDENT = CONFIGS / "synthetic" / "student_R18_FPN.yaml"
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
@@ -165,26 +163,16 @@ def test_mobilenetv2_takes_torchvision_weights(tmp_path):
     assert torch.equal(state["backbone.bottom_up.res2.1.layer.conv.0.1.running_var"], source["features.3.conv.0.1.running_var"])
 
 
-def _train_two_iterations(cfg):
-    model = build_hkd(cfg)
-    optimizer = build_optimizer(cfg, model)
-    model.train()
-    with EventStorage():
-        for step in range(2):
-            losses = model(batch(seed=step))
-            assert {"loss_pd", "loss_rd", "loss_ld"} <= set(losses)
-            assert all(math.isfinite(v.item()) for v in losses.values()), losses
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-    return model
+def _check_hkd_losses(losses):
+    assert {"loss_pd", "loss_rd", "loss_ld"} <= set(losses)
+    assert all(math.isfinite(v.item()) for v in losses.values()), losses
 
 
 def test_hkd_trains_the_compact_student(tmp_path):
     cfg = hkd_cfg(write_teacher(tmp_path), **{"MODEL.BACKBONE.NAME": "build_compact_fpn_backbone",
                                              "MODEL.COMPACT.BLOCKS": ["separable", "inverted_residual", "basic", "bottleneck"],
                                              "MODEL.COMPACT.WIDTHS": [16, 32, 32, 32], "MODEL.COMPACT.DEPTHS": [1, 1, 1, 1]})
-    model = _train_two_iterations(cfg)
+    model = train_iterations(cfg, check=_check_hkd_losses)
     assert "backbone.bottom_up.res3.0.layer.conv.0.0.weight" in model.state_dict()
 
 
@@ -193,4 +181,4 @@ def test_hkd_trains_the_mobilenetv2_student(tmp_path):
     cfg.merge_from_file(str(CONFIGS / "synthetic" / "hkd_R50_to_MobileNetV2.yaml"))
     cfg = _merge(cfg, {**TINY, **write_teacher(tmp_path)})
     assert cfg.MODEL.BACKBONE.NAME == "build_mobilenetv2_fpn_backbone" and cfg.MODEL.META_ARCHITECTURE == "HKDDistiller"
-    _train_two_iterations(cfg)
+    train_iterations(cfg, check=_check_hkd_losses)

@@ -7,15 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from torch import nn
 
 from hkd_d2.checkpoint import load_detector_weights
 from hkd_d2.compress import Budget, InfeasibleBudgetError, Schedule, block_losses, fit_interface, select_blocks, train_blockwise
 from hkd_d2.compress.budget import parse_budgets
-from hkd_d2.data import register_pedestrian_dataset
-from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic, render_scene
+from hkd_d2.data.synthetic import SyntheticConfig, render_scene
 from hkd_d2.deploy import DeployedPredictor
 from hkd_d2.engine.setup import load_config
 from hkd_d2.export import export_formats
@@ -23,7 +21,7 @@ from hkd_d2.tools.compress import main as compress_main
 from hkd_d2.tools.inference import build_predictor
 
 from ..conftest import CONFIGS
-from ..hkd_helpers import write_teacher
+from ..hkd_helpers import synthetic_dataset, write_teacher
 from .test_deploy import COMPARE_THRESH, RUNTIMES, assert_same_detections
 
 DATASET = "compress_test_train"
@@ -167,16 +165,8 @@ def test_block_loss_is_relative_squared_error():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compress")
-    generate_synthetic(tmp / "data", 6, 1, SyntheticConfig(width=96, height=64, scale=5.0),
-                       formats=("citypersons",), workers=0)
-    cp = tmp / "data" / "citypersons"
-    register_pedestrian_dataset(DATASET, cp / "ground_truth_train.json", protocol="citypersons",
-                                image_root=cp / "leftImg8bit" / "train")
-    try:
+    with synthetic_dataset(tmp / "data", [DATASET], 6, 96, 64):
         yield tmp
-    finally:
-        DatasetCatalog.remove(DATASET)
-        MetadataCatalog.remove(DATASET)
 
 
 PARAMS_BOUNDS = (0.25, 0.6, 1.2)

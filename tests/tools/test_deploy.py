@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 
-from hkd_d2.data import register_pedestrian_dataset
-from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
 from hkd_d2.deploy import METADATA_KEY, DeployedPredictor, ExportMetadata
 from hkd_d2.export import load_student_config
 from hkd_d2.tools.inference import build_predictor
 from hkd_d2.tools.runs import build_run_config, evaluate, train
 from hkd_d2.tools.video import main as video_main
 
+from ..hkd_helpers import synthetic_dataset
 from ..tools.test_tools import _write_video
 from ..conftest import REPO
 
@@ -60,14 +59,8 @@ def _load_tool():
 def exported(tmp_path_factory):
     """Train a small student (30 iterations), export every format + int8 with the CLI."""
     tmp = tmp_path_factory.mktemp("deploy")
-    generate_synthetic(tmp / "data", 8, 1, SyntheticConfig(width=96, height=72, scale=5.0),
-                       formats=("citypersons",), workers=0)
-    cp = tmp / "data" / "citypersons"
     # Validated on the training images: after 30 iterations they are the ones with MR < 100.
-    for name in (TRAIN, VAL):
-        register_pedestrian_dataset(name, cp / "ground_truth_train.json", protocol="citypersons",
-                                    image_root=cp / "leftImg8bit" / "train")
-    try:
+    with synthetic_dataset(tmp / "data", [TRAIN, VAL], 8, 96, 72):
         cfg = build_run_config(str(STUDENT), _train_opts(30), str(tmp / "train"))
         train(cfg)
         config_file = tmp / "student_train.yaml"
@@ -77,10 +70,6 @@ def exported(tmp_path_factory):
                                      "--output", str(out), "--format", "pytorch", "torchscript", "onnx",
                                      "--int8", "--calib-images", "4"])
         yield {"cfg": cfg, "written": written, "out": out, "tmp": tmp}
-    finally:
-        for name in (TRAIN, VAL):
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
 
 
 def _pytorch_predictor(written, threshold: float):
