@@ -32,7 +32,7 @@ def measure(name: str, model: nn.Module, inputs: List[Dict], size: Sequence[int]
 
 
 def _bound(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:g}"
+    return "-" if value is None else f"{value:.4g}"
 
 
 def report_markdown(rows: Sequence[Dict], size: Sequence[int], threads: int) -> str:
