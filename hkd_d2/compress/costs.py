@@ -43,8 +43,9 @@ def stage_input_sizes(maps: Sequence[torch.Tensor]) -> List[Tuple[int, int]]:
 
 def candidate_cost(module: nn.Module, in_channels: int, size: Tuple[int, int]) -> Cost:
     """Parameters and GMACs of ``module`` on one (1, in_channels, H, W) input."""
-    params = sum(p.numel() for p in module.parameters())
-    return Cost(float(params), module_gmacs(module, torch.zeros(1, in_channels, *size)))
+    params = list(module.parameters())
+    device = params[0].device if params else None
+    return Cost(float(sum(p.numel() for p in params)), module_gmacs(module, torch.zeros(1, in_channels, *size, device=device)))
 
 
 def backbone_cost(model: nn.Module, height: int, width: int) -> Cost:

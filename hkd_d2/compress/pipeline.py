@@ -25,7 +25,7 @@ from ..checkpoint import load_detector_weights
 from ..export import student_config
 from ..tools.report import write_json, write_text
 from .blockwise import Schedule, block_losses, train_blockwise
-from .budget import Budget, parse_budgets, select_blocks
+from .budget import Budget, Selection, parse_budgets, select_blocks
 from .candidates import CandidateSet, build_candidate, candidate_grid
 from .costs import Cost, backbone_cost, candidate_cost, padded_size, stage_input_sizes
 from .images import ImageSource
@@ -76,9 +76,9 @@ class CompressOptions:
 class _CandidatePool:
     """The teacher, the interface, every candidate with its cost and losses."""
 
-    def __init__(self, options: CompressOptions):
+    def __init__(self, options: CompressOptions, teacher: TeacherStages):
         self.options = options
-        self.teacher = TeacherStages(options.teacher_config, options.teacher_weights, options.device)
+        self.teacher = teacher
         self.source = ImageSource(options.dataset, options.train_size or options.input_size,
                                   self.teacher.cfg.INPUT.FORMAT, options.eval_images, options.seed)
         batches = self.source.training_batches(options.batch_size)
@@ -117,6 +117,11 @@ class _CandidatePool:
         stem_norm = self.teacher.cfg.MODEL.RESNETS.NORM
         return compact_overrides(specs, self.teacher.channels[0], "" if stem_norm == self.norm else stem_norm,
                                  self.norm, self.teacher.cfg, self.options.fpn == "teacher")
+
+    def select(self, budget: Budget, shared: Cost, losses: Optional[List[List[float]]] = None) -> Selection:
+        """The exact choice within ``budget`` by ``losses`` (default: the block losses)."""
+        return select_blocks(self.losses if losses is None else losses, [[c.params for c in s] for s in self.costs],
+                             [[c.gmacs for c in s] for s in self.costs], budget, (shared.params, shared.gmacs))
 
     def shared_cost(self) -> Cost:
         """Stem + FPN: a built student's backbone cost less its candidates' (the first of each stage)."""
@@ -194,10 +199,13 @@ def run_compress(options: CompressOptions) -> Dict:
     if final.exists():
         raise FileExistsError(f"{final} already exists; remove it or choose another --out")
     torch.manual_seed(options.seed)
-    pool = _CandidatePool(options)
-    teacher = backbone_cost(pool.teacher.detector, *options.input_size)
-    budgets = parse_budgets(options.max_gmacs, options.max_params, teacher.gmacs, teacher.params / 1e6)
+    teacher = TeacherStages(options.teacher_config, options.teacher_weights, options.device)
+    teacher_cost = backbone_cost(teacher.detector, *options.input_size)
+    budgets = parse_budgets(options.max_gmacs, options.max_params, teacher_cost.gmacs, teacher_cost.params / 1e6)
+    pool = _CandidatePool(options, teacher)
     shared = pool.shared_cost()
+    for budget in budgets:  # an impossible budget fails before the training, not after
+        pool.select(budget, shared, [[0.0] * len(stage) for stage in pool.grid])
     pool.train()
     inputs = pool.source.held_out_batches(1)[0]
     rows = _reference_rows(options, inputs, options.latency_repeats)
@@ -207,8 +215,7 @@ def run_compress(options: CompressOptions) -> Dict:
     with atomic_output(final, is_dir=True) as tmp:
         write_json(tmp / "candidates.json", {"shared": asdict(shared), "candidates": table})
         for budget in budgets:
-            choice = select_blocks(pool.losses, [[c.params for c in s] for s in pool.costs],
-                                   [[c.gmacs for c in s] for s in pool.costs], budget, (shared.params, shared.gmacs))
+            choice = pool.select(budget, shared)
             student = pool.write_student(budget, choice.indices, tmp / budget.label(), final / budget.label())
             row = measure(f"compact {budget.label()}", student["model"], inputs, options.input_size,
                           options.latency_repeats, budget, choice.loss)

@@ -231,3 +231,18 @@ def test_compact_student_exports_with_parity(tmp_path):
         deployed = DeployedPredictor(written[runtime], score_threshold=COMPARE_THRESH)
         scores = [s for image in images for s in assert_same_detections(pytorch, deployed, image)]
         assert scores and all(math.isfinite(s) for s in scores)
+
+
+def test_impossible_budget_fails_before_training_and_writes_nothing(tiny_data, monkeypatch):
+    teacher = write_teacher(tiny_data, depth=18)
+    monkeypatch.setattr("hkd_d2.compress.pipeline.train_blockwise", None)  # training would raise TypeError
+    out = tiny_data / "impossible"
+    args = ["--teacher-config", teacher["MODEL.TEACHER.CONFIG_FILE"], "--teacher-weights", teacher["MODEL.TEACHER.WEIGHTS"],
+            "--dataset", DATASET, "--input-size", "64x96", "--out", str(out), "--eval-images", "2", "--pca-batches", "1",
+            "--kinds", "separable", "--depths", "1", "--widths", "0.5"]
+    with pytest.raises(InfeasibleBudgetError, match="No student fits the budget gmacs0.001"):
+        compress_main([*args, "--max-gmacs", "2", "0.001"])
+    assert not out.exists()
+    out.mkdir()
+    with pytest.raises(FileExistsError, match="impossible already exists"):
+        compress_main([*args, "--max-gmacs", "2"])
