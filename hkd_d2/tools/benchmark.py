@@ -13,9 +13,10 @@ size, and ``native``, the recipe's ``MIN_SIZE_TEST x MAX_SIZE_TEST``), batch 1:
 * with fixed work (``--fixed-work``, the default; :mod:`hkd_d2.tools.fixed_work`): teacher and
   student run the box head on the same number of proposals and return the same number of
   detections (both counted in every row), as trained detectors would;
-* ``--deploy-opts KEY VALUE ...``: deploy-time settings (e.g. ``MODEL.RPN.POST_NMS_TOPK_TEST 300``,
-  ``EXPORT.RUNTIME.ALLOW_SPINNING False``, ``EXPORT.RUNTIME.TORCHSCRIPT_FREEZE True``) applied to a
-  second copy of every student row (same weights, exported again), timed in the same rounds.
+* ``--deploy-opts KEY VALUE ...`` (repeatable): deploy-time settings (e.g.
+  ``MODEL.RPN.POST_NMS_TOPK_TEST 300``, ``EXPORT.RUNTIME.ALLOW_SPINNING False``,
+  ``EXPORT.RUNTIME.TORCHSCRIPT_FREEZE True``), each occurrence applied to one more copy of every
+  student row (same weights, exported again), timed in the same rounds.
 
 A recipe whose detectors and size equal an earlier one's (Caltech and ECP at 600x800 are
 CityPersons' detectors) is measured once and listed as the same.
@@ -83,7 +84,8 @@ RUNTIMES = {
 }
 EXPORTED = ("torchscript", "onnx", "onnx_int8")
 # Variant labels: the student as the recipe has it, and with --deploy-opts.
-BASELINE, DEPLOYED = "recipe", "deploy settings"
+# Variant of the student as its recipe has it (the others are named by their --deploy-opts).
+BASELINE = "recipe"
 # Size of the generated scenes the int8 student is calibrated on (the config's test size where that
 # is smaller: an exported graph keeps its traced per-image proposal count, which smaller images
 # may not reach); the FrozenBatchNorm statistics of fixed work are measured on the first scene.
@@ -104,11 +106,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help=f"input sizes HxW, or '{NATIVE}' (the recipe's MIN_SIZE_TEST x MAX_SIZE_TEST)")
     p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES), help="student runtimes")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (each runs every detector once)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed rounds first (TorchScript specialises its graph over its first two calls)")
     p.add_argument("--fixed-work", action=argparse.BooleanOptionalAction, default=True,
                    help="teacher and student do the same work (fixed proposal and detection counts)")
-    p.add_argument("--deploy-opts", nargs="+", default=[], metavar="KEY VALUE",
-                   help="deploy-time config overrides of a second set of student rows")
+    p.add_argument("--deploy-opts", nargs="+", action="append", default=[], metavar="KEY VALUE",
+                   help="deploy-time config overrides of one more set of student rows (repeatable)")
     p.add_argument("--calib-images", type=int, default=8, help="generated scenes the int8 student is calibrated on")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="config overrides of every detector (e.g. smaller INPUT sizes for a quick check)")
@@ -120,7 +123,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--train-size", default=None, help="training image size HxW (default: the config's training size)")
     p.add_argument("--train-batch", type=int, default=1, help="images per training step")
     args = p.parse_args(argv)
-    if len(args.deploy_opts) % 2 or len(args.opts) % 2:
+    if any(len(opts) % 2 for opts in (args.opts, *args.deploy_opts)):
         p.error("--deploy-opts and --opts take KEY VALUE pairs")
     return args
 
@@ -138,35 +141,43 @@ def _config_file(name: str) -> str:
     return name if Path(name).is_file() else get_config_file(name)
 
 
+def deploy_label(opts: Sequence[str]) -> str:
+    """A variant's name from its overrides: ``POST_NMS_TOPK_TEST=300, ALLOW_SPINNING=False``."""
+    return ", ".join(f"{key.split('.')[-1]}={value}" for key, value in zip(opts[::2], opts[1::2]))
+
+
 @dataclass
 class Detectors:
-    """One recipe's configs on one device: teacher, student, and the student with deploy settings."""
+    """One recipe's configs on one device: the teacher, and the student per variant (BASELINE
+    first, then one per ``--deploy-opts``)."""
 
     recipe: str
-    configs: Dict[str, CfgNode]
+    teacher: CfgNode
+    students: Dict[str, CfgNode]
 
     @property
     def native(self) -> Tuple[int, int]:
-        cfg = self.configs[STUDENT]
+        cfg = self.students[BASELINE]
         return cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
 
     def key(self) -> str:
-        """What decides the measured work: model and test keys of every detector."""
-        return "\n".join(c.MODEL.dump() + c.TEST.dump() + c.EXPORT.dump() for c in self.configs.values())
+        """What decides the measured work: model, test and export keys of every detector."""
+        return "\n".join(c.MODEL.dump() + c.TEST.dump() + c.EXPORT.dump() for c in (self.teacher, *self.students.values()))
 
 
 def recipe_detectors(recipe: str, device: str, fixed_work: bool, opts: Sequence[str],
-                     deploy_opts: Sequence[str]) -> Detectors:
-    """Configs of ``recipe``'s teacher and exported student (and the student with ``deploy_opts``)."""
+                     deploy_opts: Sequence[Sequence[str]] = ()) -> Detectors:
+    """Configs of ``recipe``'s teacher and exported student (and the student with each of
+    ``deploy_opts``)."""
     config_file = get_config_file(RECIPE_CONFIG.format(recipe))
     common = (list(FIXED_WORK_OPTS) if fixed_work else []) + list(opts) + ["MODEL.DEVICE", device]
-    configs = {TEACHER: load_config(teacher_config(config_file), common),
-               STUDENT: student_config(load_config(config_file, common))}
-    if deploy_opts:
-        deployed = configs[STUDENT].clone()
-        deployed.merge_from_list(list(deploy_opts))
-        configs[DEPLOYED] = deployed
-    return Detectors(recipe, configs)
+    student = student_config(load_config(config_file, common))
+    students = {BASELINE: student}
+    for overrides in deploy_opts:
+        deployed = student.clone()
+        deployed.merge_from_list(list(overrides))
+        students[deploy_label(overrides)] = deployed
+    return Detectors(recipe, load_config(teacher_config(config_file), common), students)
 
 
 def _scene(index: Tuple[int, int]) -> np.ndarray:
@@ -246,29 +257,41 @@ class Entry:
 def _entries(detectors: Detectors, device: str, runtimes: Sequence[str], fixed_work: bool, threads: int,
              calib_images: int, export_dir: Path) -> List[Entry]:
     """Every detector of one recipe, ready to run on ``device``."""
-    cfgs = detectors.configs
-    teacher = _detector(cfgs[TEACHER], fixed_work)
-    student = _detector(cfgs[STUDENT], fixed_work)
-    entries = [Entry(TEACHER, "pytorch", BASELINE, cfgs[TEACHER], teacher, runner=teacher)]
-    for variant, cfg in ((BASELINE, cfgs[STUDENT]), (DEPLOYED, cfgs.get(DEPLOYED))):
-        if cfg is None:
-            continue
-        if variant == BASELINE:
+    teacher = _detector(detectors.teacher, fixed_work)
+    student = _detector(detectors.students[BASELINE], fixed_work)
+    entries = [Entry(TEACHER, "pytorch", BASELINE, detectors.teacher, teacher, runner=teacher)]
+    used = [r for r in runtimes if _runs_on(r, device)]
+    exports: Dict[str, Dict[str, str]] = {}
+    for number, (variant, cfg) in enumerate(detectors.students.items()):
+        # A variant that only sets EXPORT.RUNTIME runs the recipe's detector and files.
+        graph = _graph_key(cfg)
+        runtime_only = variant != BASELINE and graph == _graph_key(detectors.students[BASELINE])
+        if variant == BASELINE or runtime_only:
             model = student
         else:
             model = build_predictor(cfg).model
             model.load_state_dict(student.state_dict())
         options = _runtime_options(cfg, threads)
-        used = [r for r in runtimes if _runs_on(r, device)]
-        files = _export(cfg, model, export_dir / f"{detectors.recipe}_{variant.replace(' ', '_')}", used, calib_images)
+        if graph not in exports:
+            exports[graph] = _export(cfg, model, export_dir / f"{detectors.recipe}_{number}", used, calib_images)
+        files = exports[graph]
         for runtime in used:
             if runtime == "pytorch":
+                if runtime_only:
+                    continue
                 entries.append(Entry(STUDENT, runtime, variant, cfg, model, runner=model, options=options))
                 continue
             # The graph's own threshold, so that the exported student returns what PyTorch's does.
             predictor = DeployedPredictor(files[runtime], cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, device, options)
             entries.append(Entry(STUDENT, runtime, variant, cfg, model, files[runtime], predictor.model, options))
     return entries
+
+
+def _graph_key(cfg: CfgNode) -> str:
+    """What an exported graph is made of: the config less its runtime settings."""
+    cfg = cfg.clone()
+    cfg.EXPORT.pop("RUNTIME")
+    return cfg.dump()
 
 
 def _counts(entry: Entry, inputs: List[Dict]) -> Dict[str, Optional[int]]:
@@ -410,7 +433,7 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str] = ()) -> Dict:
     machine = _machine()
     command = "hkd-benchmark " + " ".join(shlex.quote(a) for a in argv)
     result: Dict = {"command": command, "machine": machine, "threads": torch.get_num_threads(),
-                    "fixed_work": args.fixed_work, "deploy_opts": list(args.deploy_opts), "seed": 0}
+                    "fixed_work": args.fixed_work, "deploy_opts": [list(o) for o in args.deploy_opts], "seed": 0}
     md = ["# hkd_d2 benchmark", "", f"`{command}`", "",
           f"{machine['date']}; {machine['cpu']} ({machine['nproc']} cores); torch {machine['torch']}, "
           f"{torch.get_num_threads()} CPU threads; random weights (seed 0)"

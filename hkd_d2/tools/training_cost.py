@@ -36,7 +36,7 @@ from ..export import student_config
 from .fixed_work import FIXED_WORK_OPTS, trained_like_weights
 from .report import markdown_table
 from .runs import teacher_config
-from .stage_profile import torch_stage_profile
+from .stage_profile import OTHER, torch_stage_profile
 from .timing import TimingStats, time_call
 
 __all__ = ["KINDS", "training_configs", "training_cost", "training_cost_worker", "training_markdown"]
@@ -212,7 +212,9 @@ def training_cost(config_file: str, device: str, size: Tuple[int, int], batch: i
 
 def _profile_markdown(cost: Dict) -> str:
     profiles = {k: cost[k]["profile"]["stages"] for k in KINDS}
-    stages = list(dict.fromkeys(s for k in KINDS for s in profiles[k]))
+    # Student stages, teacher stages, distillation, backward, optimizer, other, then the step.
+    order = [*STUDENT_RANGES, *TEACHER_RANGES, DISTILL, BACKWARD, OPTIMIZER, OTHER, STEP]
+    stages = [s for s in order if any(s in profiles[k] for k in KINDS)]
     rows = []
     for stage in stages:
         ms = [profiles[k].get(stage, 0.0) for k in KINDS]
