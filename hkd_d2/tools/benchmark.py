@@ -242,7 +242,6 @@ class Entry:
     model: str
     runtime: str
     variant: str
-    config: CfgNode
     detector: nn.Module
     file: Optional[str] = None
     runner: Optional[nn.Module] = None
@@ -259,7 +258,7 @@ def _entries(detectors: Detectors, device: str, runtimes: Sequence[str], fixed_w
     """Every detector of one recipe, ready to run on ``device``."""
     teacher = _detector(detectors.teacher, fixed_work)
     student = _detector(detectors.students[BASELINE], fixed_work)
-    entries = [Entry(TEACHER, "pytorch", BASELINE, detectors.teacher, teacher, runner=teacher)]
+    entries = [Entry(TEACHER, "pytorch", BASELINE, teacher, runner=teacher)]
     used = [r for r in runtimes if _runs_on(r, device)]
     exports: Dict[str, Dict[str, str]] = {}
     for number, (variant, cfg) in enumerate(detectors.students.items()):
@@ -279,11 +278,11 @@ def _entries(detectors: Detectors, device: str, runtimes: Sequence[str], fixed_w
             if runtime == "pytorch":
                 if runtime_only:
                     continue
-                entries.append(Entry(STUDENT, runtime, variant, cfg, model, runner=model, options=options))
+                entries.append(Entry(STUDENT, runtime, variant, model, runner=model, options=options))
                 continue
             # The graph's own threshold, so that the exported student returns what PyTorch's does.
             predictor = DeployedPredictor(files[runtime], cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, device, options)
-            entries.append(Entry(STUDENT, runtime, variant, cfg, model, files[runtime], predictor.model, options))
+            entries.append(Entry(STUDENT, runtime, variant, model, files[runtime], predictor.model, options))
     return entries
 
 
