@@ -1,7 +1,9 @@
 """What one HKD training step costs against the student's own step and the teacher's forward.
 
-Three kinds of work, each timed (and its peak memory taken) in a fresh process, on the same
-generated batch, with the weights of :func:`~hkd_d2.tools.fixed_work.trained_like_weights`:
+Three kinds of work on the same generated batch, with the weights of
+:func:`~hkd_d2.tools.fixed_work.trained_like_weights`, timed interleaved in one fresh process (one
+step of each per round, so that a change of machine load falls on all three alike), and their
+peak memory each taken alone in a fresh process:
 
 * ``student``: a training step (forward, backward, SGD step) of the distillation config's student
   detector trained alone (same pooler, same RoI sampling);
@@ -12,7 +14,7 @@ generated batch, with the weights of :func:`~hkd_d2.tools.fixed_work.trained_lik
 
 ``hkd / (student + teacher)`` is the distiller's overhead: 1 when distillation adds nothing but
 the teacher's forward. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the growth
-of the process's peak resident set (``ru_maxrss``) over the steps (the models and the batch are in
+of the process's peak resident set (``ru_maxrss``) over two steps (the model and the batch are in
 place before), and the process's whole peak. With ``profile_runs``, a ``torch.profiler`` profile
 of each kind by stage (:data:`STUDENT_RANGES`, :data:`TEACHER_RANGES`, the distillation terms,
 backward, optimizer) tells where an overhead comes from.
@@ -37,9 +39,9 @@ from .fixed_work import FIXED_WORK_OPTS, trained_like_weights
 from .report import markdown_table
 from .runs import teacher_config
 from .stage_profile import OTHER, torch_stage_profile
-from .timing import TimingStats, time_call
+from .timing import time_interleaved
 
-__all__ = ["KINDS", "training_configs", "training_cost", "training_cost_worker", "training_markdown"]
+__all__ = ["KINDS", "memory_worker", "timing_worker", "training_configs", "training_cost", "training_markdown"]
 
 KINDS = ("student", "teacher", "hkd")
 # Range label -> (attribute path, method) of the student's work in a training step.
@@ -156,39 +158,62 @@ def _ranges_and_stages(kind: str, model: torch.nn.Module) -> Tuple[Dict, Dict]:
     return ranges, stages
 
 
-def training_cost_worker(kind: str, config_file: str, device: str, size: Tuple[int, int], batch: int,
-                         repeats: int, teacher_weights: str, profile_runs: int = 0) -> Dict:
-    """Time one kind of training work ("student", "teacher", "hkd") in this process; its peak
-    memory; with ``profile_runs``, its stage profile (after the timing)."""
+def _work(kind: str, config_file: str, device: str, inputs: List[Dict], teacher_weights: str):
+    """The model of ``kind`` (trained-like random weights) and its step function."""
     torch.manual_seed(0)
-    dev = torch.device(device)
     cfg = training_configs(config_file, device, teacher_weights)[kind]
     model = build_model(cfg)
-    inputs = _training_batch(*size, batch)
     trained_like_weights(model, inputs)
     if kind == "teacher":
-        model.eval()
-        step = _teacher_step(model, inputs, cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)
-    else:
-        model.train()
-        step = _training_step(model, inputs)
+        return model.eval(), _teacher_step(model, inputs, cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)
+    return model.train(), _training_step(model, inputs)
+
+
+def timing_worker(config_file: str, device: str, size: Tuple[int, int], batch: int, repeats: int,
+                  teacher_weights: str, profile_runs: int = 0) -> Dict[str, Dict]:
+    """Time the three kinds of work interleaved in this process (a change of load falls on all
+    alike); with ``profile_runs``, each kind's stage profile after the timing."""
+    dev = torch.device(device)
+    inputs = _training_batch(*size, batch)
+    work = {kind: _work(kind, config_file, device, inputs, teacher_weights) for kind in KINDS}
+    results: Dict[str, Dict] = {}
+    with EventStorage():
+        stats = time_interleaved({kind: step for kind, (_, step) in work.items()}, repeats, warmup=1, device=dev)
+        for kind, (model, step) in work.items():
+            results[kind] = {"time": stats[kind].to_dict()}
+            if profile_runs:
+                ranges, stages = _ranges_and_stages(kind, model)
+                results[kind]["profile"] = torch_stage_profile(model, step, profile_runs, dev, ranges, stages, total=STEP)
+    return results
+
+
+def memory_worker(kind: str, config_file: str, device: str, size: Tuple[int, int], batch: int,
+                  teacher_weights: str) -> Dict[str, float]:
+    """Peak memory of two steps of ``kind`` alone in this process: growth over the steps (the
+    model and batch are in place before) and the process's whole peak."""
+    dev = torch.device(device)
+    model, step = _work(kind, config_file, device, _training_batch(*size, batch), teacher_weights)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     baseline = _maxrss_mb()
     with EventStorage():
-        stats = time_call(step, repeats, warmup=1, device=dev)
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _maxrss_mb() - baseline
-        result = {"kind": kind, "time": stats.to_dict(), "peak_memory_MB": peak, "process_peak_rss_MB": _maxrss_mb()}
-        if profile_runs:
-            ranges, stages = _ranges_and_stages(kind, model)
-            result["profile"] = torch_stage_profile(model, step, profile_runs, dev, ranges, stages, total=STEP)
-    return result
+        for _ in range(2):
+            step()
+    if dev.type == "cuda":
+        return {"peak_memory_MB": torch.cuda.max_memory_allocated(dev) / 2**20,
+                "process_peak_memory_MB": torch.cuda.max_memory_allocated(dev) / 2**20}
+    return {"peak_memory_MB": _maxrss_mb() - baseline, "process_peak_memory_MB": _maxrss_mb()}
+
+
+def _in_fresh_process(fn, *args):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def training_cost(config_file: str, device: str, size: Tuple[int, int], batch: int, repeats: int,
                   profile_runs: int = 0) -> Dict:
-    """Student step, teacher forward, HKD step of ``config_file`` (each in a fresh process), and
-    the HKD overhead ratio."""
+    """Student step, teacher forward, HKD step of ``config_file``: times (interleaved, one fresh
+    process), peak memory (a fresh process each), the HKD overhead ratio."""
     with tempfile.TemporaryDirectory() as tmp:
         teacher_cfg = training_configs(config_file, "cpu")["teacher"]
         teacher = build_model(teacher_cfg)
@@ -196,16 +221,14 @@ def training_cost(config_file: str, device: str, size: Tuple[int, int], batch: i
         weights = str(Path(tmp) / "teacher_random.pth")
         torch.save({"model": teacher.state_dict()}, weights)
         del teacher
-        results: Dict = {}
-        context = multiprocessing.get_context("spawn")
+        results: Dict = _in_fresh_process(timing_worker, config_file, device, size, batch, repeats, weights,
+                                          profile_runs)
         for kind in KINDS:
-            with ProcessPoolExecutor(1, mp_context=context) as pool:
-                results[kind] = pool.submit(training_cost_worker, kind, config_file, device, size, batch, repeats,
-                                            weights, profile_runs).result()
+            results[kind].update(_in_fresh_process(memory_worker, kind, config_file, device, size, batch, weights))
     median = {k: results[k]["time"]["median"] for k in KINDS}
     results["hkd_over_student_plus_teacher"] = median["hkd"] / (median["student"] + median["teacher"])
     results["memory_measure"] = ("torch.cuda.max_memory_allocated" if device == "cuda"
-                                 else "growth of ru_maxrss during the timed steps (fresh process per kind)")
+                                 else "growth of ru_maxrss over two steps, each kind alone in a fresh process")
     results.update(config=config_file, device=device, size=list(size), batch=batch, threads=torch.get_num_threads())
     return results
 
@@ -228,7 +251,7 @@ def training_markdown(cost: Dict) -> str:
     names = {"student": "student step", "teacher": "teacher forward (no grad)", "hkd": "HKD step"}
     rows = [[names[k], f"{1e3 * cost[k]['time']['median']:.0f}",
              f"{1e3 * cost[k]['time']['q1']:.0f}-{1e3 * cost[k]['time']['q3']:.0f}",
-             f"{cost[k]['peak_memory_MB']:.0f}", f"{cost[k]['process_peak_rss_MB']:.0f}"] for k in KINDS]
+             f"{cost[k]['peak_memory_MB']:.0f}", f"{cost[k]['process_peak_memory_MB']:.0f}"] for k in KINDS]
     h, w = cost["size"]
     text = (markdown_table(["Work", "Median (ms)", "IQR (ms)", "Peak memory growth (MB)", "Process peak (MB)"], rows)
             + f"\n\n`{cost['config']}`, {cost['device']}, {cost['threads']} threads, batch {cost['batch']} at {h}x{w}. "

@@ -215,6 +215,7 @@ def test_summarise_onnx_profile(tmp_path):
 
 # ------------------------------------------------------------------ the command
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_benchmark_latency_and_profile(tmp_path):
     out = tmp_path / "bench"
     result = benchmark.main(["--out", str(out), "--recipes", "caltech", "citypersons", *TINY_ARGS, "--profile",
@@ -248,14 +249,16 @@ def test_benchmark_latency_and_profile(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_benchmark_training_mode(tmp_path):
     out = tmp_path / "train"
-    result = benchmark.main(["--out", str(out), "--training", "--train-size", "64x128", "--repeats", "1",
-                             "--profile", "--profile-runs", "1"])
+    # The CPU-sized synthetic recipe (the real ones run the same code at a larger cost).
+    result = benchmark.main(["--out", str(out), "--training", "--train-config", "synthetic/hkd_R50_to_R18.yaml",
+                             "--train-size", "64x128", "--repeats", "1", "--profile", "--profile-runs", "1"])
     cost = result["training"][0]
     for kind in ("student", "teacher", "hkd"):
         assert cost[kind]["time"]["repeats"] == 1 and cost[kind]["time"]["median"] > 0
-        assert np.isfinite(cost[kind]["peak_memory_MB"]) and cost[kind]["process_peak_rss_MB"] > 0
+        assert np.isfinite(cost[kind]["peak_memory_MB"]) and cost[kind]["process_peak_memory_MB"] > 0
     assert cost["hkd"]["profile"]["stages"]["distillation terms"] > 0
     assert cost["teacher"]["profile"]["stages"]["teacher backbone+FPN"] > 0
     assert cost["student"]["profile"]["stages"]["backward"] > 0
