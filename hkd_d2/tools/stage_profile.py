@@ -79,6 +79,9 @@ ONNX_STAGE_PREFIXES: Sequence[Tuple[str, str]] = (
 OTHER = "other"
 # What ONNX Runtime puts before the name of a node it fused from others.
 FUSED_PREFIX = "fused "
+# Control-flow nodes: ONNX Runtime reports the nodes of their subgraphs on their own too, so their
+# times are left out (counted once, in those nodes).
+CONTAINER_OPS = ("If", "Loop", "Scan")
 # Operators listed per profile (by their own time, largest first).
 TOP_OPS = 12
 
@@ -199,11 +202,13 @@ def onnx_stage(node_name: str, previous: str) -> str:
 
 
 def _onnx_events(trace_file: str) -> Tuple[List[Dict], List[Dict]]:
-    """The ``model_run`` events and the node kernel events of an ONNX Runtime profile."""
+    """The ``model_run`` events and the node kernel events (less :data:`CONTAINER_OPS`) of an
+    ONNX Runtime profile."""
     with open(trace_file) as f:
         events = json.load(f)
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+             and e.get("args", {}).get("op_name") not in CONTAINER_OPS]
     return runs, nodes
 
 

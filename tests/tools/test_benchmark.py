@@ -197,6 +197,7 @@ def test_summarise_onnx_profile(tmp_path):
         nodes += [_event("/Sub", "Sub", t + 1, 2), _event("/backbone/bottom_up/stem/Conv", "Conv", t + 5, 40 if t else 90),
                   _event("/proposal_generator/rpn_head/conv/Conv", "Conv", t + 50, 20),
                   _event("/proposal_generator/TopK", "TopK", t + 72, 2),
+                  _event("If_6", "If", t + 74, 12),  # holds the NMS, reported on its own too
                   _event("NonMaxSuppression_7", "NonMaxSuppression", t + 75, 10)]
     trace = tmp_path / "trace.json"
     trace.write_text(json.dumps(runs + nodes))
