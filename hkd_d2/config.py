@@ -100,6 +100,18 @@ def _add_export_config(cfg: CN) -> None:
     # Deployment score threshold: SCORE_THRESH_TEST of the exported student.yaml and the default of
     # DeployedPredictor (the config's own SCORE_THRESH_TEST, for miss rates, stays inside the graphs).
     cfg.EXPORT.SCORE_THRESH_TEST = 0.3
+    # Deploy-time settings of the runtimes that run an exported student (hkd_d2.deploy.RuntimeOptions);
+    # every default keeps the runtime's own behaviour.
+    cfg.EXPORT.RUNTIME = CN()
+    # ONNX Runtime graph optimisation level: "disable", "basic", "extended" or "all" (its default).
+    cfg.EXPORT.RUNTIME.GRAPH_OPTIMIZATION_LEVEL = "all"
+    # ONNX Runtime threads per operator (0 = its default, one per physical core).
+    cfg.EXPORT.RUNTIME.INTRA_OP_THREADS = 0
+    # ONNX Runtime worker threads busy-wait for work between operators (False: they sleep, which
+    # frees the cores for other processes at some latency cost).
+    cfg.EXPORT.RUNTIME.ALLOW_SPINNING = True
+    # TorchScript: freeze the loaded module (torch.jit.freeze: weights and attributes become constants).
+    cfg.EXPORT.RUNTIME.TORCHSCRIPT_FREEZE = False
 
 
 def _add_dataset_config(cfg: CN) -> None:
