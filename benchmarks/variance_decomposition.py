@@ -1,6 +1,7 @@
 """Where the spread of the demo's result comes from: numeric environment, teacher seed, student seed.
 
-Reads demo output folders (``tools/demo.py --out DIR``: ``report.json`` and the runs' ``metrics.json``),
+Reads demo output folders (``tools/demo.py --out DIR``: the finished runs in its ``log.txt`` and their
+``metrics.json``),
 each labelled with its numeric environment and teacher::
 
     python benchmarks/variance_decomposition.py \\
@@ -26,6 +27,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import statistics
 from dataclasses import dataclass
 from datetime import date
@@ -63,16 +65,36 @@ class Group:
         return f"{self.env}/{self.teacher}"
 
 
-def load_group(spec: str) -> Group:
-    """``ENV:TEACHER:FOLDER`` -> :class:`Group` (from FOLDER/report.json)."""
-    env, teacher, folder = spec.split(":", 2)
-    report = json.loads((Path(folder) / "report.json").read_text())
+# A finished evaluation in the demo's log: "<Teacher|Student row name> (seed <k>) MR: Reasonable <x>, ...".
+LOG_MR = re.compile(r"(?P<row>(?:Teacher|Student)[^\n]*?) \(seed (?P<seed>\d+)\) MR: Reasonable (?P<mr>[0-9.]+)")
+
+
+def _from_log(folder: Path) -> Dict[str, Dict[int, float]]:
+    """Per-seed MR of the runs a demo has finished so far (its report.json comes only at the end)."""
+    found: Dict[str, Dict[int, float]] = {"teacher": {}, "student": {}, "hkd": {}}
+    for m in LOG_MR.finditer((folder / "log.txt").read_text()):
+        kind = "teacher" if m["row"].startswith("Teacher") else "hkd" if "+" in m["row"] else "student"
+        found[kind][int(m["seed"])] = float(m["mr"])
+    return found
+
+
+def _from_report(path: Path) -> Dict[str, Dict[int, float]]:
+    """Per-seed MR of a finished demo's ``report.json``."""
+    report = json.loads(path.read_text())
     seeds = report["settings"]["seeds"]
-    best = report["best_student"]
-    student = {s: r[SETUP] for s, r in zip(seeds, report["mr"][best])}
-    hkd = {s: r[SETUP] for s, r in zip(seeds, report["mr"]["hkd"])}
-    gain = {s: student[s] - hkd[s] for s in seeds}
-    return Group(env, teacher, Path(folder), report["mr"]["teacher"][0][SETUP],
+    return {"teacher": {seeds[0]: report["mr"]["teacher"][0][SETUP]},
+            "student": {s: r[SETUP] for s, r in zip(seeds, report["mr"][report["best_student"]])},
+            "hkd": {s: r[SETUP] for s, r in zip(seeds, report["mr"]["hkd"])}}
+
+
+def load_group(spec: str) -> Group:
+    """``ENV:TEACHER:PATH`` -> :class:`Group`: PATH is a demo's report.json, or a demo output folder
+    (its finished runs, read from its log.txt)."""
+    env, teacher, folder = spec.split(":", 2)
+    found = _from_report(Path(folder)) if folder.endswith(".json") else _from_log(Path(folder))
+    student, hkd = found["student"], found["hkd"]
+    gain = {s: student[s] - hkd[s] for s in sorted(set(student) & set(hkd))}
+    return Group(env, teacher, Path(folder), next(iter(found["teacher"].values()), math.nan),
                  {"student": student, "hkd": hkd, "gain": gain})
 
 
@@ -83,6 +105,8 @@ def _sd(values: Sequence[float]) -> float:
 def _between(a: Dict[int, float], b: Dict[int, float]) -> Dict[str, float]:
     """Per-seed differences a - b: mean, sd, and the per-run sd they imply (sd / sqrt 2)."""
     diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    if not diffs:
+        return {"n": 0, "mean_diff": math.nan, "mean_abs_diff": math.nan, "per_run_sd": math.nan}
     return {"n": len(diffs), "mean_diff": statistics.fmean(diffs), "mean_abs_diff": statistics.fmean(map(abs, diffs)),
             "per_run_sd": _sd(diffs) / math.sqrt(2) if len(diffs) > 1 else math.nan}
 
@@ -93,8 +117,9 @@ def decompose(groups: List[Group]) -> Dict:
     for g in groups:
         result["groups"][g.label] = {
             "teacher_mr": g.teacher_mr,
-            **{k: {"mean": statistics.fmean(g.mr[k].values()), "seed_sd": _sd(list(g.mr[k].values()))} for k in KINDS},
-            "paired": paired_gain(g.mr["hkd"], g.mr["student"]),
+            **{k: {"n": len(g.mr[k]), "mean": statistics.fmean(g.mr[k].values()) if g.mr[k] else math.nan,
+                   "seed_sd": _sd(list(g.mr[k].values()))} for k in KINDS},
+            "paired": paired_gain(g.mr["student"], g.mr["hkd"]),
         }
     for a, b in combinations(groups, 2):
         if a.teacher == b.teacher and a.env != b.env:
@@ -105,6 +130,8 @@ def decompose(groups: List[Group]) -> Dict:
 
 
 def _hkd_runs(folder: Path) -> Dict[int, Path]:
+    if not folder.is_dir():
+        return {}
     return {int(p.name.rsplit("seed", 1)[1]): p / "metrics.json" for p in sorted(folder.glob("hkd_seed*"))}
 
 
@@ -131,6 +158,7 @@ def loss_table(groups: List[Group]) -> Dict[str, Dict[int, Dict[str, float]]]:
 
 def plot_losses(groups: List[Group], path: Path) -> None:
     """Total and pyramid loss of every distilled run, one panel per group."""
+    groups = [g for g in groups if _hkd_runs(g.folder)]
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), sharey=True, squeeze=False)
     for ax, g in zip(axes[0], groups):
         for seed, metrics in _hkd_runs(g.folder).items():

@@ -13,7 +13,8 @@
   checkpoint to the newest intact one (:class:`ResumeError` when there is none);
 * each checkpoint can carry the YAML of its run's config (``run_config``) for resume checks;
 * a torchvision ResNet ``state_dict`` (``conv1.weight``, ``layer1.0.bn1.weight``, ...) is converted
-  on load to Detectron2's backbone names (``backbone.bottom_up.stem.conv1.weight``, ...);
+  on load to Detectron2's backbone names (``backbone.bottom_up.stem.conv1.weight``, ...); so is
+  every layout of :data:`FOREIGN_WEIGHTS` (torchvision MobileNetV2: :mod:`hkd_d2.modeling.backbone.mobilenet`);
 * weights of another architecture raise :class:`WeightsMismatchError` listing the missing,
   unexpected and wrongly shaped keys, instead of a warning that is easy to miss.
 
@@ -26,7 +27,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from .atomic import DiskFullError, atomic_output
 
 __all__ = [
     "CONFIG_KEY",
+    "FOREIGN_WEIGHTS",
     "CheckpointFileError",
     "DistillCheckpointer",
     "HKDCheckpointer",
@@ -180,6 +182,13 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
     return converted
 
 
+# Weights of other libraries converted on load, tried in order: (what they are, recogniser of the
+# state dict, converter to Detectron2 names). A converted file holds a backbone only.
+FOREIGN_WEIGHTS: List[Tuple[str, Callable[[Dict[str, Any]], bool], Callable[[Dict[str, Any]], Dict[str, Any]]]] = [
+    ("torchvision ResNet", is_torchvision_resnet, convert_torchvision_resnet),
+]
+
+
 class DistillCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with torchvision conversion and strict, explained key checks (the
     checkpointer of every hkd_d2 training, teachers' and students' alike).
@@ -290,10 +299,12 @@ class DistillCheckpointer(DetectionCheckpointer):
         except _PARSE_ERRORS as e:
             raise _unreadable(filename, e) from e
         _check_structure(data, filename)
-        if isinstance(data.get("model"), dict) and is_torchvision_resnet(data["model"]):
-            logger.info(f"{filename}: torchvision ResNet weights, converted to Detectron2 names")
-            data["model"] = convert_torchvision_resnet(data["model"])
-            data["backbone_only"] = True
+        for name, recognise, convert in FOREIGN_WEIGHTS:
+            if isinstance(data.get("model"), dict) and recognise(data["model"]):
+                logger.info(f"{filename}: {name} weights, converted to Detectron2 names")
+                data["model"] = convert(data["model"])
+                data["backbone_only"] = True
+                break
         if data.get("matching_heuristics", False):
             data["backbone_only"] = True
         return data

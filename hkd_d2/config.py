@@ -100,6 +100,18 @@ def _add_export_config(cfg: CN) -> None:
     # Deployment score threshold: SCORE_THRESH_TEST of the exported student.yaml and the default of
     # DeployedPredictor (the config's own SCORE_THRESH_TEST, for miss rates, stays inside the graphs).
     cfg.EXPORT.SCORE_THRESH_TEST = 0.3
+    # Deploy-time settings of the runtimes that run an exported student (hkd_d2.deploy.RuntimeOptions);
+    # every default keeps the runtime's own behaviour.
+    cfg.EXPORT.RUNTIME = CN()
+    # ONNX Runtime graph optimisation level: "disable", "basic", "extended" or "all" (its default).
+    cfg.EXPORT.RUNTIME.GRAPH_OPTIMIZATION_LEVEL = "all"
+    # ONNX Runtime threads per operator (0 = its default, one per physical core).
+    cfg.EXPORT.RUNTIME.INTRA_OP_THREADS = 0
+    # ONNX Runtime worker threads busy-wait for work between operators (False: they sleep, which
+    # frees the cores for other processes at some latency cost).
+    cfg.EXPORT.RUNTIME.ALLOW_SPINNING = True
+    # TorchScript: freeze the loaded module (torch.jit.freeze: weights and attributes become constants).
+    cfg.EXPORT.RUNTIME.TORCHSCRIPT_FREEZE = False
 
 
 def _add_dataset_config(cfg: CN) -> None:
@@ -128,6 +140,40 @@ def _add_curriculum_config(cfg: CN) -> None:
     cfg.DATALOADER.CURRICULUM.SCORE = "detection_loss"
 
 
+def _add_compact_config(cfg: CN) -> None:
+    # MODEL.COMPACT: the blocks of a compact backbone (written by hkd-compress), one entry per stage res2..res5.
+    cfg.MODEL.COMPACT = CN()
+    # Output channels of the stem (a Detectron2 BasicStem: 7x7 conv, norm, ReLU, 3x3 max-pool).
+    cfg.MODEL.COMPACT.STEM_OUT_CHANNELS = 64
+    # Norm of the stem ("" = NORM); a stem copied from a FrozenBN teacher keeps "FrozenBN" here.
+    cfg.MODEL.COMPACT.STEM_NORM = ""
+    # Norm of every stage block: "GN" (groups: gcd(32, channels)), "BN", "FrozenBN", "SyncBN", "".
+    cfg.MODEL.COMPACT.NORM = "GN"
+    # Block kind of each stage (COMPACT_BLOCK_REGISTRY): basic, bottleneck, inverted_residual, separable.
+    cfg.MODEL.COMPACT.BLOCKS = ["basic", "basic", "basic", "basic"]
+    # Number of blocks of each stage (before its 1x1 output projection).
+    cfg.MODEL.COMPACT.DEPTHS = [2, 2, 2, 2]
+    # Width of each stage's blocks (a bottleneck block's inner width; its output is 4x that).
+    cfg.MODEL.COMPACT.WIDTHS = [64, 128, 256, 512]
+    # Expansion factor of the inverted-residual stages (hidden = input channels x factor; others ignore it).
+    cfg.MODEL.COMPACT.EXPANSIONS = [6.0, 6.0, 6.0, 6.0]
+    # Output channels of each stage: a linear 1x1 projection maps the blocks' output to it.
+    cfg.MODEL.COMPACT.OUT_CHANNELS = [64, 128, 256, 512]
+    # Stages the backbone returns (the FPN reads MODEL.FPN.IN_FEATURES among them).
+    cfg.MODEL.COMPACT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+
+def _add_mobilenet_config(cfg: CN) -> None:
+    # MODEL.MOBILENET: torchvision's MobileNetV2 as a Detectron2 backbone.
+    cfg.MODEL.MOBILENET = CN()
+    # Width multiplier of torchvision's mobilenet_v2 (1.0 = the ImageNet model's channels).
+    cfg.MODEL.MOBILENET.WIDTH_MULT = 1.0
+    # Norm of every layer: "BN" (torchvision's, needed by its ImageNet weights), "FrozenBN", "GN", "SyncBN".
+    cfg.MODEL.MOBILENET.NORM = "BN"
+    # Stages the backbone returns: res2..res5 end at strides 4, 8, 16 and 32.
+    cfg.MODEL.MOBILENET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+
 def add_hkd_config(cfg: CN) -> CN:
     """Add every hkd_d2 key (with its default) to ``cfg`` in place and return it."""
     for add in (
@@ -141,6 +187,8 @@ def add_hkd_config(cfg: CN) -> CN:
         _add_export_config,
         _add_dataset_config,
         _add_curriculum_config,
+        _add_compact_config,
+        _add_mobilenet_config,
     ):
         add(cfg)
     return cfg

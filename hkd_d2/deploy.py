@@ -7,6 +7,10 @@ threshold (the training config's ``SCORE_THRESH_TEST``), NMS and ``DETECTIONS_PE
 Normalisation and padding are inside the graph; H and W are free (any size). The file carries
 :class:`ExportMetadata` (resize, input format, thresholds, a format version).
 
+:class:`RuntimeOptions` are deploy-time settings of the runtime that runs a file (ONNX Runtime
+session options, TorchScript freezing), read from a config's ``EXPORT.RUNTIME`` keys; their
+defaults leave each runtime as it is.
+
 :class:`DeployedPredictor` adds what the graph leaves out, as Detectron2 does: the resize by
 ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``, the deployment score threshold, and the boxes scaled
 to the original image. Its ``.model`` (:class:`ExportedModel`) takes Detectron2's batched
@@ -31,7 +35,10 @@ __all__ = [
     "ExportMetadata",
     "ExportedModel",
     "DeployedPredictor",
+    "RuntimeOptions",
     "load_runtime",
+    "onnx_session",
+    "onnx_session_options",
 ]
 
 # Version of the exported files' contract (inputs, outputs, metadata); a file of another
@@ -86,10 +93,59 @@ class ExportMetadata:
             raise ValueError(f"{source}: malformed {METADATA_KEY} metadata ({e})") from None
 
 
-def _torchscript_runtime(path: str, device: str) -> Tuple[Runtime, str]:
+# EXPORT.RUNTIME.GRAPH_OPTIMIZATION_LEVEL -> name in onnxruntime.GraphOptimizationLevel.
+GRAPH_OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+# ONNX Runtime session config entry of spinning worker threads.
+ALLOW_SPINNING_ENTRY = "session.intra_op.allow_spinning"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Deploy-time settings of the runtimes (config ``EXPORT.RUNTIME.*``); the defaults are each
+    runtime's own behaviour. None of them changes what is computed, only how."""
+
+    # ONNX Runtime: graph optimisation level, a key of GRAPH_OPTIMIZATION_LEVELS.
+    graph_optimization_level: str = "all"
+    # ONNX Runtime: threads per operator (0 = its default).
+    intra_op_threads: int = 0
+    # ONNX Runtime: worker threads busy-wait between operators.
+    allow_spinning: bool = True
+    # TorchScript: torch.jit.freeze the loaded module.
+    torchscript_freeze: bool = False
+
+    def __post_init__(self):
+        if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ValueError(
+                f"EXPORT.RUNTIME.GRAPH_OPTIMIZATION_LEVEL {self.graph_optimization_level!r} is not one of "
+                f"{sorted(GRAPH_OPTIMIZATION_LEVELS)}"
+            )
+        if self.intra_op_threads < 0:
+            raise ValueError(f"EXPORT.RUNTIME.INTRA_OP_THREADS must be >= 0 (0 = default), got {self.intra_op_threads}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "RuntimeOptions":
+        """The options of ``cfg.EXPORT.RUNTIME``."""
+        node = cfg.EXPORT.RUNTIME
+        return cls(
+            graph_optimization_level=node.GRAPH_OPTIMIZATION_LEVEL,
+            intra_op_threads=node.INTRA_OP_THREADS,
+            allow_spinning=node.ALLOW_SPINNING,
+            torchscript_freeze=node.TORCHSCRIPT_FREEZE,
+        )
+
+
+def _torchscript_runtime(path: str, device: str, options: RuntimeOptions) -> Tuple[Runtime, str]:
     extra = {f"{METADATA_KEY}.json": ""}
     # Scripted in eval mode with ``training`` frozen to a constant (it cannot be set again).
     module = torch.jit.load(path, map_location=device, _extra_files=extra)
+    if options.torchscript_freeze:
+        # (torch.jit.optimize_for_inference cannot follow: it sets ``training``, a constant here.)
+        module = torch.jit.freeze(module)
 
     @torch.no_grad()
     def run(image: torch.Tensor):
@@ -106,14 +162,45 @@ def _onnx_providers(device: str, available: List[str]) -> List[str]:
     return ["CPUExecutionProvider"]
 
 
-def _onnx_runtime(path: str, device: str) -> Tuple[Runtime, str]:
+def _import_onnxruntime(path: str):
     try:
         import onnxruntime as ort
     except ImportError:
         raise ImportError(
             f"Running {path} needs ONNX Runtime, which is not installed: pip install -e .[deploy]"
         ) from None
-    session = ort.InferenceSession(path, providers=_onnx_providers(device, ort.get_available_providers()))
+    return ort
+
+
+def onnx_session_options(options: RuntimeOptions):
+    """``onnxruntime.SessionOptions`` of ``options`` (graph optimisation level, intra-op threads,
+    spinning)."""
+    ort = _import_onnxruntime("an ONNX model")
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization_level]
+    )
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.add_session_config_entry(ALLOW_SPINNING_ENTRY, "1" if options.allow_spinning else "0")
+    return session_options
+
+
+def onnx_session(path: str, device: str = "cpu", options: Optional[RuntimeOptions] = None,
+                 profile_prefix: Optional[str] = None):
+    """An ``onnxruntime.InferenceSession`` of ``path`` on ``device``, set up by ``options``
+    (default :class:`RuntimeOptions`); with ``profile_prefix``, ONNX Runtime's profiler on, its
+    JSON trace written to ``<profile_prefix>_<date>.json`` by ``session.end_profiling()``."""
+    ort = _import_onnxruntime(path)
+    session_options = onnx_session_options(options or RuntimeOptions())
+    if profile_prefix is not None:
+        session_options.enable_profiling = True
+        session_options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(path, sess_options=session_options,
+                                providers=_onnx_providers(device, ort.get_available_providers()))
+
+
+def _onnx_runtime(path: str, device: str, options: RuntimeOptions) -> Tuple[Runtime, str]:
+    session = onnx_session(path, device, options)
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "")
 
     def run(image: torch.Tensor):
@@ -123,21 +210,24 @@ def _onnx_runtime(path: str, device: str) -> Tuple[Runtime, str]:
     return run, text
 
 
-# File suffix -> loader(path, device) -> (runtime, metadata JSON).
-RUNTIMES: Dict[str, Callable[[str, str], Tuple[Runtime, str]]] = {
+# File suffix -> loader(path, device, options) -> (runtime, metadata JSON).
+RUNTIMES: Dict[str, Callable[[str, str, RuntimeOptions], Tuple[Runtime, str]]] = {
     ".ts": _torchscript_runtime,
     ".onnx": _onnx_runtime,
 }
 
 
-def load_runtime(path: str, device: str = "cpu") -> Tuple[Runtime, ExportMetadata]:
-    """The runtime for an exported file (chosen by suffix) and its checked metadata."""
+def load_runtime(
+    path: str, device: str = "cpu", options: Optional[RuntimeOptions] = None
+) -> Tuple[Runtime, ExportMetadata]:
+    """The runtime for an exported file (chosen by suffix, set up with ``options``, default
+    :class:`RuntimeOptions`) and its checked metadata."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Exported model not found: {path}")
     suffix = os.path.splitext(path)[1]
     if suffix not in RUNTIMES:
         raise ValueError(f"{path}: unknown exported model type {suffix!r}; expected one of {sorted(RUNTIMES)}")
-    runtime, text = RUNTIMES[suffix](path, device)
+    runtime, text = RUNTIMES[suffix](path, device, options or RuntimeOptions())
     return runtime, ExportMetadata.from_json(text, path)
 
 
@@ -178,7 +268,8 @@ class DeployedPredictor:
     ``model`` (:class:`ExportedModel`), ``aug``, ``input_format``, plus ``export_metadata``.
     """
 
-    def __init__(self, path: str, score_threshold: Optional[float] = None, device: str = "cpu"):
+    def __init__(self, path: str, score_threshold: Optional[float] = None, device: str = "cpu",
+                 options: Optional[RuntimeOptions] = None):
         """
         Args:
             path: exported file written by ``tools/export_student.py``.
@@ -186,8 +277,10 @@ class DeployedPredictor:
                 threshold; below the graph's own threshold nothing more appears).
             device: "cpu" or "cuda" (TorchScript on that device; ONNX Runtime's CUDA provider
                 where installed, else CPU).
+            options: deploy-time runtime settings (default: each runtime's own behaviour;
+                ``RuntimeOptions.from_config(cfg)`` reads them from ``EXPORT.RUNTIME``).
         """
-        runtime, self.export_metadata = load_runtime(path, device)
+        runtime, self.export_metadata = load_runtime(path, device, options)
         meta = self.export_metadata
         threshold = meta.score_thresh if score_threshold is None else score_threshold
         self.model = ExportedModel(runtime, threshold)

@@ -4,14 +4,19 @@ Everything is sized for CPU tests: 64x96 images, FPN with 32 channels, a few RoI
 """
 import contextlib
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 from hkd_d2.config import add_hkd_config
+from hkd_d2.data import register_pedestrian_dataset
+from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
 from hkd_d2.modeling.distill import DISTILL_TERM_REGISTRY
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -74,11 +79,6 @@ def hkd_cfg(teacher: Dict[str, str], norm: str = "BN", **overrides) -> CfgNode:
 def register_tiny_citypersons(root: Path, name: str, classes: Optional[Sequence[str]] = None, **synthetic) -> str:
     """Generate 4 tiny synthetic CityPersons images (96x64) under ``root`` and register their
     train split as ``name`` (again when it exists), with ``classes`` (CityPersons labels) when given."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from hkd_d2.data import register_pedestrian_dataset
-    from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
-
     data = root / "data"
     generate_synthetic(data, 4, 1, SyntheticConfig(width=96, height=64, seed=3, scale=2.0, **synthetic),
                        formats=("citypersons",), workers=0)
@@ -106,6 +106,40 @@ def trainer_cfg(config_file: Path, teacher: Dict[str, str], dataset: str, out: P
 def build_hkd(cfg: CfgNode, seed: int = 0):
     torch.manual_seed(seed)
     return build_model(cfg)
+
+
+def train_iterations(cfg: CfgNode, steps: int = 2, check: Callable[[Dict], None] = lambda losses: None):
+    """Build ``cfg``'s model (seed 0) and train it ``steps`` iterations on :func:`batch` (seed =
+    step), calling ``check(losses)`` on every step's loss dict; return the model."""
+    model = build_hkd(cfg)
+    optimizer = build_optimizer(cfg, model)
+    model.train()
+    with EventStorage():
+        for step in range(steps):
+            losses = model(batch(seed=step))
+            check(losses)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    return model
+
+
+@contextlib.contextmanager
+def synthetic_dataset(folder: Path, names: List[str], images: int, width: int, height: int) -> Iterator[Path]:
+    """Generate ``images`` CityPersons-format scenes under ``folder`` and register them as each of
+    ``names`` (removed again after the block); yields the CityPersons folder."""
+    generate_synthetic(folder, images, 1, SyntheticConfig(width=width, height=height, scale=5.0),
+                       formats=("citypersons",), workers=0)
+    root = folder / "citypersons"
+    for name in names:
+        register_pedestrian_dataset(name, root / "ground_truth_train.json", protocol="citypersons",
+                                    image_root=root / "leftImg8bit" / "train")
+    try:
+        yield root
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
 
 
 def batch(seed: int = 0, with_ignore: bool = True) -> List[Dict]:

@@ -1,7 +1,11 @@
 #!/usr/bin/env python
-"""Speed and cost of teacher vs student (PyTorch, TorchScript, ONNX Runtime fp32/int8): latency, parameters, GMACs, HKD training cost.
+"""Teacher vs deployed student on the benchmarks' recipes (PyTorch, TorchScript, ONNX Runtime fp32/int8):
+latency with fixed work, per-stage profiles, deploy-time settings, HKD training cost.
 
-    python tools/benchmark.py --out bench_output [--device cpu|cuda] [--repeats N] [--no-training] [--no-exported]
+    python tools/benchmark.py --out bench_output [--recipes ...] [--sizes 600x800 native] [--threads N]
+        [--repeats N] [--profile] [--deploy-opts KEY VALUE ...]... [--device cpu|cuda]
+    python tools/benchmark.py --out bench_output --training [--train-config citypersons/hkd_R50_to_R18.yaml]
+        [--train-size HxW] [--profile]
 """
 import hkd_d2  # noqa: F401  (registers datasets, models, evaluators)
 from hkd_d2.tools.benchmark import main

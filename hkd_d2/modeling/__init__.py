@@ -1,5 +1,5 @@
 """Model parts of hkd_d2; importing this package registers them with Detectron2's registries."""
-from . import distill, pyramid_pooler, recorders, roi_heads, rpn  # noqa: F401  (registration side effects)
+from . import backbone, distill, pyramid_pooler, recorders, roi_heads, rpn  # noqa: F401  (registration side effects)
 from .distiller import Distiller, HKDDistiller, StepLosses
 from .pyramid_pooler import ROI_POOLER_REGISTRY, PyRoIAlign, build_box_pooler
 from .recorders import RECORDER_REGISTRY

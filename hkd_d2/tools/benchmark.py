@@ -1,75 +1,97 @@
-"""Benchmark: teacher vs student (PyTorch and exported) latency, size and compute; HKD training cost.
+"""Benchmark: teacher vs deployed student on the benchmarks' recipes: latency, stage profiles, HKD training cost.
 
-Figures (written to ``OUT/benchmark.json`` and ``OUT/benchmark.md``):
+Latency (the default): for each recipe (``configs/<recipe>/hkd_R50_to_R18.yaml``: its teacher
+R50-FPN, and its student R18-FPN as exported) and each input size (``600x800``, the paper's Table 4
+size, and ``native``, the recipe's ``MIN_SIZE_TEST x MAX_SIZE_TEST``), batch 1:
 
-* latency, batch 1, at each ``--sizes`` (default 600x800 and 480x640), median and IQR/min/max
-  of ``--repeats`` runs, on every device (CPU, and CUDA when present), with the student/teacher
-  ratio from the same run; the CPU-sized ``configs/synthetic`` detectors, randomly initialised (with
-  their small heads, weights do not change the cost);
-* parameters and backbone GMACs;
-* training cost on generated scenes, for ``configs/synthetic/hkd_R50_to_R18.yaml``: the same
-  student trained alone (step), its teacher's no-grad forward (backbone + box head on the step's
-  RoIs, what HKD runs), the HKD step, and
-  ``HKD step / (student step + teacher forward)``; peak memory: ``torch.cuda.max_memory_allocated``
-  on GPU; on CPU the growth of the process's peak resident set (``ru_maxrss``) during the
-  steps, each measurement in its own fresh process so the peaks do not mask each other;
-* the exported student (``hkd_d2.export``: TorchScript, ONNX Runtime fp32, ONNX Runtime int8
-  calibrated on generated scenes) in the same latency table, on CPU, through
-  :class:`~hkd_d2.deploy.DeployedPredictor`'s model (``--no-exported`` leaves it out).
+* the teacher in PyTorch, the student in PyTorch, TorchScript, ONNX Runtime fp32 and ONNX Runtime
+  int8 (``hkd_d2.export``; int8 calibrated on generated scenes), all built from random weights;
+* timed in the same run, interleaved (one call of each per round, ``--repeats`` rounds after
+  ``--warmup``): median, IQR, min-max, and the ratio to the teacher of the same round set;
+* on every device: CPU with ``--threads`` threads (PyTorch and ONNX Runtime alike), and CUDA when
+  present (PyTorch and TorchScript; ONNX Runtime with its CUDA provider where installed);
+* with fixed work (``--fixed-work``, the default; :mod:`hkd_d2.tools.fixed_work`): teacher and
+  student run the box head on the same number of proposals and return the same number of
+  detections (both counted in every row), as trained detectors would;
+* ``--deploy-opts KEY VALUE ...`` (repeatable): deploy-time settings (e.g.
+  ``MODEL.RPN.POST_NMS_TOPK_TEST 300``, ``EXPORT.RUNTIME.ALLOW_SPINNING False``,
+  ``EXPORT.RUNTIME.TORCHSCRIPT_FREEZE True``), each occurrence applied to one more copy of every
+  student row (same weights, exported again), timed in the same rounds.
 
-The evaluator's speed against a reference loop is ``benchmarks/miss_rate.py``'s.
+A recipe whose detectors and size equal an earlier one's (Caltech and ECP at 600x800 are
+CityPersons' detectors) is measured once and listed as the same.
+
+``--profile``: per-stage tables (:mod:`hkd_d2.tools.stage_profile`): ``torch.profiler`` on the
+PyTorch teacher and student, ONNX Runtime's profiler on the fp32 and int8 graphs.
+
+``--training``: the HKD step's cost instead (:mod:`hkd_d2.tools.training_cost`): student step,
+teacher no-grad forward, HKD step of ``--train-config`` at ``--train-size`` (default: its training
+size), peak memory, and ``HKD / (student + teacher)``; with ``--profile``, by stage.
+
+Output: ``OUT/benchmark.json`` and ``OUT/benchmark.md`` (with the command, date, machine and
+threads); ONNX Runtime profiles under ``OUT/profiles/``.
 """
 import argparse
+import dataclasses
+import datetime
 import logging
-import multiprocessing
-import resource
+import os
+import platform
+import shlex
+import subprocess
+import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
+from torch import nn
 
 from ..data.synthetic import SyntheticConfig, render_scene
-from ..deploy import DeployedPredictor
+from ..deploy import DeployedPredictor, RuntimeOptions
 from ..engine.setup import load_config
-from ..export import ONNX_FILE, export_formats
+from ..export import export_formats, student_config
 from ..model_zoo import get_config_file
 from .complexity import backbone_gmacs, count_parameters
+from .fixed_work import FIXED_WORK_OPTS, trained_like_weights, work_counts
 from .inference import build_predictor, model_inputs
 from .report import markdown_table, write_json, write_text
 from .runs import teacher_config
-from .timing import TimingStats, time_call
+from .stage_profile import INFERENCE_STAGES, OTHER, onnx_stage_profile, torch_stage_profile
+from .timing import time_interleaved
+from .training_cost import training_cost, training_markdown
 
 __all__ = ["parse_args", "run_benchmark", "main"]
 
 logger = logging.getLogger("hkd_d2.benchmark")
 
-# The CPU-sized configs/synthetic detectors (the demo's): their heads are small, so a randomly
-# initialised model costs what a trained one does (the CityPersons recipes' 1000 proposals x FC 1024
-# box head make the latency of random weights depend on how many boxes survive NMS).
-CONFIGS = {
-    "teacher R50-FPN": ("synthetic/teacher_R50_FPN.yaml", []),
-    "student R18-FPN": ("synthetic/student_R18_FPN.yaml", []),
-    "student R18-FPN, FPN 32 ch": ("synthetic/student_R18_FPN.yaml", ["MODEL.FPN.OUT_CHANNELS", "32"]),
+RECIPES = ("caltech", "citypersons", "crowdhuman", "ecp")
+# The distillation recipe of a benchmark: its teacher, and the student that is exported.
+RECIPE_CONFIG = "{}/hkd_R50_to_R18.yaml"
+NATIVE = "native"
+TEACHER, STUDENT = "teacher R50-FPN", "student R18-FPN"
+# Student runtimes: name -> label; the exported ones are artifacts of hkd_d2.export.export_formats.
+RUNTIMES = {
+    "pytorch": "PyTorch",
+    "torchscript": "TorchScript",
+    "onnx": "ONNX Runtime fp32",
+    "onnx_int8": "ONNX Runtime int8",
 }
-HKD_CONFIG = "synthetic/hkd_R50_to_R18.yaml"
-# The student of HKD_CONFIG trained alone (training cost).
-STUDENT_CONFIG = "synthetic/student_R18_FPN.yaml"
-# The exported student's rows: name -> file written by export_formats (the "student R18-FPN" detector).
-EXPORTED = {
-    "student R18-FPN, TorchScript": "torchscript",
-    "student R18-FPN, ONNX Runtime fp32": "onnx",
-    "student R18-FPN, ONNX Runtime int8": "onnx_int8",
-}
-EXPORTED_CONFIG = "student R18-FPN"
-# Generated scenes the int8 student is calibrated on.
-CALIBRATION_SCENES = 8
+EXPORTED = ("torchscript", "onnx", "onnx_int8")
+# Variant labels: the student as the recipe has it, and with --deploy-opts.
+# Variant of the student as its recipe has it (the others are named by their --deploy-opts).
+BASELINE = "recipe"
+# Size of the generated scenes the int8 student is calibrated on (the config's test size where that
+# is smaller: an exported graph keeps its traced per-image proposal count, which smaller images
+# may not reach); the FrozenBatchNorm statistics of fixed work are measured on the first scene.
+CALIBRATION_SIZE = (600, 800)
+# Timed image: generated scene (split 1, index 0), resized to each input size.
+TIMED_SCENE = (1, 0)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -77,236 +99,378 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default="bench_output", help="output folder")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="only this device (default: cpu, and cuda when available)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per figure (after one warm-up)")
-    p.add_argument("--sizes", nargs="+", default=["600x800", "480x640"], help="latency input sizes HxW")
-    p.add_argument("--train-size", default="480x640", help="training-cost image size HxW")
-    p.add_argument("--train-batch", type=int, default=2, help="images per training step")
-    p.add_argument("--no-narrow", action="store_true", help="leave out the FPN-32 student")
-    p.add_argument("--no-exported", action="store_true", help="leave out the exported student (TorchScript, ONNX)")
-    p.add_argument("--no-training", action="store_true", help="leave out the training cost (latency only)")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of PyTorch and ONNX Runtime (default: PyTorch's, e.g. OMP_NUM_THREADS)")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="benchmarks' recipes")
+    p.add_argument("--sizes", nargs="+", default=["600x800", NATIVE],
+                   help=f"input sizes HxW, or '{NATIVE}' (the recipe's MIN_SIZE_TEST x MAX_SIZE_TEST)")
+    p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES), help="student runtimes")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds (each runs every detector once)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed rounds first (TorchScript specialises its graph over its first two calls)")
+    p.add_argument("--fixed-work", action=argparse.BooleanOptionalAction, default=True,
+                   help="teacher and student do the same work (fixed proposal and detection counts)")
+    p.add_argument("--deploy-opts", nargs="+", action="append", default=[], metavar="KEY VALUE",
+                   help="deploy-time config overrides of one more set of student rows (repeatable)")
+    p.add_argument("--calib-images", type=int, default=8, help="generated scenes the int8 student is calibrated on")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config overrides of every detector (e.g. smaller INPUT sizes for a quick check)")
+    p.add_argument("--profile", action="store_true", help="also write per-stage profiles")
+    p.add_argument("--profile-runs", type=int, default=3, help="profiled runs per detector (after one untimed)")
+    p.add_argument("--training", action="store_true", help="measure the HKD training step's cost instead")
+    p.add_argument("--train-config", default=RECIPE_CONFIG.format("citypersons"),
+                   help="distillation config of --training (model zoo name or file)")
+    p.add_argument("--train-size", default=None, help="training image size HxW (default: the config's training size)")
+    p.add_argument("--train-batch", type=int, default=1, help="images per training step")
+    args = p.parse_args(argv)
+    if any(len(opts) % 2 for opts in (args.opts, *args.deploy_opts)):
+        p.error("--deploy-opts and --opts take KEY VALUE pairs")
+    return args
 
 
-def _size(text: str) -> List[int]:
+def parse_size(text: str) -> Tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"Size {text!r} is not HxW (e.g. 600x800)") from None
-    return [h, w]
+        raise ValueError(f"Size {text!r} is not HxW (e.g. 600x800) or '{NATIVE}'") from None
+    return h, w
 
 
-def _cfg(config: str, opts: Sequence[str], device: str) -> CfgNode:
-    return load_config(get_config_file(config), list(opts) + ["MODEL.DEVICE", device])
+def _config_file(name: str) -> str:
+    """A model-zoo config name (``citypersons/hkd_R50_to_R18.yaml``) or a config file path."""
+    return name if Path(name).is_file() else get_config_file(name)
 
 
-def latency_table(configs: Dict[str, tuple], sizes: Sequence[List[int]], device: str, repeats: int) -> List[Dict]:
-    """One row per detector and size: latency stats, parameters, backbone GMACs."""
-    image, _ = render_scene(SyntheticConfig(), 1, 0)
-    rows = []
-    for name, (config, opts) in configs.items():
-        model = build_predictor(_cfg(config, opts, device)).model
-        params = count_parameters(model)
-        for h, w in sizes:
-            inputs = model_inputs(image, h, w)
-            with torch.no_grad():
-                stats = time_call(lambda: model(inputs), repeats, warmup=1, device=model.device)
-            rows.append({"model": name, "device": device, "size": [h, w], "params_M": params / 1e6,
-                         "backbone_GMACs": backbone_gmacs(model, h, w), "latency": stats.to_dict()})
-            logger.info(f"{name} {device} {h}x{w}: {stats.format_ms()}")
-    return rows
+def deploy_label(opts: Sequence[str]) -> str:
+    """A variant's name from its overrides: ``POST_NMS_TOPK_TEST=300, ALLOW_SPINNING=False``."""
+    return ", ".join(f"{key.split('.')[-1]}={value}" for key, value in zip(opts[::2], opts[1::2]))
 
 
-def _training_batch(height: int, width: int, batch: int) -> List[Dict]:
-    """Generated scenes as training inputs: image (3, H, W) and gt Instances (every object)."""
-    cfg = SyntheticConfig(width=width, height=height)
-    inputs = []
-    for index in range(batch):
-        image, objects = render_scene(cfg, 0, index)
-        instances = Instances((height, width))
-        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (o.box for o in objects)], dtype=torch.float32)
-        instances.gt_boxes = Boxes(boxes.reshape(-1, 4))
-        instances.gt_classes = torch.zeros(len(objects), dtype=torch.int64)
-        instances.gt_ignore = torch.tensor([o.kind == "ignore" for o in objects], dtype=torch.bool)
-        inputs.append({"image": torch.as_tensor(image.transpose(2, 0, 1).copy()), "instances": instances,
-                       "height": height, "width": width})
-    return inputs
+@dataclass
+class Detectors:
+    """One recipe's configs on one device: the teacher, and the student per variant (BASELINE
+    first, then one per ``--deploy-opts``)."""
+
+    recipe: str
+    teacher: CfgNode
+    students: Dict[str, CfgNode]
+
+    @property
+    def native(self) -> Tuple[int, int]:
+        cfg = self.students[BASELINE]
+        return cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+
+    def key(self) -> str:
+        """What decides the measured work: model, test and export keys of every detector."""
+        return "\n".join(c.MODEL.dump() + c.TEST.dump() + c.EXPORT.dump() for c in (self.teacher, *self.students.values()))
 
 
-def _peak_memory_mb(device: torch.device, baseline: float) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+def recipe_detectors(recipe: str, device: str, fixed_work: bool, opts: Sequence[str],
+                     deploy_opts: Sequence[Sequence[str]] = ()) -> Detectors:
+    """Configs of ``recipe``'s teacher and exported student (and the student with each of
+    ``deploy_opts``)."""
+    config_file = get_config_file(RECIPE_CONFIG.format(recipe))
+    common = (list(FIXED_WORK_OPTS) if fixed_work else []) + list(opts) + ["MODEL.DEVICE", device]
+    student = student_config(load_config(config_file, common))
+    students = {BASELINE: student}
+    for overrides in deploy_opts:
+        deployed = student.clone()
+        deployed.merge_from_list(list(overrides))
+        students[deploy_label(overrides)] = deployed
+    return Detectors(recipe, load_config(teacher_config(config_file), common), students)
 
 
-def _teacher_proposals(inputs: List[Dict], rois_per_image: int, device: torch.device) -> List[Instances]:
-    """RoIs for the teacher forward: jittered copies of each image's gt boxes, (R, 4) per image."""
-    generator = torch.Generator().manual_seed(0)
-    proposals = []
-    for x in inputs:
-        gt = x["instances"].gt_boxes.tensor
-        picks = gt[torch.randint(len(gt), (rois_per_image,), generator=generator)]
-        jitter = torch.randn(picks.shape, generator=generator) * 0.1 * (picks[:, 2:] - picks[:, :2]).repeat(1, 2)
-        inst = Instances(x["instances"].image_size)
-        inst.proposal_boxes = Boxes((picks + jitter).to(device))
-        proposals.append(inst)
-    return proposals
+def _scene(index: Tuple[int, int]) -> np.ndarray:
+    return render_scene(SyntheticConfig(), *index)[0]
 
 
-def _teacher_cfg(device: str) -> CfgNode:
-    """The config of the teacher ``HKD_CONFIG`` names."""
-    return load_config(teacher_config(get_config_file(HKD_CONFIG)), ["MODEL.DEVICE", device])
-
-
-def _training_configs(device: str, teacher_weights: str) -> Dict[str, CfgNode]:
-    """HKD (``HKD_CONFIG``), its teacher, and the same student trained alone (same RoI pooler)."""
-    hkd = _cfg(HKD_CONFIG, ["MODEL.TEACHER.WEIGHTS", teacher_weights], device)
-    student = _cfg(STUDENT_CONFIG, ["MODEL.ROI_BOX_HEAD.POOLER_NAME", hkd.MODEL.ROI_BOX_HEAD.POOLER_NAME], device)
-    return {"student": student, "teacher": _teacher_cfg(device), "hkd": hkd}
-
-
-def training_cost_worker(kind: str, device: str, size: List[int], batch: int, repeats: int,
-                         teacher_weights: str) -> Dict:
-    """Time one kind of training work ("student", "teacher", "hkd") in this process; peak memory."""
+def _detector(cfg: CfgNode, fixed_work: bool) -> nn.Module:
+    """``cfg``'s detector in eval mode, random weights (trained-like ones with fixed work)."""
     torch.manual_seed(0)
-    dev = torch.device(device)
-    cfg = _training_configs(device, teacher_weights)[kind]
-    model = build_model(cfg)
-    inputs = _training_batch(*size, batch)
-    if kind == "teacher":
-        model.eval()
-        proposals = _teacher_proposals(inputs, cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE, dev)
-
-        @torch.no_grad()
-        def step():
-            images = model.preprocess_image(inputs)
-            model.roi_heads.pool_and_predict(model.backbone(images.tensor), proposals)
-    else:
-        model.train()
-        # lr 0: the step costs the same, but the weights (and a random teacher's huge distillation
-        # losses) cannot drive the timed model to Inf/NaN over the repeats.
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-
-        def step():
-            loss = sum(model(inputs).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with EventStorage():
-        stats = time_call(step, repeats, warmup=1, device=dev)
-    return {"kind": kind, "time": stats.to_dict(), "peak_memory_MB": _peak_memory_mb(dev, baseline)}
-
-
-def training_cost(device: str, size: List[int], batch: int, repeats: int) -> Dict:
-    """Student step, teacher forward, HKD step (each in a fresh process), and the HKD overhead ratio."""
-    with tempfile.TemporaryDirectory() as tmp:
-        teacher = build_model(_teacher_cfg("cpu"))
-        weights = str(Path(tmp) / "teacher_random.pth")
-        torch.save({"model": teacher.state_dict()}, weights)
-        del teacher
-        results = {}
-        context = multiprocessing.get_context("spawn")
-        for kind in ("student", "teacher", "hkd"):
-            with ProcessPoolExecutor(1, mp_context=context) as pool:
-                results[kind] = pool.submit(training_cost_worker, kind, device, size, batch, repeats, weights).result()
-            logger.info(f"training cost {kind} {device}: {TimingStats(**results[kind]['time']).format_ms()}, "
-                        f"peak memory {results[kind]['peak_memory_MB']:.0f} MB")
-    median = {k: v["time"]["median"] for k, v in results.items()}
-    results["hkd_over_student_plus_teacher"] = median["hkd"] / (median["student"] + median["teacher"])
-    results["memory_measure"] = ("torch.cuda.max_memory_allocated" if device == "cuda"
-                                 else "growth of ru_maxrss during the timed steps (fresh process per kind)")
-    results.update(device=device, size=size, batch=batch)
-    return results
-
-
-def exported_latency_table(sizes: Sequence[List[int]], repeats: int) -> List[Dict]:
-    """Rows of the exported ``EXPORTED_CONFIG`` student (random weights, CPU): one per runtime
-    and size, timed as :func:`latency_table` times the PyTorch detectors (batch 1, fixed size)."""
-    config, opts = CONFIGS[EXPORTED_CONFIG]
-    cfg = _cfg(config, opts, "cpu")
     model = build_predictor(cfg).model
-    image, _ = render_scene(SyntheticConfig(), 1, 0)
-    scenes = [render_scene(SyntheticConfig(), 0, i)[0] for i in range(CALIBRATION_SCENES)]
+    if fixed_work:
+        trained_like_weights(model, model_inputs(_scene((0, 0)), *CALIBRATION_SIZE))
+    return model
+
+
+def _calibration(cfg: CfgNode, count: int) -> Callable[[], List[np.ndarray]]:
+    test_size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    size = min(CALIBRATION_SIZE, test_size, key=lambda hw: hw[0] * hw[1])
+
+    def images():
+        return [model_inputs(_scene((0, i)), *size)[0]["image"].float().numpy() for i in range(count)]
+
+    return images
+
+
+def _export(cfg: CfgNode, model: nn.Module, out: Path, runtimes: Sequence[str], calib_images: int) -> Dict[str, str]:
+    """Export ``model`` (the student of ``cfg``) for the exported ``runtimes``; {runtime: file}."""
+    formats = [f for f, wanted in (("torchscript", ("torchscript",)), ("onnx", ("onnx", "onnx_int8")))
+               if any(r in runtimes for r in wanted)]
+    if not formats:
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "student_random.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    calibration = _calibration(cfg, calib_images) if "onnx_int8" in runtimes else None
+    written = export_formats(cfg, str(weights), str(out), formats, calibration=calibration)
+    return {r: written[r] for r in runtimes if r in written}
+
+
+def _runtime_options(cfg: CfgNode, threads: int) -> RuntimeOptions:
+    """``cfg``'s runtime settings; ONNX Runtime gets ``threads`` unless the config sets its own."""
+    options = RuntimeOptions.from_config(cfg)
+    return dataclasses.replace(options, intra_op_threads=options.intra_op_threads or threads)
+
+
+def _runs_on(runtime: str, device: str) -> bool:
+    """Whether the student ``runtime`` runs on ``device``: on CUDA, ONNX Runtime needs its CUDA
+    provider, and int8 graphs run on CPU only."""
+    if device == "cpu" or runtime in ("pytorch", "torchscript"):
+        return True
+    if runtime == "onnx_int8":
+        return False
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@dataclass
+class Entry:
+    """One timed detector: what it is, and the callable and model behind it."""
+
+    model: str
+    runtime: str
+    variant: str
+    detector: nn.Module
+    file: Optional[str] = None
+    runner: Optional[nn.Module] = None
+    options: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+    @property
+    def name(self) -> str:
+        text = f"{self.model}, {RUNTIMES[self.runtime]}"
+        return text if self.variant == BASELINE else f"{text}, {self.variant}"
+
+
+def _entries(detectors: Detectors, device: str, runtimes: Sequence[str], fixed_work: bool, threads: int,
+             calib_images: int, export_dir: Path) -> List[Entry]:
+    """Every detector of one recipe, ready to run on ``device``."""
+    teacher = _detector(detectors.teacher, fixed_work)
+    student = _detector(detectors.students[BASELINE], fixed_work)
+    entries = [Entry(TEACHER, "pytorch", BASELINE, teacher, runner=teacher)]
+    used = [r for r in runtimes if _runs_on(r, device)]
+    exports: Dict[str, Dict[str, str]] = {}
+    for number, (variant, cfg) in enumerate(detectors.students.items()):
+        # A variant that only sets EXPORT.RUNTIME runs the recipe's detector and files.
+        graph = _graph_key(cfg)
+        runtime_only = variant != BASELINE and graph == _graph_key(detectors.students[BASELINE])
+        if variant == BASELINE or runtime_only:
+            model = student
+        else:
+            model = build_predictor(cfg).model
+            model.load_state_dict(student.state_dict())
+        options = _runtime_options(cfg, threads)
+        if graph not in exports:
+            exports[graph] = _export(cfg, model, export_dir / f"{detectors.recipe}_{number}", used, calib_images)
+        files = exports[graph]
+        for runtime in used:
+            if runtime == "pytorch":
+                if runtime_only:
+                    continue
+                entries.append(Entry(STUDENT, runtime, variant, model, runner=model, options=options))
+                continue
+            # The graph's own threshold, so that the exported student returns what PyTorch's does.
+            predictor = DeployedPredictor(files[runtime], cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, device, options)
+            entries.append(Entry(STUDENT, runtime, variant, model, files[runtime], predictor.model, options))
+    return entries
+
+
+def _graph_key(cfg: CfgNode) -> str:
+    """What an exported graph is made of: the config less its runtime settings."""
+    cfg = cfg.clone()
+    cfg.EXPORT.pop("RUNTIME")
+    return cfg.dump()
+
+
+def _counts(entry: Entry, inputs: List[Dict]) -> Dict[str, Optional[int]]:
+    if entry.runtime == "pytorch":
+        return work_counts(entry.detector, inputs)
+    return {"proposals": None, "detections": len(entry.runner(inputs)[0]["instances"])}
+
+
+def _case_rows(entries: List[Entry], recipe: str, size: Tuple[int, int], device: str, threads: int,
+               repeats: int, warmup: int) -> List[Dict]:
+    """Time every entry on one input size, interleaved; one row each."""
+    inputs = model_inputs(_scene(TIMED_SCENE), *size)
+    with torch.no_grad():
+        fns = {e.name: (lambda e=e: e.runner(inputs)) for e in entries}
+        stats = time_interleaved(fns, repeats, warmup, device=torch.device(device))
+        counts = {e.name: _counts(e, inputs) for e in entries}
+    teacher = stats[entries[0].name].median
+    gmacs = lru_cache(maxsize=None)(lambda detector: backbone_gmacs(detector, *size))
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = str(Path(tmp) / "student_random.pth")
-        torch.save({"model": model.state_dict()}, weights)
-        onnx_file = str(Path(tmp) / "export" / ONNX_FILE)
-
-        def calibration():
-            preprocess = DeployedPredictor(onnx_file).preprocess
-            return (preprocess(scene).numpy() for scene in scenes)
-
-        written = export_formats(cfg, weights, str(Path(tmp) / "export"), ("torchscript", "onnx"), calibration=calibration)
-        for name, artifact in EXPORTED.items():
-            runner = DeployedPredictor(written[artifact]).model
-            for h, w in sizes:
-                inputs = model_inputs(image, h, w)
-                stats = time_call(lambda: runner(inputs), repeats, warmup=1)
-                rows.append({"model": name, "device": "cpu", "size": [h, w], "params_M": count_parameters(model) / 1e6,
-                             "backbone_GMACs": backbone_gmacs(model, h, w), "latency": stats.to_dict()})
-                logger.info(f"{name} cpu {h}x{w}: {stats.format_ms()}")
+    for e in entries:
+        rows.append({
+            "recipe": recipe, "size": list(size), "device": device, "threads": threads,
+            "model": e.model, "runtime": e.runtime, "variant": e.variant, "name": e.name,
+            "params_M": count_parameters(e.detector) / 1e6, "backbone_GMACs": gmacs(e.detector),
+            **counts[e.name], "latency": stats[e.name].to_dict(), "latency_over_teacher": stats[e.name].median / teacher,
+            "runtime_options": dataclasses.asdict(e.options) if e.runtime != "pytorch" else None,
+        })
+        logger.info(f"{recipe} {device} {size[0]}x{size[1]} {e.name}: {stats[e.name].format_ms()} "
+                    f"({rows[-1]['latency_over_teacher']:.2f}x teacher), {counts[e.name]}")
     return rows
 
 
-def _latency_markdown(rows: List[Dict]) -> str:
-    teacher = {(r["device"], tuple(r["size"])): r["latency"]["median"] for r in rows if r["model"] == "teacher R50-FPN"}
+def _case_profiles(entries: List[Entry], recipe: str, size: Tuple[int, int], device: str, runs: int,
+                   trace_dir: Path) -> List[Dict]:
+    """Stage profiles of the PyTorch and ONNX Runtime entries on one input size."""
+    inputs = model_inputs(_scene(TIMED_SCENE), *size)
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    profiles = []
+    for e in entries:
+        if e.runtime == "pytorch":
+            with torch.no_grad():
+                profile = torch_stage_profile(e.detector, lambda e=e: e.detector(inputs), runs, torch.device(device))
+        elif e.runtime.startswith("onnx"):
+            image = inputs[0]["image"].float().numpy()
+            profile = onnx_stage_profile(e.file, image, runs, e.options, device, str(trace_dir))
+        else:
+            continue
+        profiles.append({"recipe": recipe, "size": list(size), "device": device, "name": e.name, **profile})
+    return profiles
+
+
+def _resolve_sizes(texts: Sequence[str], native: Tuple[int, int]) -> List[Tuple[int, int]]:
+    return list(dict.fromkeys(native if t == NATIVE else parse_size(t) for t in texts))
+
+
+def latency(args: argparse.Namespace, device: str, out: Path) -> Tuple[List[Dict], List[Dict], Dict[str, str]]:
+    """Rows (and profiles) of every recipe and size on ``device``; {case: earlier equal case}."""
+    threads = torch.get_num_threads()
+    rows: List[Dict] = []
+    profiles: List[Dict] = []
+    measured: Dict[Tuple[str, Tuple[int, int]], str] = {}
+    same_as: Dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe in args.recipes:
+            detectors = recipe_detectors(recipe, device, args.fixed_work, args.opts, args.deploy_opts)
+            sizes = []
+            for size in _resolve_sizes(args.sizes, detectors.native):
+                case = f"{recipe} {size[0]}x{size[1]}"
+                earlier = measured.setdefault((detectors.key(), size), recipe)
+                if earlier != recipe:
+                    same_as[case] = f"{earlier} {size[0]}x{size[1]}"
+                else:
+                    sizes.append(size)
+            if not sizes:
+                continue
+            entries = _entries(detectors, device, args.runtimes, args.fixed_work, threads, args.calib_images,
+                               Path(tmp))
+            for size in sizes:
+                rows += _case_rows(entries, recipe, size, device, threads, args.repeats, args.warmup)
+                if args.profile:
+                    profiles += _case_profiles(entries, recipe, size, device, args.profile_runs, out / "profiles")
+    return rows, profiles, same_as
+
+
+def _count(value: Optional[int]) -> str:
+    return "-" if value is None else str(value)
+
+
+def _latency_markdown(rows: List[Dict], same_as: Dict[str, str]) -> str:
     table = []
     for r in rows:
         t = r["latency"]
-        ratio = t["median"] / teacher[(r["device"], tuple(r["size"]))]
-        table.append([r["model"], r["device"], "x".join(map(str, r["size"])), f"{r['params_M']:.2f}",
-                      f"{r['backbone_GMACs']:.1f}", f"{1e3 * t['median']:.1f}",
-                      f"{1e3 * t['q1']:.1f}-{1e3 * t['q3']:.1f}", f"{1e3 * t['min']:.1f}-{1e3 * t['max']:.1f}",
-                      f"{ratio:.2f}"])
-    return markdown_table(["Model", "Device", "Input", "Params (M)", "Backbone GMACs", "Median (ms)", "IQR (ms)",
-                           "Min-max (ms)", "Latency / teacher"], table)
+        table.append([r["recipe"], "x".join(map(str, r["size"])), r["name"], f"{r['params_M']:.2f}",
+                      f"{r['backbone_GMACs']:.1f}", _count(r["proposals"]), _count(r["detections"]),
+                      f"{1e3 * t['median']:.1f}", f"{1e3 * t['q1']:.1f}-{1e3 * t['q3']:.1f}",
+                      f"{1e3 * t['min']:.1f}-{1e3 * t['max']:.1f}", f"{r['latency_over_teacher']:.2f}"])
+    text = markdown_table(["Recipe", "Input", "Detector", "Params (M)", "Backbone GMACs", "Proposals", "Detections",
+                           "Median (ms)", "IQR (ms)", "Min-max (ms)", "Latency / teacher"], table)
+    if same_as:
+        text += "\n\n" + "; ".join(f"{case}: the detectors of {earlier}" for case, earlier in same_as.items()) + "."
+    return text
 
 
-def _training_markdown(cost: Dict) -> str:
-    rows = [[name, f"{1e3 * cost[k]['time']['median']:.0f}",
-             f"{1e3 * cost[k]['time']['q1']:.0f}-{1e3 * cost[k]['time']['q3']:.0f}", f"{cost[k]['peak_memory_MB']:.0f}"]
-            for k, name in (("student", "student step"), ("teacher", "teacher forward (no grad)"), ("hkd", "HKD step"))]
-    h, w = cost["size"]
-    return (markdown_table(["Work", "Median (ms)", "IQR (ms)", "Peak memory (MB)"], rows)
-            + f"\n\n{cost['device']}, batch {cost['batch']} at {h}x{w}. HKD step / (student step + teacher forward) "
-            f"= **{cost['hkd_over_student_plus_teacher']:.2f}**. Memory: {cost['memory_measure']}.")
+def _profile_markdown(profiles: List[Dict]) -> str:
+    """One table per recipe and size: stages as rows, detectors as columns (ms and share)."""
+    parts = []
+    cases = list(dict.fromkeys((p["recipe"], tuple(p["size"]), p["device"]) for p in profiles))
+    stages = [*INFERENCE_STAGES, OTHER, "total"]
+    for recipe, size, device in cases:
+        chosen = [p for p in profiles if (p["recipe"], tuple(p["size"]), p["device"]) == (recipe, size, device)]
+        rows = [[stage, *(f"{p['stages'][stage]:.1f} ({100 * p['stages'][stage] / p['stages']['total']:.0f}%)"
+                          for p in chosen)] for stage in stages]
+        parts += [f"### {recipe} {size[0]}x{size[1]} ({device}), ms per run", "",
+                  markdown_table(["Stage", *(p["name"] for p in chosen)], rows), "",
+                  "Largest operators (own ms per run): " + "; ".join(
+                      f"{p['name']}: " + ", ".join(f"{o['op']} {o['self_ms']:.0f}" for o in p["top_ops"][:5])
+                      for p in chosen), ""]
+    return "\n".join(parts)
 
 
-def run_benchmark(args: argparse.Namespace) -> Dict:
+def _machine() -> Dict[str, str]:
+    """Date, CPU model and core count, as the results files record them."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
+    except OSError:
+        model = ""
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": model or platform.processor(),
+            "nproc": str(os.cpu_count()), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def run_benchmark(args: argparse.Namespace, argv: Sequence[str] = ()) -> Dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if "cuda" in devices and not torch.cuda.is_available():
         raise RuntimeError("--device cuda given but no GPU is available")
-    configs = {k: v for k, v in CONFIGS.items() if not (args.no_narrow and "FPN 32" in k)}
-    sizes = [_size(s) for s in args.sizes]
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "latency": [], "training": []}
-    md = ["# hkd_d2 benchmark", "", f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-          f"median of {args.repeats} runs after one warm-up; randomly initialised detectors.", ""]
-    for device in devices:
-        rows = latency_table(configs, sizes, device, args.repeats)
-        if device == "cpu" and not args.no_exported:
-            rows += exported_latency_table(sizes, args.repeats)
-        result["latency"] += rows
-        md += [f"## Inference latency ({device}, batch 1)", "", _latency_markdown(rows), ""]
-        if not args.no_training:
-            cost = training_cost(device, _size(args.train_size), args.train_batch, args.repeats)
-            result["training"].append(cost)
-            md += [f"## Training cost ({device})", "", _training_markdown(cost), ""]
     out = Path(args.out)
+    machine = _machine()
+    command = "hkd-benchmark " + " ".join(shlex.quote(a) for a in argv)
+    result: Dict = {"command": command, "machine": machine, "threads": torch.get_num_threads(),
+                    "fixed_work": args.fixed_work, "deploy_opts": [list(o) for o in args.deploy_opts], "seed": 0}
+    md = ["# hkd_d2 benchmark", "", f"`{command}`", "",
+          f"{machine['date']}; {machine['cpu']} ({machine['nproc']} cores); torch {machine['torch']}, "
+          f"{torch.get_num_threads()} CPU threads; random weights (seed 0)"
+          + ("; fixed work (hkd_d2.tools.fixed_work)" if args.fixed_work else "") + ".", ""]
+    for device in devices:
+        if args.training:
+            config = _config_file(args.train_config)
+            size = parse_size(args.train_size) if args.train_size else _train_size(config)
+            cost = training_cost(config, device, size, args.train_batch, args.repeats,
+                                 args.profile_runs if args.profile else 0)
+            result.setdefault("training", []).append(cost)
+            md += [f"## HKD training cost ({device})", "", training_markdown(cost), ""]
+            continue
+        rows, profiles, same_as = latency(args, device, out)
+        result.setdefault("latency", []).extend(rows)
+        result.setdefault("same_as", {}).update(same_as)
+        md += [f"## Inference latency ({device}, batch 1, median of {args.repeats} interleaved rounds)", "",
+               _latency_markdown(rows, same_as), ""]
+        if profiles:
+            result.setdefault("profiles", []).extend(profiles)
+            md += [f"## Stage profiles ({device})", "", _profile_markdown(profiles)]
     write_json(out / "benchmark.json", result)
     write_text(out / "benchmark.md", "\n".join(md))
     print("\n".join(md))
     return result
 
 
+def _train_size(config_file: str) -> Tuple[int, int]:
+    cfg = load_config(config_file)
+    return max(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     setup_logger(output=str(Path(args.out) / "log.txt"), name="hkd_d2")
-    return run_benchmark(args)
+    return run_benchmark(args, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ COMMANDS: Dict[str, str] = {
     "benchmark": "hkd_d2.tools.benchmark:main",
     "miss-rate": "hkd_d2.evaluation.miss_rate.cli:main",
     "synthetic": "hkd_d2.data.synthetic:main",
+    "compress": "hkd_d2.tools.compress:main",
 }
 
 
@@ -84,3 +85,7 @@ def miss_rate() -> int:
 
 def synthetic() -> int:
     return run_command("synthetic")
+
+
+def compress() -> int:
+    return run_command("compress")

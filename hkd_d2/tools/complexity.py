@@ -1,5 +1,5 @@
-"""Model size and compute: parameters (fvcore ``parameter_count``) and backbone GMACs
-(fvcore ``FlopCountAnalysis``, which counts one fused multiply-add as one operation)."""
+"""Model size and compute: parameters (fvcore ``parameter_count``) and GMACs (fvcore
+``FlopCountAnalysis``, which counts one fused multiply-add as one operation)."""
 from typing import Sequence
 
 import torch
@@ -8,7 +8,7 @@ from torch import nn
 
 from ..modeling.distiller import DISTILL_ONLY_PREFIXES
 
-__all__ = ["count_parameters", "backbone_gmacs"]
+__all__ = ["count_parameters", "backbone_gmacs", "module_gmacs"]
 
 
 def count_parameters(model: nn.Module, exclude_prefixes: Sequence[str] = DISTILL_ONLY_PREFIXES) -> int:
@@ -20,17 +20,21 @@ def count_parameters(model: nn.Module, exclude_prefixes: Sequence[str] = DISTILL
 
 
 @torch.no_grad()
+def module_gmacs(module: nn.Module, *inputs: torch.Tensor) -> float:
+    """GMACs of one eval-mode call ``module(*inputs)`` (its train/eval mode is restored after)."""
+    was_training = module.training
+    analysis = FlopCountAnalysis(module.eval(), inputs)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    try:
+        return analysis.total() / 1e9
+    finally:
+        module.train(was_training)
+
+
 def backbone_gmacs(model: nn.Module, height: int, width: int) -> float:
     """GMACs of ``model.backbone`` (ResNet + FPN) on one (1, 3, height, width) input, padded
     (as the detector pads it) to a multiple of ``backbone.size_divisibility``, e.g. 608x800."""
     device = next(model.parameters()).device
     divisor = max(getattr(model.backbone, "size_divisibility", 1), 1)
     height, width = (-(-v // divisor) * divisor for v in (height, width))
-    image = torch.zeros(1, 3, height, width, device=device)
-    was_training = model.backbone.training
-    analysis = FlopCountAnalysis(model.backbone.eval(), image)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    try:
-        return analysis.total() / 1e9
-    finally:
-        model.backbone.train(was_training)
+    return module_gmacs(model.backbone, torch.zeros(1, 3, height, width, device=device))

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence
 from detectron2.data import DatasetCatalog
 
 from ..data.register import UnregisteredDatasetError, register_config_datasets, require_registered
-from ..deploy import DeployedPredictor
+from ..deploy import DeployedPredictor, RuntimeOptions
 from ..engine.setup import load_config, setup_hkd_logger
 from ..export import ONNX_FILE, ONNX_OPSET, calibration_images, export_formats, format_names
 from .report import write_json
@@ -48,10 +48,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def int8_miss_rates(cfg, written: Dict[str, str], dataset: str, out_dir: str) -> Dict[str, Dict[str, float]]:
     """MR (percent, per setup) of the fp32 and int8 ONNX students on ``dataset``, each at the
-    graph's own score threshold (every detection it gives)."""
+    graph's own score threshold (every detection it gives), run with ``cfg``'s ``EXPORT.RUNTIME``
+    settings."""
     results = {}
+    options = RuntimeOptions.from_config(cfg)
     for name in ("onnx", "onnx_int8"):
-        predictor = DeployedPredictor(written[name], score_threshold=0.0)
+        predictor = DeployedPredictor(written[name], score_threshold=0.0, options=options)
         results[name] = evaluate(cfg, predictor.model, os.path.join(out_dir, f"eval_{name}"), dataset)
     return results
 

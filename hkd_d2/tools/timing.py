@@ -1,12 +1,12 @@
 """Wall-clock timing of a callable: median and spread over repeated runs."""
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["TimingStats", "time_call"]
+__all__ = ["TimingStats", "time_call", "time_interleaved"]
 
 
 @dataclass(frozen=True)
@@ -41,19 +41,42 @@ def _synchronize(device: Optional[torch.device]) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn: Callable[[], object], device: Optional[torch.device]) -> float:
+    _synchronize(device)
+    start = time.perf_counter()
+    fn()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def _check_repeats(repeats: int) -> None:
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+
+
 def time_call(
     fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: Optional[torch.device] = None
 ) -> TimingStats:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed (CUDA synchronised)."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    _check_repeats(repeats)
     for _ in range(warmup):
         fn()
-    samples = []
+    return TimingStats.from_samples([_timed(fn, device) for _ in range(repeats)])
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+    device: Optional[torch.device] = None,
+) -> Dict[str, TimingStats]:
+    """Time several callables in turn: ``warmup`` untimed rounds, then ``repeats`` timed rounds,
+    each round calling every ``fn`` once in order. A change of machine load during the run then
+    falls on every ``fn`` alike instead of on whichever ran at the time. CUDA synchronised."""
+    _check_repeats(repeats)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return TimingStats.from_samples(samples)
+        for name, fn in fns.items():
+            samples[name].append(_timed(fn, device))
+    return {name: TimingStats.from_samples(s) for name, s in samples.items()}

@@ -8,15 +8,13 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.solver import build_optimizer
-from detectron2.utils.events import EventStorage
 
 from hkd_d2.config import add_hkd_config
 from hkd_d2.data.citypersons import CITYPERSONS_MULTICLASS
 from hkd_d2.data.curriculum import CURRICULUM_SAMPLER
 from hkd_d2.engine import Trainer
 
-from ..hkd_helpers import TINY, _merge, batch, build_hkd, register_tiny_citypersons, trainer_cfg, write_teacher
+from ..hkd_helpers import TINY, _merge, register_tiny_citypersons, train_iterations, trainer_cfg, write_teacher
 from ..conftest import CONFIGS
 
 # Losses each method must report, and those that must be nonzero on the tiny batch (the
@@ -76,18 +74,13 @@ def test_config_trains_two_iterations(name, teacher):
     expected, nonzero = METHOD_LOSSES[method]
     if name.startswith("hkd_plus_"):
         expected, nonzero = expected | HKD_LOSSES, nonzero | HKD_LOSSES
-    model = build_hkd(cfg)
-    optimizer = build_optimizer(cfg, model)
-    model.train()
-    with EventStorage():
-        for step in range(2):
-            losses = model(batch(seed=step))
-            assert expected <= set(losses)
-            assert all(math.isfinite(losses[k].item()) for k in losses), losses
-            assert all(losses[k].item() != 0 for k in nonzero), losses
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
+
+    def check(losses):
+        assert expected <= set(losses)
+        assert all(math.isfinite(losses[k].item()) for k in losses), losses
+        assert all(losses[k].item() != 0 for k in nonzero), losses
+
+    train_iterations(cfg, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 
-from hkd_d2.data import register_pedestrian_dataset
-from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
 from hkd_d2.deploy import METADATA_KEY, DeployedPredictor, ExportMetadata
 from hkd_d2.engine import Trainer
 from hkd_d2.export import load_student_config
@@ -28,6 +26,7 @@ from hkd_d2.tools.inference import build_predictor
 from hkd_d2.tools.runs import build_run_config, evaluate
 from hkd_d2.tools.video import main as video_main
 
+from ..hkd_helpers import synthetic_dataset
 from ..tools.test_tools import _write_video
 from ..conftest import REPO
 
@@ -78,14 +77,8 @@ def _train_until_it_detects(out: Path):
 def exported(tmp_path_factory):
     """Train a small student until it detects, export every format + int8 with the CLI."""
     tmp = tmp_path_factory.mktemp("deploy")
-    generate_synthetic(tmp / "data", 8, 1, SyntheticConfig(width=96, height=72, scale=5.0),
-                       formats=("citypersons",), workers=0)
-    cp = tmp / "data" / "citypersons"
     # Validated on the training images: the first ones a briefly trained student finds.
-    for name in (TRAIN, VAL):
-        register_pedestrian_dataset(name, cp / "ground_truth_train.json", protocol="citypersons",
-                                    image_root=cp / "leftImg8bit" / "train")
-    try:
+    with synthetic_dataset(tmp / "data", [TRAIN, VAL], 8, 96, 72):
         cfg = _train_until_it_detects(tmp / "train")
         config_file = tmp / "student_train.yaml"
         config_file.write_text(cfg.dump())
@@ -94,14 +87,22 @@ def exported(tmp_path_factory):
                                      "--output", str(out), "--format", "pytorch", "torchscript", "onnx",
                                      "--int8", "--calib-images", "4"])
         yield {"cfg": cfg, "written": written, "out": out, "tmp": tmp}
-    finally:
-        for name in (TRAIN, VAL):
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
 
 
 def _pytorch_predictor(written, threshold: float):
     return build_predictor(load_student_config(written["config"], ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(threshold)]))
+
+
+def assert_same_detections(pytorch, deployed, image: np.ndarray) -> list:
+    """The PyTorch predictor's and an exported model's detections on ``image`` (BGR) agree within
+    the parity tolerances; returns their scores."""
+    a, b = pytorch(image)["instances"], deployed(image)["instances"]
+    assert b.image_size == a.image_size == image.shape[:2]
+    assert len(a) == len(b)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    assert torch.allclose(a.scores, b.scores, atol=SCORE_TOL, rtol=0)
+    assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=BOX_TOL_PX, rtol=0)
+    return a.scores.tolist()
 
 
 @pytest.mark.slow
@@ -114,13 +115,7 @@ def test_same_detections_as_pytorch(exported, runtime):
         image = cv2.imread(record["file_name"])
         # An odd size too: the graphs take any H, W (the predictor resizes as DefaultPredictor).
         for im in (image, cv2.resize(image, (101, 83))):
-            a, b = pytorch(im)["instances"], deployed(im)["instances"]
-            assert b.image_size == a.image_size == im.shape[:2]
-            assert len(a) == len(b)
-            assert torch.equal(a.pred_classes, b.pred_classes)
-            assert torch.allclose(a.scores, b.scores, atol=SCORE_TOL, rtol=0)
-            assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=BOX_TOL_PX, rtol=0)
-            scores += a.scores.tolist()
+            scores += assert_same_detections(pytorch, deployed, im)
     # Detections were compared, and their scores are not flat (a trained model).
     assert len(scores) > 0 and np.ptp(scores) > 0.05
 
