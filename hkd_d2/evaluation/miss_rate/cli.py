@@ -26,8 +26,8 @@ def _format_table(results: Mapping[str, float]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: ``python -m hkd_d2.evaluation.miss_rate GT DT [options]``."""
     parser = argparse.ArgumentParser(description="Log-average miss rate (MR^-2) of pedestrian detections.")
-    parser.add_argument("gt", help="ground truth: COCO-style JSON, or toolbox gt-*.mat")
-    parser.add_argument("dt", help="detections: COCO results JSON, or toolbox dt-*.mat")
+    parser.add_argument("gt", help="ground truth: COCO-style JSON, toolbox gt-*.mat, or an ECP label folder")
+    parser.add_argument("dt", help="detections: COCO results JSON, toolbox dt-*.mat, or an ECP detection folder")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="citypersons")
     parser.add_argument("--setups", nargs="+", help="setups to evaluate (default: the protocol's standard ones)")
     parser.add_argument("--json", action="store_true", help="print one JSON object {setup: miss rate fraction}")

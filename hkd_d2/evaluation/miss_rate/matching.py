@@ -98,13 +98,74 @@ def _intersections(dt_boxes: np.ndarray, gt_boxes: np.ndarray) -> Tuple[np.ndarr
 
 
 @dataclass
+class _PairOverlaps:
+    """Overlap terms of the P (detection, gt) pairs that intersect at all; every array is (P,).
+
+    ``inter_*`` / ``union_*`` give IoU against the raw gt box (used when the gt is ignored) and
+    against the standardised one (otherwise); ``ioa_union`` is the denominator of the
+    intersection over detection area of an ignore region."""
+
+    keep: np.ndarray  # (P0,) bool over all same-image pairs: they intersect
+    inter_raw: np.ndarray
+    inter_std: np.ndarray
+    union_std: np.ndarray
+    union_raw: np.ndarray
+    ioa_union: np.ndarray
+
+
+def _toolbox_overlaps(gt: GroundTruth, dt_boxes: np.ndarray, dt_corners: np.ndarray, gt_order: np.ndarray,
+                      pair_dt: np.ndarray, pair_gt: np.ndarray, protocol: Protocol) -> _PairOverlaps:
+    """bbGt.compOas / the CityPersons script on ``[x y w h]``: ``w * h`` areas, union
+    ``area_d + area_g - inter``; non-ignored gt standardised to the protocol's aspect ratio."""
+    gt_raw = gt.boxes[gt_order]
+    d, g_raw = dt_boxes[pair_dt], gt_raw[pair_gt]
+    inter_raw, hit_raw = _intersections(d, g_raw)
+    if protocol.aspect_ratio is not None and not gt.final:
+        g_std = _standardise(g_raw, protocol.aspect_ratio)
+        inter_std, hit_std = _intersections(d, g_std)
+    else:
+        g_std, inter_std, hit_std = g_raw, inter_raw, hit_raw
+    keep = hit_raw | hit_std
+    inter_raw = np.where(hit_raw, inter_raw, 0.0)[keep]
+    inter_std = np.where(hit_std, inter_std, 0.0)[keep]
+    dt_area = d[keep, 2] * d[keep, 3]
+    union_std = dt_area + g_std[keep, 2] * g_std[keep, 3] - inter_std
+    union_raw = dt_area + g_raw[keep, 2] * g_raw[keep, 3] - inter_raw
+    return _PairOverlaps(keep, inter_raw, inter_std, union_std, union_raw, dt_area)
+
+
+def _ecp_overlaps(gt: GroundTruth, dt_boxes: np.ndarray, dt_corners: np.ndarray, gt_order: np.ndarray,
+                  pair_dt: np.ndarray, pair_gt: np.ndarray, protocol: Protocol) -> _PairOverlaps:
+    """The ECP script's CompareRectangles / iou_ecp on the corners: the gt box spans
+    min..max of its corners, the intersection ``w * h`` counts where both are > 0, IoU is
+    ``tp / ((tp + (area_d - tp)) + (area_g - tp))`` and IoA ``tp / ((area_d - tp) + tp)``
+    (areas ``h * w``; a detection with x1 < x0 meets nothing)."""
+    c = gt.corners[gt_order]
+    g = np.stack([np.minimum(c[:, 0], c[:, 2]), np.minimum(c[:, 1], c[:, 3]),
+                  np.maximum(c[:, 0], c[:, 2]), np.maximum(c[:, 1], c[:, 3])], axis=1)[pair_gt]
+    d = dt_corners[pair_dt]
+    w = np.minimum(g[:, 2], d[:, 2]) - np.maximum(g[:, 0], d[:, 0])
+    h = np.minimum(g[:, 3], d[:, 3]) - np.maximum(g[:, 1], d[:, 1])
+    keep = (w > 0) & (h > 0)
+    g, d, tp = g[keep], d[keep], w[keep] * h[keep]
+    fp = (d[:, 3] - d[:, 1]) * (d[:, 2] - d[:, 0]) - tp
+    fn = (g[:, 3] - g[:, 1]) * (g[:, 2] - g[:, 0]) - tp
+    union = tp + fp + fn
+    return _PairOverlaps(keep, tp, tp, union, union, fp + tp)
+
+
+# Protocol.overlap -> (gt, ranked detections' (M, 4) xywh boxes (standardised) and corners, gt order,
+# same-image pairs (P0,) into them, protocol) -> overlaps
+PAIR_OVERLAPS = {"toolbox": _toolbox_overlaps, "ecp": _ecp_overlaps}
+
+
+@dataclass
 class _PairGeometry:
     """Setup-independent work shared by all setups of one (gt, dt) evaluation.
 
     Detections are ranked (image, score desc, file order; top ``max_dets`` per image) and
     standardised; ground truth is sorted by image. Only overlapping (detection, gt) pairs are
-    kept, with the areas needed for IoU against the standardised gt box (used when the gt is
-    not ignored) and intersection-over-detection-area against the raw gt box (when ignored).
+    kept, with the terms of :class:`_PairOverlaps`.
     """
 
     dt_order: np.ndarray  # (M,) indices into the Detections
@@ -112,11 +173,7 @@ class _PairGeometry:
     gt_order: np.ndarray  # (N,) indices into the GroundTruth
     pair_dt: np.ndarray  # (P,) into dt_order
     pair_gt: np.ndarray  # (P,) into gt_order
-    inter_raw: np.ndarray  # (P,) intersection with the raw gt box (0 if none)
-    inter_std: np.ndarray  # (P,) intersection with the standardised gt box (0 if none)
-    union_std: np.ndarray  # (P,) union with the standardised gt box
-    union_raw: np.ndarray  # (P,) union with the raw gt box
-    dt_area: np.ndarray  # (P,)
+    terms: _PairOverlaps
     ioa: np.ndarray  # (N,) bool, gt (in gt_order) overlapped by IoA when ignored
 
     @classmethod
@@ -126,31 +183,19 @@ class _PairGeometry:
         if protocol.aspect_ratio is not None and not dt.final:
             dt_boxes = _standardise(dt_boxes, protocol.aspect_ratio)
         gt_order = np.argsort(gt.image_index, kind="stable")
-        gt_raw = gt.boxes[gt_order]
         pair_dt, pair_gt = _pairs(dt.image_index[dt_order], gt.image_index[gt_order], gt.num_images)
-        d, g_raw = dt_boxes[pair_dt], gt_raw[pair_gt]
-        inter_raw, hit_raw = _intersections(d, g_raw)
-        if protocol.aspect_ratio is not None and not gt.final:
-            g_std = _standardise(g_raw, protocol.aspect_ratio)
-            inter_std, hit_std = _intersections(d, g_std)
-        else:
-            g_std, inter_std, hit_std = g_raw, inter_raw, hit_raw
-        keep = hit_raw | hit_std
-        inter_raw = np.where(hit_raw, inter_raw, 0.0)[keep]
-        inter_std = np.where(hit_std, inter_std, 0.0)[keep]
-        dt_area = (d[keep, 2] * d[keep, 3])
-        union_std = dt_area + g_std[keep, 2] * g_std[keep, 3] - inter_std
-        union_raw = dt_area + g_raw[keep, 2] * g_raw[keep, 3] - inter_raw
-        return cls(dt_order, dt_boxes[:, 3], gt_order, pair_dt[keep], pair_gt[keep],
-                   inter_raw, inter_std, union_std, union_raw, dt_area, gt.ioa[gt_order])
+        terms = PAIR_OVERLAPS[protocol.overlap](gt, dt_boxes, dt.corners[dt_order], gt_order, pair_dt, pair_gt, protocol)
+        return cls(dt_order, dt_boxes[:, 3], gt_order, pair_dt[terms.keep], pair_gt[terms.keep], terms,
+                   gt.ioa[gt_order])
 
     def overlaps(self, pair_ignored: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         """(len(pairs),) overlap of the selected pairs: for ignored gt IoA (regions) or IoU with
         the raw box, otherwise IoU with the standardised box."""
+        t = self.terms
         region = pair_ignored & self.ioa[self.pair_gt[pairs]]
-        inter = np.where(pair_ignored, self.inter_raw[pairs], self.inter_std[pairs])
-        denom = np.where(region, self.dt_area[pairs],
-                         np.where(pair_ignored, self.union_raw[pairs], self.union_std[pairs]))
+        inter = np.where(pair_ignored, t.inter_raw[pairs], t.inter_std[pairs])
+        denom = np.where(region, t.ioa_union[pairs],
+                         np.where(pair_ignored, t.union_raw[pairs], t.union_std[pairs]))
         return np.divide(inter, denom, out=np.zeros_like(inter), where=inter > 0)
 
 
