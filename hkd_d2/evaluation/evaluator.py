@@ -54,11 +54,11 @@ def image_predictions(inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]
     of ``outputs[i]["instances"]``, the model's corners unchanged (the evaluations compute on them)."""
     predictions = []
     for inp, out in zip(inputs, outputs):
-        instances = out["instances"].to("cpu")
+        instances = out["instances"]
         predictions.append({
             "image_id": inp["image_id"],
-            "boxes": instances.pred_boxes.tensor.numpy().astype(np.float64).reshape(-1, 4),
-            "scores": instances.scores.numpy().astype(np.float64).reshape(-1),
+            "boxes": instances.pred_boxes.tensor.detach().cpu().numpy().astype(np.float64).reshape(-1, 4),
+            "scores": instances.scores.detach().cpu().numpy().astype(np.float64).reshape(-1),
         })
     return predictions
 

@@ -205,7 +205,8 @@ _GT_HEIGHTS = (20, 30, 40, 60, 19.9, 39.9, 40.1, 60.1, 29.9)
 _DET_HEIGHTS = (16, 24, 32, 75, 32.1, 74.9, 15.9)
 
 
-def _ecp_box(rng: random.Random, integer: bool) -> Dict[str, float]:
+def _ecp_box(rng: random.Random, integer: bool, odd: float) -> Dict[str, float]:
+    """A box ``x0 y0 x1 y1``; with probability ``odd`` a degenerate or out-of-frame one."""
     h = rng.choice(_GT_HEIGHTS) if rng.random() < 0.3 else rng.uniform(8, 300)
     w = h * rng.uniform(0.25, 0.5)
     x0 = rng.uniform(-w / 2, ECP_WIDTH - w / 2)
@@ -213,20 +214,21 @@ def _ecp_box(rng: random.Random, integer: bool) -> Dict[str, float]:
     box = {"x0": _coord(rng, x0, integer), "y0": _coord(rng, y0, integer)}
     box["x1"] = _coord(rng, box["x0"] + w, integer)
     box["y1"] = box["y0"] + h if rng.random() < 0.5 else _coord(rng, box["y0"] + h, integer)
-    kind = rng.random()
-    if kind < 0.04:
-        box["x0"], box["x1"] = box["x1"], box["x0"]  # x1 <= x0
-    elif kind < 0.06:
-        box["y0"], box["y1"] = box["y1"], box["y0"]
-    elif kind < 0.08:
-        box["x1"] = box["x0"]
-    elif kind < 0.11:
-        shift = rng.choice((-ECP_WIDTH, ECP_WIDTH, 0))  # out of the frame (or not)
-        box["x0"], box["x1"] = box["x0"] + shift, box["x1"] + shift
+    if rng.random() < odd:
+        kind = rng.randrange(4)
+        if kind == 0:
+            box["x0"], box["x1"] = box["x1"], box["x0"]  # x1 <= x0
+        elif kind == 1:
+            box["y0"], box["y1"] = box["y1"], box["y0"]
+        elif kind == 2:
+            box["x1"] = box["x0"]
+        else:
+            shift = rng.choice((-ECP_WIDTH, ECP_WIDTH))  # out of the frame
+            box["x0"], box["x1"] = box["x0"] + shift, box["x1"] + shift
     return box
 
 
-def _ecp_object(rng: random.Random, integer: bool) -> Dict:
+def _ecp_object(rng: random.Random, integer: bool, odd: float) -> Dict:
     r = rng.random()
     identity = ("pedestrian" if r < 0.6 else "rider" if r < 0.75 else "person-group-far-away" if r < 0.83
                 else rng.choice(_OTHER_IDENTITIES))
@@ -235,9 +237,9 @@ def _ecp_object(rng: random.Random, integer: bool) -> Dict:
         tags = rng.sample(_PEDESTRIAN_TAGS, rng.choice((0, 0, 1, 1, 2, 3)))
     elif rng.random() < 0.25:
         tags = ["depiction"]
-    obj = dict(identity=identity, **_ecp_box(rng, integer), tags=tags, children=[])
+    obj = dict(identity=identity, **_ecp_box(rng, integer, odd), tags=tags, children=[])
     if identity == "rider" and rng.random() < 0.5:
-        obj["children"] = [dict(identity="bicycle", **_ecp_box(rng, integer), tags=[], children=[])]
+        obj["children"] = [dict(identity="bicycle", **_ecp_box(rng, integer, odd), tags=[], children=[])]
     if rng.random() < 0.3:
         obj["orient"] = rng.uniform(-180, 180)
     return obj
@@ -285,20 +287,21 @@ def ecp_case(seed: int) -> Case:
     n_frames = rng.choice((1, 1, 2, 3, 4, 5, 8))
     integer = rng.random() < 0.2
     no_dets = rng.random() < 0.05
+    odd = rng.choice((0.0, 0.0, 0.0, 0.03, 0.1))
     names = set()
     while len(names) < n_frames:
         city = rng.choice(_CITIES)
         names.add((city, f"{city}_{rng.randint(0, 99999):05d}"))
     frames = []
     for city, name in sorted(names):
-        objects = [_ecp_object(rng, integer) for _ in range(rng.choice((0, 0, 1, 2, 3, 5, 8, 12)))]
+        objects = [_ecp_object(rng, integer, odd) for _ in range(rng.choice((0, 0, 1, 2, 3, 5, 8, 12)))]
         dets = []
         if not no_dets:
             for o in objects:
                 for _ in range(rng.choice((0, 1, 1, 2))):
                     dets.append(_ecp_det(rng, o, integer))
             for _ in range(rng.choice((0, 1, 2, 5))):
-                dets.append(_ecp_det(rng, _ecp_box(rng, integer), integer))
+                dets.append(_ecp_det(rng, _ecp_box(rng, integer, odd), integer))
             rng.shuffle(dets)
         label = {"identity": "frame", "imagewidth": ECP_WIDTH, "imageheight": ECP_HEIGHT, "tags": [],
                  "children": objects}
