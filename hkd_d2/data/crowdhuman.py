@@ -17,6 +17,7 @@ can match is a miss); the training mapper leaves them out. Which box trains is
 ``DATASETS.TRAIN_BOX`` (:func:`with_training_box`).
 """
 import json
+from collections import abc
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
@@ -63,7 +64,7 @@ def read_json_lines(path: PathLike, what: str = "CrowdHuman annotation file") ->
             entry = json.loads(line)
         except json.JSONDecodeError as e:
             raise PedestrianDataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(entry, Mapping) or "ID" not in entry:
+        if not isinstance(entry, abc.Mapping) or "ID" not in entry:
             raise PedestrianDataError(f"{where}: expected an object with an 'ID'")
         entries.append((where, entry))
     return entries
@@ -76,7 +77,7 @@ def read_odgt(path: PathLike) -> List[Dict]:
         if not isinstance(entry.get("gtboxes", []), list):
             raise PedestrianDataError(f"{where}: expected an object with 'ID' and a 'gtboxes' list")
         for k, box in enumerate(entry.get("gtboxes", [])):
-            if not isinstance(box, Mapping) or "tag" not in box:
+            if not isinstance(box, abc.Mapping) or "tag" not in box:
                 raise PedestrianDataError(f"{where}: gtboxes[{k}] is not an object with a 'tag'")
             for key in BOX_KEYS:
                 _checked_box(box.get(key, box.get("fbox")), f"{where}: gtboxes[{k}]", key)

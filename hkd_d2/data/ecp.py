@@ -29,6 +29,7 @@ stand for ``children``, as the script's loader reads them.
 import glob
 import json
 import re
+from collections import abc
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
@@ -65,14 +66,14 @@ PIXEL_CORNERS = ("mincol", "minrow", "maxcol", "maxrow")
 def _frame_children(frame: Any, path: Path, detections: bool = False) -> List[Mapping[str, Any]]:
     """The objects of a frame; a detection frame may name them ``objects`` (the script's loader)."""
     children = None
-    if isinstance(frame, Mapping):
+    if isinstance(frame, abc.Mapping):
         children = frame.get("objects", frame.get("children")) if detections else frame.get("children")
     if not isinstance(children, list):
         raise PedestrianDataError(
             f"{path}: no 'children' list (expected an ECP frame: {{\"identity\": \"frame\", \"children\": [...]}})"
         )
     for i, child in enumerate(children):
-        if not isinstance(child, Mapping) or "identity" not in child:
+        if not isinstance(child, abc.Mapping) or "identity" not in child:
             raise PedestrianDataError(f"{path}: children[{i}] is not an object with an 'identity'")
         keys = PIXEL_CORNERS if "maxrow" in child else CORNERS
         try:

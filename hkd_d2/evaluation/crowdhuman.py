@@ -146,16 +146,16 @@ def _detections(entry: Mapping[str, Any], source: str) -> Tuple[np.ndarray, np.n
     if not isinstance(dtboxes, list):
         raise CrowdHumanInputError(f"{source}: image {entry['ID']!r}: 'dtboxes' must be a list")
     try:
-        boxes = [[float(v) for v in d["box"]] for d in dtboxes]
-        scores = [float(d["score"]) for d in dtboxes]
+        boxes = np.array([d["box"] for d in dtboxes], dtype=np.float64).reshape(len(dtboxes), 4)
+        scores = np.array([d["score"] for d in dtboxes], dtype=np.float64)
+        valid = np.isfinite(boxes).all() and np.isfinite(scores).all()
     except (KeyError, TypeError, ValueError):
-        boxes, scores = [], []
-    if (len(boxes) != len(dtboxes) or any(len(b) != 4 for b in boxes)
-            or not all(math.isfinite(v) for v in scores + [v for b in boxes for v in b])):
+        valid = False
+    if not valid:
         raise CrowdHumanInputError(
             f"{source}: image {entry['ID']!r}: every detection needs 'box' [x, y, w, h] and a finite 'score'"
         )
-    return _xyxy(boxes), np.asarray(scores, dtype=np.float64)
+    return _xyxy(boxes), scores
 
 
 def images_from_odgt(
@@ -228,40 +228,35 @@ def _ji_counts(iou: np.ndarray, scores: np.ndarray, dt_in_region: np.ndarray, tg
     """(len(JI_SCORE_THRESHOLDS), 3) (k, m, n) of compute_JI_with_ignore at each threshold.
 
     Detections are in descending score order, so each threshold keeps a prefix of them; the
-    maximum-weight matching is the assignment of the edge weights (IoU > 0.5, else 0)."""
-    kept = np.searchsorted(-scores, -np.asarray(JI_SCORE_THRESHOLDS), side="left").tolist()
+    maximum-weight matching is the assignment of the edge weights (IoU > 0.5, else 0), computed
+    once per distinct set of detections with an edge."""
+    kept = np.searchsorted(-scores, -np.asarray(JI_SCORE_THRESHOLDS), side="left")
     weights = np.where(iou > IOU_THRESHOLD, iou, 0.0)
     edge_rows = np.flatnonzero(weights.any(axis=1))
-    dt_in_region_before = np.concatenate(([0], np.cumsum(dt_in_region)))
-    num_tgt, tgt_in_region_total = iou.shape[1], int(tgt_in_region.sum())
-    out = np.zeros((len(kept), 3), dtype=np.int64)
-    cache: Dict[int, Tuple[int, int, int]] = {}
-    for i, p in enumerate(kept):
-        if p not in cache:
-            rows = edge_rows[: np.searchsorted(edge_rows, p)]
-            k = freed_dt = freed_tgt = 0
-            if len(rows):
-                sub = weights[rows]
-                cols = np.flatnonzero(sub.any(axis=0))
-                sub = sub[:, cols]
-                edges = sub > 0
-                if edges.sum(axis=0).max() == 1 and edges.sum(axis=1).max() == 1:
-                    r, c = np.nonzero(edges)  # no two edges share a box: all of them
-                else:
-                    r, c = linear_sum_assignment(sub, maximize=True)
-                    r, c = r[edges[r, c]], c[edges[r, c]]
-                k = len(r)
-                freed_dt = int(dt_in_region[rows[r]].sum())
-                freed_tgt = int(tgt_in_region[cols[c]].sum())
-            n = p - (int(dt_in_region_before[p]) - freed_dt)
-            m = num_tgt - (tgt_in_region_total - freed_tgt)
-            cache[p] = (k, m, n)
-        out[i] = cache[p]
-    return out
+    with_edges = np.searchsorted(edge_rows, kept)
+    matched = np.zeros((len(kept), 3), dtype=np.int64)  # k, matched dets in a region, matched targets in one
+    for q in np.unique(with_edges[with_edges > 0]).tolist():
+        rows = edge_rows[:q]
+        sub = weights[rows]
+        cols = np.flatnonzero(sub.any(axis=0))
+        sub = sub[:, cols]
+        edges = sub > 0
+        if np.count_nonzero(edges) == len(rows) == len(cols):
+            r, c = np.nonzero(edges)  # no two edges share a box: all of them
+        else:
+            r, c = linear_sum_assignment(sub, maximize=True)
+            r, c = r[edges[r, c]], c[edges[r, c]]
+        matched[with_edges == q] = (len(r), np.count_nonzero(dt_in_region[rows[r]]),
+                                    np.count_nonzero(tgt_in_region[cols[c]]))
+    in_region_before = np.concatenate(([0], np.cumsum(dt_in_region)))
+    k = matched[:, 0]
+    n = kept - (in_region_before[kept] - matched[:, 1])
+    m = iou.shape[1] - (np.count_nonzero(tgt_in_region) - matched[:, 2])
+    return np.stack([k, m, n], axis=1)
 
 
-def _image_results(image: CrowdHumanImage) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted scores (M,), their TP flags (M,) and the JI counts of one image."""
+def _image_results(image: CrowdHumanImage, ji: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Sorted scores (M,), their TP flags (M,) and (with ``ji``) the JI counts of one image."""
     im = image.clipped()
     order = np.argsort(-im.scores, kind="stable")
     dt, scores = im.dt[order], im.scores[order]
@@ -269,6 +264,8 @@ def _image_results(image: CrowdHumanImage) -> Tuple[np.ndarray, np.ndarray, np.n
     iou = iou_matrix(dt, targets)
     dt_in_region = _inside_regions(dt, regions)
     flags = _greedy_flags(iou, dt_in_region)
+    if not ji:
+        return scores, flags, None
     return scores, flags, _ji_counts(iou, scores, dt_in_region, _inside_regions(targets, regions))
 
 
@@ -308,20 +305,20 @@ def jaccard_index(counts: np.ndarray) -> float:
     return max(means) if means else 0.0
 
 
-def crowdhuman_metrics(images: Sequence[CrowdHumanImage]) -> Dict[str, float]:
-    """{"AP", "MR", "JI"} as fractions (see the module doc)."""
-    results = [_image_results(im) for im in images]
+def crowdhuman_metrics(images: Sequence[CrowdHumanImage], ji: bool = True) -> Dict[str, float]:
+    """{"AP", "MR", "JI"} as fractions (see the module doc); without ``ji`` only AP and MR (JI
+    takes most of the time)."""
+    results = [_image_results(im, ji) for im in images]
     scores = np.concatenate([r[0] for r in results]) if results else np.zeros(0)
     flags = np.concatenate([r[1] for r in results]) if results else np.zeros(0, dtype=np.int64)
     counted = flags >= 0
     tp = flags[counted][np.argsort(-scores[counted], kind="stable")].astype(np.float64)
     num_targets = int(sum(int((~im.ignore).sum()) for im in images))
-    counts = np.stack([r[2] for r in results]) if results else np.zeros((0, len(JI_SCORE_THRESHOLDS), 3))
-    return {
-        "AP": average_precision(tp, num_targets),
-        "MR": crowdhuman_miss_rate(tp, num_targets, len(images)),
-        "JI": jaccard_index(counts),
-    }
+    metrics = {"AP": average_precision(tp, num_targets), "MR": crowdhuman_miss_rate(tp, num_targets, len(images))}
+    if ji:
+        counts = np.stack([r[2] for r in results]) if results else np.zeros((0, len(JI_SCORE_THRESHOLDS), 3))
+        metrics["JI"] = jaccard_index(counts)
+    return metrics
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

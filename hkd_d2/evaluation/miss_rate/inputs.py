@@ -6,6 +6,7 @@ ECP label / detection folders. Malformed input raises :class:`MissRateInputError
 file and the entry at fault.
 """
 import math
+from collections import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -213,7 +214,7 @@ def _checked_entries(entries: Any, kind: str, source: str) -> List[Mapping[str, 
     """``entries`` as a list, each a JSON object (else an error naming the entry)."""
     entries = list(entries)
     for i, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, abc.Mapping):
             raise MissRateInputError(f"{source}: {kind} #{i} is not an object: {entry!r}")
     return entries
 
@@ -315,7 +316,7 @@ VISIBILITY_RULES: Dict[str, Callable[[Mapping[str, Any], np.ndarray], float]] = 
 
 def _raise_bad_result(results: Sequence[Any], index_of: Mapping[Any, int], source: str) -> None:
     for i, r in enumerate(results):
-        if not isinstance(r, Mapping) or not {"image_id", "bbox", "score"} <= set(r):
+        if not isinstance(r, abc.Mapping) or not {"image_id", "bbox", "score"} <= set(r):
             raise MissRateInputError(f"{source}: detection #{i} lacks image_id/bbox/score: {r!r}")
         if r["image_id"] not in index_of:
             raise MissRateInputError(
