@@ -41,9 +41,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hkd_d2.data.crowdhuman import read_json_lines, read_odgt  # noqa: E402
-from hkd_d2.evaluation.crowdhuman import crowdhuman_metrics, images_from_odgt  # noqa: E402
+from hkd_d2.evaluation.crowdhuman import evaluate_files  # noqa: E402
 from hkd_d2.evaluation.miss_rate import evaluate_miss_rate, load_detections, load_ground_truth  # noqa: E402
+from hkd_d2.reading import gc_paused  # noqa: E402
 from tests.evaluation.cases import citypersons_set, crowdhuman_set, write_citypersons_case  # noqa: E402
 
 CITYPERSONS_SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
@@ -122,14 +122,16 @@ class _Queue(list):
 # --- ours ----------------------------------------------------------------------------------------------
 
 def ours_crowdhuman(gt: Path, dump: Path, ji: bool) -> Dict[str, float]:
-    images = images_from_odgt(read_odgt(gt), [e for _, e in read_json_lines(dump)], source=str(dump))
-    return crowdhuman_metrics(images, ji=ji)
+    """As ``hkd-crowdhuman-eval``."""
+    return evaluate_files(gt, dump, ji=ji)
 
 
 def ours_citypersons(gt: Path, dt: Path) -> Dict[str, float]:
-    ground_truth = load_ground_truth(gt, "citypersons")
-    return evaluate_miss_rate(ground_truth, load_detections(dt, ground_truth, "citypersons"), "citypersons",
-                              CITYPERSONS_SETUPS)
+    """As ``hkd-miss-rate`` (the garbage collector paused while it reads and evaluates)."""
+    with gc_paused():
+        ground_truth = load_ground_truth(gt, "citypersons")
+        return evaluate_miss_rate(ground_truth, load_detections(dt, ground_truth, "citypersons"), "citypersons",
+                                  CITYPERSONS_SETUPS)
 
 
 def _write_crowdhuman(case: Dict, folder: Path, misc_utils) -> Tuple[Path, Path, Path]:

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from PIL import Image
 
+from ..reading import gc_paused
 from .pedestrian_json import PathLike, PedestrianDataError, make_annotation
 
 __all__ = [
@@ -56,17 +57,18 @@ def read_json_lines(path: PathLike, what: str = "CrowdHuman annotation file") ->
     except (IsADirectoryError, UnicodeDecodeError):
         raise PedestrianDataError(f"{path}: not a text file (expected one JSON object per line)") from None
     entries = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PedestrianDataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(entry, abc.Mapping) or "ID" not in entry:
-            raise PedestrianDataError(f"{where}: expected an object with an 'ID'")
-        entries.append((where, entry))
+    with gc_paused():
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PedestrianDataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(entry, abc.Mapping) or "ID" not in entry:
+                raise PedestrianDataError(f"{where}: expected an object with an 'ID'")
+            entries.append((where, entry))
     return entries
 
 

@@ -33,8 +33,9 @@ class PedestrianDatasetMapper(DatasetMapper):
     and, when ``keep_ignore`` is on, ``gt_ignore`` (bool): the record's ignore annotations
     (``"ignore": 1``) stay as instances flagged True, for the ignore-aware RPN and box
     head; when it is off they are dropped, as Detectron2 drops crowd boxes. Boxes without
-    area (width or height <= 0) and boxes that the transforms leave empty are dropped. Inference is Detectron2's. An image that cannot be
-    read (truncated, not an image) raises :class:`PedestrianDataError` naming its file.
+    area (width or height <= 0) and boxes that the transforms leave empty are dropped.
+    Inference is Detectron2's. An image that cannot be read (truncated, not an image) raises
+    :class:`PedestrianDataError` naming its file.
     """
 
     @configurable

@@ -41,10 +41,14 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from ..reading import gc_paused
+from .miss_rate.inputs import xywh_corners
 
 __all__ = [
     "CrowdHumanImage",
@@ -55,6 +59,8 @@ __all__ = [
     "crowdhuman_miss_rate",
     "jaccard_index",
     "crowdhuman_metrics",
+    "read_images",
+    "evaluate_files",
     "main",
 ]
 
@@ -98,12 +104,6 @@ def _clip(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     out[:, 2] = np.maximum(np.minimum(out[:, 2], width), 0)
     out[:, 3] = np.maximum(np.minimum(out[:, 3], height), 0)
     return out
-
-
-def _xyxy(boxes: Sequence[Sequence[float]]) -> np.ndarray:
-    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
-    a[:, 2:] += a[:, :2]
-    return a
 
 
 def _inter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -155,7 +155,7 @@ def _detections(entry: Mapping[str, Any], source: str) -> Tuple[np.ndarray, np.n
         raise CrowdHumanInputError(
             f"{source}: image {entry['ID']!r}: every detection needs 'box' [x, y, w, h] and a finite 'score'"
         )
-    return _xyxy(boxes), scores
+    return xywh_corners(boxes), scores
 
 
 def images_from_odgt(
@@ -193,7 +193,7 @@ def images_from_odgt(
             raise CrowdHumanInputError(
                 f"{source}: image {entry['ID']!r} has detections but no 'width'/'height' in either file"
             )
-        images.append(CrowdHumanImage(_xyxy([b["fbox"] for b in boxes]), ignore, dt, scores, width, height))
+        images.append(CrowdHumanImage(xywh_corners([b["fbox"] for b in boxes]), ignore, dt, scores, width, height))
     return images
 
 
@@ -321,10 +321,24 @@ def crowdhuman_metrics(images: Sequence[CrowdHumanImage], ji: bool = True) -> Di
     return metrics
 
 
+def read_images(gt_path: Union[str, Path], dump_path: Union[str, Path]) -> List[CrowdHumanImage]:
+    """The images of an annotation ``.odgt`` and a detection dump (see :func:`images_from_odgt`)."""
+    from ..data.crowdhuman import read_json_lines, read_odgt  # the data readers import this package
+
+    dump = [entry for _, entry in read_json_lines(dump_path, "detection dump")]
+    return images_from_odgt(read_odgt(gt_path), dump, source=str(dump_path))
+
+
+def evaluate_files(gt_path: Union[str, Path], dump_path: Union[str, Path], ji: bool = True) -> Dict[str, float]:
+    """:func:`crowdhuman_metrics` of two files, the cyclic garbage collector paused (the parsed
+    lines are freed before it resumes)."""
+    with gc_paused():
+        return crowdhuman_metrics(read_images(gt_path, dump_path), ji)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``hkd-crowdhuman-eval GT.odgt DT.odgt``: AP, MR^-2 and JI of a CrowdDet-style detection dump."""
-    from ..data.crowdhuman import read_json_lines, read_odgt  # the data readers import this package
-    from ..data.pedestrian_json import PedestrianDataError
+    from ..data.pedestrian_json import PedestrianDataError  # the data readers import this package
 
     parser = argparse.ArgumentParser(description="CrowdHuman AP@0.5, MR^-2 and JI of a detection dump.")
     parser.add_argument("gt", help="annotation .odgt (e.g. annotation_val.odgt)")
@@ -332,12 +346,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object {AP, MR, JI} (fractions)")
     args = parser.parse_args(argv)
     try:
-        dump = [entry for _, entry in read_json_lines(args.dt, "detection dump")]
-        images = images_from_odgt(read_odgt(args.gt), dump, source=args.dt)
+        metrics = evaluate_files(args.gt, args.dt)
     except (CrowdHumanInputError, PedestrianDataError, FileNotFoundError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    metrics = crowdhuman_metrics(images)
     if args.json:
         print(json.dumps({k: (None if math.isnan(v) else v) for k, v in metrics.items()}))
     else:

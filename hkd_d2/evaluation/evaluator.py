@@ -20,6 +20,7 @@ from detectron2.utils.registry import Registry
 from ..atomic import atomic_output
 from .crowdhuman import CrowdHumanImage, crowdhuman_metrics
 from .miss_rate import PERSON_CATEGORY_NAMES, PROTOCOLS, Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
+from .miss_rate.inputs import corners_xywh
 from .plots import plot_mr_fppi
 
 __all__ = [
@@ -63,16 +64,12 @@ def image_predictions(inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]
     return predictions
 
 
-def _xywh(boxes: np.ndarray) -> np.ndarray:
-    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-
-
 def coco_results(predictions: Sequence[Dict[str, Any]], corners: bool = False) -> List[Dict[str, Any]]:
     """COCO results (XYWH ``bbox``, ``score``) of :func:`image_predictions`; with ``corners``,
     each also keeps its XYXY box as ``corners`` (read by :class:`.miss_rate.Detections`)."""
     results = []
     for p in predictions:
-        xywh = _xywh(p["boxes"]).tolist()
+        xywh = corners_xywh(p["boxes"]).tolist()
         for i, (b, s) in enumerate(zip(xywh, p["scores"].tolist())):
             r = {"image_id": p["image_id"], "category_id": RESULTS_CATEGORY_ID, "bbox": b, "score": s}
             if corners:
@@ -260,7 +257,7 @@ def crowdhuman_image(record: Dict[str, Any], prediction: Optional[Dict[str, Any]
 def detection_dump(record: Dict[str, Any], prediction: Dict[str, Any]) -> Dict[str, Any]:
     """One line of CrowdDet's detection dump: ``ID`` (the record's ``crowdhuman_id``), image
     size, ``dtboxes`` with ``box`` [x, y, w, h], ``score``, ``tag`` 1."""
-    boxes = _xywh(prediction["boxes"]).tolist()
+    boxes = corners_xywh(prediction["boxes"]).tolist()
     return {
         "ID": record.get("crowdhuman_id", record["image_id"]),
         "height": record["height"],

@@ -43,6 +43,12 @@ def _score(rng: random.Random) -> float:
     return round(rng.random(), rng.choice((2, 5, 17)))
 
 
+def _jittered(rng: random.Random, x: float, y: float, w: float, h: float, jit: float) -> List[float]:
+    """``[x y w h]`` moved and resized by up to ``jit`` of its size (a detection near the box)."""
+    return [x + rng.uniform(-jit, jit) * abs(w), y + rng.uniform(-jit, jit) * abs(h),
+            abs(w) * rng.uniform(1 - jit, 1 + jit), abs(h) * rng.uniform(1 - jit, 1 + jit)]
+
+
 def _coord(rng: random.Random, value: float, integer: bool) -> float:
     """``value`` as an int, or with 1 or 2 decimals, or as a plain float."""
     if integer:
@@ -94,8 +100,7 @@ def _crowdhuman_dets(rng: random.Random, gtboxes: List[Dict], width: int, height
         x, y, w, h = g["fbox"]
         for _ in range(rng.choice((0, 1, 1, 1, 2, 3))):
             jit = rng.choice((0.0, 0.05, 0.15, 0.3))
-            box = [x + rng.uniform(-jit, jit) * abs(w), y + rng.uniform(-jit, jit) * abs(h),
-                   abs(w) * rng.uniform(1 - jit, 1 + jit), abs(h) * rng.uniform(1 - jit, 1 + jit)]
+            box = _jittered(rng, x, y, w, h, jit)
             if rng.random() < 0.1:  # IoU near 0.5: the same box, twice as tall
                 box = [x, y, w, 2 * h]
             dets.append(box)
@@ -158,8 +163,7 @@ def crowdhuman_set(n_images: int, seed: int = 0, persons: int = 23, detections: 
             if rng.random() < 0.7:
                 x, y, w, h = rng.choice(boxes)["fbox"]
                 jit = rng.uniform(0, 0.3)
-                box = [x + rng.uniform(-jit, jit) * abs(w), y + rng.uniform(-jit, jit) * abs(h),
-                       abs(w) * rng.uniform(1 - jit, 1 + jit), abs(h) * rng.uniform(1 - jit, 1 + jit)]
+                box = _jittered(rng, x, y, w, h, jit)
             else:
                 h = rng.uniform(10, 0.8 * height)
                 box = [rng.uniform(0, width), rng.uniform(0, height), 0.4 * h, h]
@@ -356,8 +360,7 @@ def _cp_det(rng: random.Random, bbox: List[float], image_id: int) -> Dict:
         box = [x, y, w, rng.choice(_CP_DET_HEIGHTS)]
     else:
         jit = rng.choice((0.0, 0.05, 0.2, 0.4))
-        box = [x + rng.uniform(-jit, jit) * abs(w), y + rng.uniform(-jit, jit) * abs(h),
-               abs(w) * rng.uniform(1 - jit, 1 + jit), abs(h) * rng.uniform(1 - jit, 1 + jit)]
+        box = _jittered(rng, x, y, w, h, jit)
         box = [round(v, rng.choice((2, 17))) for v in box]
     return {"image_id": image_id, "category_id": 1, "bbox": box, "score": _score(rng)}
 
@@ -405,8 +408,7 @@ def citypersons_set(n_images: int, seed: int = 0, persons: int = 23, detections:
             if rng.random() < 0.7:
                 x, y, w, h = rng.choice(boxes)
                 jit = rng.uniform(0, 0.3)
-                box = [x + rng.uniform(-jit, jit) * abs(w), y + rng.uniform(-jit, jit) * abs(h),
-                       abs(w) * rng.uniform(1 - jit, 1 + jit), abs(h) * rng.uniform(1 - jit, 1 + jit)]
+                box = _jittered(rng, x, y, w, h, jit)
             else:
                 h = rng.uniform(10, 400)
                 box = [rng.uniform(0, 2048), rng.uniform(0, 1024), 0.41 * h, h]

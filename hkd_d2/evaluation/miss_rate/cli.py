@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from ...reading import gc_paused
 from ..plots import plot_mr_fppi
 from .inputs import MissRateInputError, load_detections, load_ground_truth
 from .matching import miss_rate_curves
@@ -38,12 +39,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     protocol = get_protocol(args.protocol)
     setups = args.setups
     try:
-        gt = load_ground_truth(args.gt, protocol)
-        if gt.final and not setups:
-            setups = ["Reasonable"]
-            logger.info("%s holds final ignore flags; evaluating setup 'Reasonable'", args.gt)
-        dt = load_detections(args.dt, gt, protocol)
-        curves = miss_rate_curves(gt, dt, protocol, setups)
+        with gc_paused():  # parsed files are freed before it resumes
+            gt = load_ground_truth(args.gt, protocol)
+            if gt.final and not setups:
+                setups = ["Reasonable"]
+                logger.info("%s holds final ignore flags; evaluating setup 'Reasonable'", args.gt)
+            dt = load_detections(args.dt, gt, protocol)
+            curves = miss_rate_curves(gt, dt, protocol, setups)
     except (MissRateInputError, FileNotFoundError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -214,7 +214,7 @@ def _checked_entries(entries: Any, kind: str, source: str) -> List[Mapping[str, 
     """``entries`` as a list, each a JSON object (else an error naming the entry)."""
     entries = list(entries)
     for i, entry in enumerate(entries):
-        if not isinstance(entry, abc.Mapping):
+        if not isinstance(entry, (dict, abc.Mapping)):
             raise MissRateInputError(f"{source}: {kind} #{i} is not an object: {entry!r}")
     return entries
 
@@ -316,7 +316,7 @@ VISIBILITY_RULES: Dict[str, Callable[[Mapping[str, Any], np.ndarray], float]] = 
 
 def _raise_bad_result(results: Sequence[Any], index_of: Mapping[Any, int], source: str) -> None:
     for i, r in enumerate(results):
-        if not isinstance(r, abc.Mapping) or not {"image_id", "bbox", "score"} <= set(r):
+        if not isinstance(r, (dict, abc.Mapping)) or not {"image_id", "bbox", "score"} <= set(r):
             raise MissRateInputError(f"{source}: detection #{i} lacks image_id/bbox/score: {r!r}")
         if r["image_id"] not in index_of:
             raise MissRateInputError(

@@ -7,8 +7,8 @@ sampled at the protocol's reference FPPI points (see the package docstring).
 """
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -77,15 +77,26 @@ def _ranked_detections(dt: Detections, protocol: Protocol) -> np.ndarray:
     return order
 
 
-def _pairs(dt_image: np.ndarray, gt_image: np.ndarray, num_images: int) -> Tuple[np.ndarray, np.ndarray]:
-    """All (detection, gt) index pairs within the same image; gt must be sorted by image."""
+# Same-image (detection, gt) pairs are built and measured this many at a time: arrays that stay
+# in the CPU caches (all pairs of a large set at once are memory-bound).
+PAIR_CHUNK = 1 << 16
+
+
+def _pairs(dt_image: np.ndarray, gt_image: np.ndarray, num_images: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """All (detection, gt) index pairs within the same image, in chunks of about PAIR_CHUNK
+    pairs (whole detections); detections and gt must be sorted by image."""
     gt_count = np.bincount(gt_image, minlength=num_images)
     gt_start = np.concatenate(([0], np.cumsum(gt_count)[:-1]))
     per_dt = gt_count[dt_image]
-    pair_dt = np.repeat(np.arange(len(dt_image)), per_dt)
-    block_start = np.repeat(np.cumsum(per_dt) - per_dt, per_dt)
-    pair_gt = np.repeat(gt_start[dt_image], per_dt) + np.arange(len(pair_dt)) - block_start
-    return pair_dt, pair_gt
+    ends = np.cumsum(per_dt)
+    bounds = np.unique(np.concatenate(([0], np.searchsorted(ends, np.arange(PAIR_CHUNK, ends[-1] if len(ends) else 0,
+                                                                             PAIR_CHUNK)), [len(dt_image)])))
+    for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        count = per_dt[first:last]
+        pair_dt = np.repeat(np.arange(first, last), count)
+        block_start = np.repeat(np.cumsum(count) - count, count)
+        pair_gt = np.repeat(gt_start[dt_image[first:last]], count) + np.arange(len(pair_dt)) - block_start
+        yield pair_dt, pair_gt
 
 
 def _intersections(dt_boxes: np.ndarray, gt_boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -105,12 +116,21 @@ class _PairOverlaps:
     against the standardised one (otherwise); ``ioa_union`` is the denominator of the
     intersection over detection area of an ignore region."""
 
-    keep: np.ndarray  # (P0,) bool over all same-image pairs: they intersect
+    keep: np.ndarray  # (P0,) bool over the same-image pairs measured: they intersect
     inter_raw: np.ndarray
     inter_std: np.ndarray
     union_std: np.ndarray
     union_raw: np.ndarray
     ioa_union: np.ndarray
+
+    @classmethod
+    def joined(cls, parts: Sequence["_PairOverlaps"]) -> "_PairOverlaps":
+        """The terms of consecutive chunks of pairs as one (``keep`` of all of them)."""
+        return cls(*(_joined([getattr(p, f.name) for p in parts], np.float64) for f in fields(cls)))
+
+
+def _joined(arrays: Sequence[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
 
 
 def _toolbox_overlaps(gt: GroundTruth, dt_boxes: np.ndarray, dt_corners: np.ndarray, gt_order: np.ndarray,
@@ -183,10 +203,15 @@ class _PairGeometry:
         if protocol.aspect_ratio is not None and not dt.final:
             dt_boxes = _standardise(dt_boxes, protocol.aspect_ratio)
         gt_order = np.argsort(gt.image_index, kind="stable")
-        pair_dt, pair_gt = _pairs(dt.image_index[dt_order], gt.image_index[gt_order], gt.num_images)
-        terms = PAIR_OVERLAPS[protocol.overlap](gt, dt_boxes, dt.corners[dt_order], gt_order, pair_dt, pair_gt, protocol)
-        return cls(dt_order, dt_boxes[:, 3], gt_order, pair_dt[terms.keep], pair_gt[terms.keep], terms,
-                   gt.ioa[gt_order])
+        rule, dt_corners = PAIR_OVERLAPS[protocol.overlap], dt.corners[dt_order]
+        pair_dt, pair_gt, terms = [], [], []
+        for p_dt, p_gt in _pairs(dt.image_index[dt_order], gt.image_index[gt_order], gt.num_images):
+            t = rule(gt, dt_boxes, dt_corners, gt_order, p_dt, p_gt, protocol)
+            pair_dt.append(p_dt[t.keep])
+            pair_gt.append(p_gt[t.keep])
+            terms.append(t)
+        return cls(dt_order, dt_boxes[:, 3], gt_order, _joined(pair_dt, np.int64), _joined(pair_gt, np.int64),
+                   _PairOverlaps.joined(terms), gt.ioa[gt_order])
 
     def overlaps(self, pair_ignored: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         """(len(pairs),) overlap of the selected pairs: for ignored gt IoA (regions) or IoU with
