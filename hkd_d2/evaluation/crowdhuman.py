@@ -22,19 +22,23 @@ Boxes are ``[x0, y0, x1, y1]`` with ``x1 = x + w``; overlaps carry the scripts' 
   the kept detections (score ``>`` threshold) to the targets on IoU ``> 0.5``; unmatched
   detections / targets inside an ignore box (IoA ``> 0.5``) are not counted; the image's
   ``k / (m + n - k + eps)``, averaged over the images with ``m`` or ``n`` non-zero; JI is the best
-  threshold's mean.
+  threshold's mean. The ground truth is the annotation's (eval_json.py reads it from the dump,
+  where tools/test.py rounds it to 0.1 px: the same for CrowdHuman's integer boxes).
 
 Where the scripts crash, the smallest fix that avoids the crash is followed:
 
 * E, an image without ground-truth boxes (``ValueError`` unpacking its boxes): its detections
-  are false positives (or dropped inside nothing: there is no ignore box);
+  are false positives;
 * M, an image missing from the dump (``AttributeError``): it has no detections, for AP/MR and
   JI alike (JI then clips its boxes with the annotation's size, or not at all without one);
 * N, no counted detection at all (MR ``log`` of an empty list, NaN): MR 1.0 (AP is 0.0);
 * J, a JI threshold at which no image has a target or a kept detection (0 / 0): left out of
   the maximum (none left: JI 0.0).
 
-With detections and no target at all, AP and MR are NaN (0 / 0), as in the scripts.
+With counted detections and no target at all, recall is 0 / 0 as in the scripts: MR is NaN, and
+AP too from two counted detections on (one point has no trapezoid: 0).
+
+Command line: ``hkd-crowdhuman-eval GT.odgt DT.odgt [--json]`` (:func:`main`).
 """
 import argparse
 import json

@@ -5,10 +5,14 @@ the official numbers in tests/evaluation/data/) go through the command lines and
 evaluators; every metric must agree to 1e-6. Where the official code crashes, the expected
 numbers are those of its smallest fix (see each data file's ``fixes``)."""
 import json
+import math
+import subprocess
+import sys
 import tarfile
 
 import pytest
 
+from ..conftest import REPO
 from .cases import (
     citypersons_case,
     crowdhuman_case,
@@ -17,7 +21,7 @@ from .cases import (
     write_crowdhuman_case,
     write_ecp_case,
 )
-from .official import check_citypersons, check_crowdhuman, check_ecp, digest, generated
+from .official import check_citypersons, check_crowdhuman, check_ecp, digest, generated, mismatches
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,23 @@ def test_golden_ecp(golden):
         if found:
             bad[case.name] = found
     assert len(cases) == 60 and bad == {}
+
+
+def test_golden_command_lines_as_processes(golden):
+    """``python -m hkd_d2.evaluation.miss_rate`` and ``python -m hkd_d2.tools crowdhuman-eval``
+    (the console commands' targets) in their own processes, on the first golden case of each."""
+    ecp, crowdhuman = golden("ecp")[0], golden("crowdhuman")[0]
+    runs = {
+        "ecp": ([sys.executable, "-m", "hkd_d2.evaluation.miss_rate", str(ecp / "labels"), str(ecp / "dets"),
+                 "--protocol", "ecp", "--json"], ecp, "official"),
+        "crowdhuman": ([sys.executable, "-m", "hkd_d2.tools", "crowdhuman-eval", str(crowdhuman / "gt_sized.odgt"),
+                        str(crowdhuman / "dt.odgt"), "--json"], crowdhuman, "official_crash_fixes_EMNJ"),
+    }
+    for name, (command, case, key) in runs.items():
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert done.returncode == 0, done.stderr
+        ours = {k: math.nan if v is None else v for k, v in json.loads(done.stdout).items()}
+        assert mismatches(ours, json.loads((case / "expected.json").read_text())[key]) == {}, name
 
 
 @pytest.mark.parametrize("row", generated("crowdhuman"))

@@ -229,18 +229,19 @@ def _index_of(image_ids: Sequence[Any], source: str) -> Dict[Any, int]:
     return index_of
 
 
-def _box_array(bboxes: Sequence[Any], image_ids: Sequence[Any], kind: str, source: str) -> np.ndarray:
-    """(N, 4) float64 of ``[x, y, w, h]`` lists; any entry that is not 4 finite numbers is named."""
+def _box_array(entries: Sequence[Mapping[str, Any]], key: str, kind: str, source: str) -> np.ndarray:
+    """(N, 4) float64 of the entries' ``key`` lists; any that is not 4 finite numbers is named."""
+    values = [e.get(key) for e in entries]
     try:
-        boxes = np.asarray(bboxes, dtype=np.float64)
+        boxes = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         boxes = None
-    if boxes is not None and len(bboxes) == 0:
+    if boxes is not None and len(values) == 0:
         return boxes.reshape(0, 4)
     if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4 or not np.isfinite(boxes).all():
-        for i, (bbox, image_id) in enumerate(zip(bboxes, image_ids)):
+        for i, (value, entry) in enumerate(zip(values, entries)):
             try:
-                _checked_box(bbox, source, image_id)
+                _checked_box(value, source, entry.get("image_id"))
             except MissRateInputError as e:
                 raise MissRateInputError(f"{e.args[0]} ({kind} #{i}; expected 4 finite numbers)") from None
         raise MissRateInputError(f"{source}: malformed {kind} boxes")
@@ -267,12 +268,11 @@ def clip_corners(corners: np.ndarray, window: Tuple[float, float, float, float])
 
 def _boxes_and_corners(entries: Sequence[Mapping[str, Any]], kind: str, source: str) -> Tuple[np.ndarray, np.ndarray]:
     """(N, 4) xywh ``bbox`` and (N, 4) corners: each entry's ``corners`` where given, else ``x + w``."""
-    image_ids = [e.get("image_id") for e in entries]
-    boxes = _box_array([e.get("bbox") for e in entries], image_ids, kind, source)
+    boxes = _box_array(entries, "bbox", kind, source)
     corners = xywh_corners(boxes)
     given = [i for i, e in enumerate(entries) if "corners" in e]
     if given:
-        corners[given] = _box_array([entries[i]["corners"] for i in given], [image_ids[i] for i in given], kind, source)
+        corners[given] = _box_array([entries[i] for i in given], "corners", kind, source)
     return boxes, corners
 
 

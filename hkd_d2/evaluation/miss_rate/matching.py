@@ -99,15 +99,6 @@ def _pairs(dt_image: np.ndarray, gt_image: np.ndarray, num_images: int) -> Itera
         yield pair_dt, pair_gt
 
 
-def _intersections(dt_boxes: np.ndarray, gt_boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Row-wise intersection area of (P, 4) xywh pairs, and whether they overlap at all (P,)."""
-    iw = np.minimum(dt_boxes[:, 0] + dt_boxes[:, 2], gt_boxes[:, 0] + gt_boxes[:, 2]) - np.maximum(
-        dt_boxes[:, 0], gt_boxes[:, 0])
-    ih = np.minimum(dt_boxes[:, 1] + dt_boxes[:, 3], gt_boxes[:, 1] + gt_boxes[:, 3]) - np.maximum(
-        dt_boxes[:, 1], gt_boxes[:, 1])
-    return iw * ih, (iw > 0) & (ih > 0)
-
-
 @dataclass
 class _PairOverlaps:
     """Overlap terms of the P (detection, gt) pairs that intersect at all; every array is (P,).
@@ -133,37 +124,67 @@ def _joined(arrays: Sequence[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
 
 
-def _toolbox_overlaps(gt: GroundTruth, dt_boxes: np.ndarray, dt_corners: np.ndarray, gt_order: np.ndarray,
-                      pair_dt: np.ndarray, pair_gt: np.ndarray, protocol: Protocol) -> _PairOverlaps:
-    """bbGt.compOas / the CityPersons script on ``[x y w h]``: ``w * h`` areas, union
-    ``area_d + area_g - inter``; non-ignored gt standardised to the protocol's aspect ratio."""
-    gt_raw = gt.boxes[gt_order]
-    d, g_raw = dt_boxes[pair_dt], gt_raw[pair_gt]
-    inter_raw, hit_raw = _intersections(d, g_raw)
-    if protocol.aspect_ratio is not None and not gt.final:
-        g_std = _standardise(g_raw, protocol.aspect_ratio)
-        inter_std, hit_std = _intersections(d, g_std)
-    else:
-        g_std, inter_std, hit_std = g_raw, inter_raw, hit_raw
-    keep = hit_raw | hit_std
-    inter_raw = np.where(hit_raw, inter_raw, 0.0)[keep]
-    inter_std = np.where(hit_std, inter_std, 0.0)[keep]
-    dt_area = d[keep, 2] * d[keep, 3]
-    union_std = dt_area + g_std[keep, 2] * g_std[keep, 3] - inter_std
-    union_raw = dt_area + g_raw[keep, 2] * g_raw[keep, 3] - inter_raw
+@dataclass
+class _Ranked:
+    """Boxes of one evaluation in the order pairs index them: detections ranked (``dt_boxes``
+    standardised where the protocol does), ground truth sorted by image (``gt_std_boxes``: the
+    non-ignored gt's standardised boxes, ``gt_boxes`` where the protocol keeps them). The x
+    ranges ``[x, x + w]`` are kept as separate columns, for the first, widest gathers."""
+
+    dt_boxes: np.ndarray  # (M, 4) xywh
+    dt_corners: np.ndarray  # (M, 4) x0 y0 x1 y1
+    gt_boxes: np.ndarray  # (N, 4) xywh
+    gt_std_boxes: np.ndarray  # (N, 4) xywh
+    gt_corners: np.ndarray  # (N, 4) x0 y0 x1 y1
+    dt_x: Tuple[np.ndarray, np.ndarray] = field(init=False)
+    gt_x: Tuple[np.ndarray, np.ndarray] = field(init=False)
+    gt_std_x: Tuple[np.ndarray, np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dt_x, self.gt_x, self.gt_std_x = (
+            (np.ascontiguousarray(b[:, 0]), b[:, 0] + b[:, 2]) for b in (self.dt_boxes, self.gt_boxes, self.gt_std_boxes))
+
+
+def _x_overlap(dt_x: Tuple[np.ndarray, np.ndarray], gt_x: Tuple[np.ndarray, np.ndarray], pair_dt: np.ndarray,
+               pair_gt: np.ndarray) -> np.ndarray:
+    """(P,) width of the pairs' intersections, ``min(x1) - max(x0)`` (<= 0: none)."""
+    return np.minimum(dt_x[1][pair_dt], gt_x[1][pair_gt]) - np.maximum(dt_x[0][pair_dt], gt_x[0][pair_gt])
+
+
+def _toolbox_overlaps(boxes: _Ranked, pair_dt: np.ndarray, pair_gt: np.ndarray) -> _PairOverlaps:
+    """bbGt.compOas / the CityPersons script on ``[x y w h]``: intersection ``iw * ih`` where both
+    are > 0, ``w * h`` areas, union ``area_d + area_g - inter``; IoU against the standardised
+    gt box for non-ignored gt. The widths come first, so that only pairs that meet in x are
+    gathered whole."""
+    iw_raw = _x_overlap(boxes.dt_x, boxes.gt_x, pair_dt, pair_gt)
+    standardised = boxes.gt_std_boxes is not boxes.gt_boxes
+    iw_std = _x_overlap(boxes.dt_x, boxes.gt_std_x, pair_dt, pair_gt) if standardised else iw_raw
+    near = (iw_raw > 0) | (iw_std > 0)
+    iw_raw, iw_std = iw_raw[near], iw_std[near]
+    d, g_raw, g_std = boxes.dt_boxes[pair_dt[near]], boxes.gt_boxes[pair_gt[near]], boxes.gt_std_boxes[pair_gt[near]]
+    ih = np.minimum(d[:, 1] + d[:, 3], g_raw[:, 1] + g_raw[:, 3]) - np.maximum(d[:, 1], g_raw[:, 1])
+    hit_raw, hit_std = (iw_raw > 0) & (ih > 0), (iw_std > 0) & (ih > 0)
+    meet = hit_raw | hit_std
+    keep = near.copy()
+    keep[near] = meet
+    inter_raw = np.where(hit_raw, iw_raw * ih, 0.0)[meet]
+    inter_std = np.where(hit_std, iw_std * ih, 0.0)[meet]
+    d, g_raw, g_std = d[meet], g_raw[meet], g_std[meet]
+    dt_area = d[:, 2] * d[:, 3]
+    union_std = dt_area + g_std[:, 2] * g_std[:, 3] - inter_std
+    union_raw = dt_area + g_raw[:, 2] * g_raw[:, 3] - inter_raw
     return _PairOverlaps(keep, inter_raw, inter_std, union_std, union_raw, dt_area)
 
 
-def _ecp_overlaps(gt: GroundTruth, dt_boxes: np.ndarray, dt_corners: np.ndarray, gt_order: np.ndarray,
-                  pair_dt: np.ndarray, pair_gt: np.ndarray, protocol: Protocol) -> _PairOverlaps:
+def _ecp_overlaps(boxes: _Ranked, pair_dt: np.ndarray, pair_gt: np.ndarray) -> _PairOverlaps:
     """The ECP script's CompareRectangles / iou_ecp on the corners: the gt box spans
     min..max of its corners, the intersection ``w * h`` counts where both are > 0, IoU is
     ``tp / ((tp + (area_d - tp)) + (area_g - tp))`` and IoA ``tp / ((area_d - tp) + tp)``
     (areas ``h * w``; a detection with x1 < x0 meets nothing)."""
-    c = gt.corners[gt_order]
+    c = boxes.gt_corners[pair_gt]
     g = np.stack([np.minimum(c[:, 0], c[:, 2]), np.minimum(c[:, 1], c[:, 3]),
-                  np.maximum(c[:, 0], c[:, 2]), np.maximum(c[:, 1], c[:, 3])], axis=1)[pair_gt]
-    d = dt_corners[pair_dt]
+                  np.maximum(c[:, 0], c[:, 2]), np.maximum(c[:, 1], c[:, 3])], axis=1)
+    d = boxes.dt_corners[pair_dt]
     w = np.minimum(g[:, 2], d[:, 2]) - np.maximum(g[:, 0], d[:, 0])
     h = np.minimum(g[:, 3], d[:, 3]) - np.maximum(g[:, 1], d[:, 1])
     keep = (w > 0) & (h > 0)
@@ -174,8 +195,7 @@ def _ecp_overlaps(gt: GroundTruth, dt_boxes: np.ndarray, dt_corners: np.ndarray,
     return _PairOverlaps(keep, tp, tp, union, union, fp + tp)
 
 
-# Protocol.overlap -> (gt, ranked detections' (M, 4) xywh boxes (standardised) and corners, gt order,
-# same-image pairs (P0,) into them, protocol) -> overlaps
+# Protocol.overlap -> (ranked boxes, same-image pairs (P0,) into them) -> overlaps
 PAIR_OVERLAPS = {"toolbox": _toolbox_overlaps, "ecp": _ecp_overlaps}
 
 
@@ -203,10 +223,13 @@ class _PairGeometry:
         if protocol.aspect_ratio is not None and not dt.final:
             dt_boxes = _standardise(dt_boxes, protocol.aspect_ratio)
         gt_order = np.argsort(gt.image_index, kind="stable")
-        rule, dt_corners = PAIR_OVERLAPS[protocol.overlap], dt.corners[dt_order]
+        gt_boxes = gt.boxes[gt_order]
+        gt_std = gt_boxes if gt.final or protocol.aspect_ratio is None else _standardise(gt_boxes, protocol.aspect_ratio)
+        boxes = _Ranked(dt_boxes, dt.corners[dt_order], gt_boxes, gt_std, gt.corners[gt_order])
+        rule = PAIR_OVERLAPS[protocol.overlap]
         pair_dt, pair_gt, terms = [], [], []
         for p_dt, p_gt in _pairs(dt.image_index[dt_order], gt.image_index[gt_order], gt.num_images):
-            t = rule(gt, dt_boxes, dt_corners, gt_order, p_dt, p_gt, protocol)
+            t = rule(boxes, p_dt, p_gt)
             pair_dt.append(p_dt[t.keep])
             pair_gt.append(p_gt[t.keep])
             terms.append(t)
