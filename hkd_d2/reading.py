@@ -3,16 +3,31 @@
 Each caller gives the error class of its layer (the data readers' ``PedestrianDataError``, the
 miss-rate inputs' ``MissRateInputError``), so its command line can tell bad input from a bug.
 """
+import contextlib
+import gc
 import json
 from pathlib import Path
-from typing import Any, Dict, Type, Union
+from typing import Any, Dict, Iterator, Type, Union
 
 import scipy.io
 from scipy.io.matlab import MatReadError
 
-__all__ = ["read_json", "read_mat"]
+__all__ = ["gc_paused", "read_json", "read_mat"]
 
 PathLike = Union[str, Path]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while parsing: a large JSON document is millions of
+    new containers, and the collector would walk them again and again (no cycles to find)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def read_json(path: PathLike, what: str, error: Type[Exception] = ValueError) -> Any:
@@ -23,7 +38,7 @@ def read_json(path: PathLike, what: str, error: Type[Exception] = ValueError) ->
         error: a directory, a binary file, malformed JSON or an unreadable file.
     """
     try:
-        with open(path) as f:
+        with open(path) as f, gc_paused():
             return json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} not found") from None

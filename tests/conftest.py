@@ -1,11 +1,13 @@
 """Shared test fixtures and paths."""
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-REFERENCE = REPO.parent / "shared" / "reference"
+# HKD_REFERENCE names another copy (e.g. for a checkout that is not beside shared/).
+REFERENCE = Path(os.environ.get("HKD_REFERENCE", REPO.parent / "shared" / "reference"))
 
 
 @pytest.fixture(scope="session")

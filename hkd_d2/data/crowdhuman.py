@@ -12,17 +12,23 @@ adds ``"width"``/``"height"`` (the official files do not have them, so the image
 Records: ``bbox`` is the full box (``fbox``), ``vis_bbox`` the visible box (``vbox``), ``hbox``
 is kept; a ``person`` box is a clean target unless ``extra.ignore`` is set, ``mask`` boxes
 (crowds, reflections, posters) are ignore regions (the CrowdHuman/CrowdDet evaluation's rule).
-Which box trains is ``DATASETS.TRAIN_BOX`` (:func:`with_training_box`).
+Every box is kept, those without area too: the evaluation counts them (a target no detection
+can match is a miss); the training mapper leaves them out. Which box trains is
+``DATASETS.TRAIN_BOX`` (:func:`with_training_box`).
 """
 import json
+from collections import abc
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from PIL import Image
 
-from .pedestrian_json import PathLike, PedestrianDataError, drop_degenerate, make_annotation
+from ..reading import gc_paused
+from .pedestrian_json import PathLike, PedestrianDataError, make_annotation
 
-__all__ = ["CROWDHUMAN_TARGET", "TRAINING_BOXES", "read_odgt", "load_crowdhuman", "with_training_box", "write_odgt"]
+__all__ = [
+    "CROWDHUMAN_TARGET", "TRAINING_BOXES", "read_json_lines", "read_odgt", "load_crowdhuman", "with_training_box", "write_odgt",
+]
 
 CROWDHUMAN_TARGET = "person"
 BOX_KEYS = ("fbox", "vbox")
@@ -40,28 +46,40 @@ def _checked_box(box: Any, where: str, key: str) -> List[float]:
     return values
 
 
-def read_odgt(path: PathLike) -> List[Dict]:
-    """The image entries of an ``.odgt`` file; a malformed line raises naming ``file:line``."""
+def read_json_lines(path: PathLike, what: str = "CrowdHuman annotation file") -> List[Tuple[str, Dict]]:
+    """``(file:line, entry)`` of each non-empty line of an ``.odgt`` file, every entry an object
+    with an ``ID``; a malformed line raises naming ``file:line``."""
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"CrowdHuman annotation file {path} not found") from None
-    except UnicodeDecodeError:
+        raise FileNotFoundError(f"{what} {path} not found") from None
+    except (IsADirectoryError, UnicodeDecodeError):
         raise PedestrianDataError(f"{path}: not a text file (expected one JSON object per line)") from None
     entries = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PedestrianDataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(entry, Mapping) or "ID" not in entry or not isinstance(entry.get("gtboxes", []), list):
+    with gc_paused():
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PedestrianDataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(entry, abc.Mapping) or "ID" not in entry:
+                raise PedestrianDataError(f"{where}: expected an object with an 'ID'")
+            entries.append((where, entry))
+    return entries
+
+
+def read_odgt(path: PathLike) -> List[Dict]:
+    """The image entries of an annotation ``.odgt`` file; a malformed line raises naming ``file:line``."""
+    entries = []
+    for where, entry in read_json_lines(path):
+        if not isinstance(entry.get("gtboxes", []), list):
             raise PedestrianDataError(f"{where}: expected an object with 'ID' and a 'gtboxes' list")
         for k, box in enumerate(entry.get("gtboxes", [])):
-            if not isinstance(box, Mapping) or "tag" not in box:
+            if not isinstance(box, abc.Mapping) or "tag" not in box:
                 raise PedestrianDataError(f"{where}: gtboxes[{k}] is not an object with a 'tag'")
             for key in BOX_KEYS:
                 _checked_box(box.get(key, box.get("fbox")), f"{where}: gtboxes[{k}]", key)
@@ -96,7 +114,7 @@ def load_crowdhuman(odgt: PathLike, image_root: PathLike, image_ext: str = ".jpg
             "crowdhuman_id": entry["ID"],
             "height": height,
             "width": width,
-            "annotations": drop_degenerate(anns, f"{odgt}: {entry['ID']}"),
+            "annotations": anns,
         })
     return records
 

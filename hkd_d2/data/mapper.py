@@ -6,7 +6,7 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data.transforms import TransformList
-from detectron2.structures import Instances
+from detectron2.structures import BoxMode, Instances
 
 from .pedestrian_json import PedestrianDataError
 
@@ -33,6 +33,13 @@ def _several_classes(cfg) -> bool:
     return True
 
 
+def _has_area(annotation: Dict) -> bool:
+    """Whether a box has width and height > 0 (records keep those without, for evaluation; the
+    transforms would turn a box with x1 < x0 into a valid one)."""
+    width, height = BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"], BoxMode.XYWH_ABS)[2:]
+    return width > 0 and height > 0
+
+
 class PedestrianDatasetMapper(DatasetMapper):
     """:class:`DatasetMapper` for the pedestrian records of hkd_d2.
 
@@ -41,9 +48,10 @@ class PedestrianDatasetMapper(DatasetMapper):
     have several ``thing_classes``)
     and, when ``keep_ignore`` is on, ``gt_ignore`` (bool): the record's ignore annotations
     (``"ignore": 1``) stay as instances flagged True, for the ignore-aware RPN and box
-    head; when it is off they are dropped, as Detectron2 drops crowd boxes. Boxes that
-    the transforms leave empty are dropped. Inference is Detectron2's. An image that cannot be
-    read (truncated, not an image) raises :class:`PedestrianDataError` naming its file.
+    head; when it is off they are dropped, as Detectron2 drops crowd boxes. Boxes without
+    area (width or height <= 0) and boxes that the transforms leave empty are dropped.
+    Inference is Detectron2's. An image that cannot be read (truncated, not an image) raises
+    :class:`PedestrianDataError` naming its file.
     """
 
     @configurable
@@ -86,6 +94,7 @@ class PedestrianDatasetMapper(DatasetMapper):
                     f"Annotation without 'bbox'/'bbox_mode' in record of "
                     f"{dataset_dict.get('file_name', '<no file_name>')}: {a}"
                 )
+        annos = [a for a in annos if _has_area(a)]
         ignore = torch.tensor([_is_ignore(a) for a in annos], dtype=torch.bool)
         annos = [
             utils.transform_instance_annotations(

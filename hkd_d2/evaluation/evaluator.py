@@ -20,6 +20,7 @@ from detectron2.utils.registry import Registry
 from ..atomic import atomic_output
 from .crowdhuman import CrowdHumanImage, crowdhuman_metrics
 from .miss_rate import PERSON_CATEGORY_NAMES, PROTOCOLS, Detections, GroundTruth, Protocol, get_protocol, miss_rate_curves
+from .miss_rate.inputs import corners_xywh
 from .plots import plot_mr_fppi
 
 __all__ = [
@@ -42,42 +43,72 @@ Each is called as ``builder(cfg, dataset_name, output_dir)`` and returns a Datas
 # val_gt.json); class c is written as RESULTS_CATEGORY_ID + c.
 RESULTS_CATEGORY_ID = 1
 DETECTIONS_FILE = "miss_rate_detections.json"
-CROWDHUMAN_DETECTIONS_FILE = "crowdhuman_detections.json"
+# CrowdDet's detection dump (tools/test.py): one line per image with ID, height, width, dtboxes.
+CROWDHUMAN_DETECTIONS_FILE = "crowdhuman_detections.odgt"
 PLOT_FILE = "mr_fppi.png"
 # A data set's evaluation protocol -> the evaluator_type (EVALUATOR_REGISTRY key) that scores it:
 # the one home of the protocol names (register_pedestrian_dataset validates against it).
 EVALUATOR_OF_PROTOCOL = {**{name: "miss_rate" for name in PROTOCOLS}, "crowdhuman": "crowdhuman"}
 
 
-def coco_results(inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """COCO results (XYWH ``bbox``, ``score``, ``category_id`` from ``pred_classes``, 0 when
-    absent) of a batch's ``outputs[i]["instances"]``."""
-    results = []
+def image_predictions(inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per image of a batch: ``{"image_id", "boxes": (R, 4) float64 XYXY, "scores": (R,) float64,
+    "classes": (R,) int64}`` of ``outputs[i]["instances"]`` (classes 0 without ``pred_classes``), the
+    model's corners unchanged (the evaluations compute on them)."""
+    predictions = []
     for inp, out in zip(inputs, outputs):
-        instances = out["instances"].to("cpu")
-        boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        scores = instances.scores.numpy().astype(np.float64)
-        classes = instances.pred_classes.tolist() if instances.has("pred_classes") else [0] * len(scores)
-        results.extend(
-            {"image_id": inp["image_id"], "category_id": RESULTS_CATEGORY_ID + c, "bbox": b, "score": s}
-            for b, s, c in zip(xywh.tolist(), scores.tolist(), classes)
-        )
+        instances = out["instances"]
+        scores = instances.scores.detach().cpu().numpy().astype(np.float64).reshape(-1)
+        classes = (instances.pred_classes.detach().cpu().numpy().astype(np.int64).reshape(-1)
+                   if instances.has("pred_classes") else np.zeros(scores.shape, dtype=np.int64))
+        predictions.append({
+            "image_id": inp["image_id"],
+            "boxes": instances.pred_boxes.tensor.detach().cpu().numpy().astype(np.float64).reshape(-1, 4),
+            "scores": scores,
+            "classes": classes,
+        })
+    return predictions
+
+
+def class_predictions(predictions: Sequence[Dict[str, Any]], class_id: int) -> List[Dict[str, Any]]:
+    """The :func:`image_predictions` of class ``class_id`` alone."""
+    kept = []
+    for p in predictions:
+        mine = p["classes"] == class_id
+        kept.append({**p, "boxes": p["boxes"][mine], "scores": p["scores"][mine], "classes": p["classes"][mine]})
+    return kept
+
+
+def coco_results(predictions: Sequence[Dict[str, Any]], corners: bool = False) -> List[Dict[str, Any]]:
+    """COCO results (XYWH ``bbox``, ``score``, ``category_id`` = RESULTS_CATEGORY_ID + class) of
+    :func:`image_predictions`; with ``corners``, each also keeps its XYXY box as ``corners`` (read by
+    :class:`.miss_rate.Detections`)."""
+    results = []
+    for p in predictions:
+        xywh = corners_xywh(p["boxes"]).tolist()
+        for i, (b, s, c) in enumerate(zip(xywh, p["scores"].tolist(), p["classes"].tolist())):
+            r = {"image_id": p["image_id"], "category_id": RESULTS_CATEGORY_ID + c, "bbox": b, "score": s}
+            if corners:
+                r["corners"] = p["boxes"][i].tolist()
+            results.append(r)
     return results
 
 
-def gather_results(results: List[Dict[str, Any]], output_dir: Optional[str], file_name: str) -> Optional[List[Dict]]:
-    """All processes' results on the main process (written to ``output_dir/file_name``), None elsewhere."""
+def gather_predictions(predictions: List[Dict[str, Any]]) -> Optional[List[Dict]]:
+    """All processes' :func:`image_predictions` on the main process, None elsewhere."""
     comm.synchronize()
-    gathered = comm.gather(results, dst=0)
+    gathered = comm.gather(predictions, dst=0)
     if not comm.is_main_process():
         return None
-    predictions = list(itertools.chain.from_iterable(gathered))
+    return list(itertools.chain.from_iterable(gathered))
+
+
+def write_output(output_dir: Optional[str], file_name: str, text: str) -> None:
+    """Write ``text`` to ``output_dir/file_name`` atomically (nothing without ``output_dir``)."""
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         with atomic_output(os.path.join(output_dir, file_name)) as tmp:
-            tmp.write_text(json.dumps(predictions))
-    return predictions
+            tmp.write_text(text)
 
 
 # Protocol of person data registered without one (e.g. by register_coco_instances).
@@ -114,7 +145,7 @@ def class_records(records: Sequence[Dict[str, Any]], class_id: int) -> List[Dict
 
 class ResultsCollector(DatasetEvaluator):
     """Collects every image's ``outputs[i]["instances"]`` (pred_boxes XYXY (R, 4), scores (R,)) as
-    COCO results; subclasses score them in ``evaluate``."""
+    :func:`image_predictions`; subclasses score them in ``evaluate``."""
 
     _predictions: List[Dict[str, Any]]
 
@@ -122,7 +153,7 @@ class ResultsCollector(DatasetEvaluator):
         self._predictions = []
 
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
-        self._predictions.extend(coco_results(inputs, outputs))
+        self._predictions.extend(image_predictions(inputs, outputs))
 
 
 class MissRateEvaluator(ResultsCollector):
@@ -168,10 +199,11 @@ class MissRateEvaluator(ResultsCollector):
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """{"MR": {setup: miss rate in percent}} (and ``MR_<class>`` for several classes) on the
         main process, {} elsewhere."""
-        predictions = gather_results(self._predictions, self._output_dir, DETECTIONS_FILE)
+        predictions = gather_predictions(self._predictions)
         if predictions is None:
             return {}
-        if not predictions:
+        write_output(self._output_dir, DETECTIONS_FILE, json.dumps(coco_results(predictions)))
+        if not any(len(p["scores"]) for p in predictions):
             logger.warning("%s: no detections; every miss rate is 100%%", self._dataset_name)
 
         records = DatasetCatalog.get(self._dataset_name)
@@ -180,9 +212,9 @@ class MissRateEvaluator(ResultsCollector):
             return OrderedDict(MR=self._miss_rates(records, predictions, self._dataset_name, plot=self._plot))
         results = OrderedDict()
         for c, name in enumerate(classes):
-            mine = [p for p in predictions if p.get("category_id", RESULTS_CATEGORY_ID) == RESULTS_CATEGORY_ID + c]
             results[f"MR_{name}"] = self._miss_rates(
-                class_records(records, c), mine, f"{self._dataset_name} ({name})", plot=self._plot and c == 0
+                class_records(records, c), class_predictions(predictions, c), f"{self._dataset_name} ({name})",
+                plot=self._plot and c == 0,
             )
         results["MR"] = copy.deepcopy(results[f"MR_{classes[0]}"])
         results.move_to_end("MR", last=False)
@@ -192,7 +224,8 @@ class MissRateEvaluator(ResultsCollector):
         """{setup: MR %} of ``predictions`` against ``records`` (logged; plotted when ``plot``)."""
         gt = ground_truth_from_records(records, self._protocol, source=name)
         # Every prediction given is of the class scored (evaluate selects them).
-        dt = Detections.from_results(predictions, gt, replace(self._protocol, category_id=None), source=name)
+        dt = Detections.from_results(coco_results(predictions, corners=True), gt,
+                                     replace(self._protocol, category_id=None), source=name)
         curves = miss_rate_curves(gt, dt, self._protocol, self._setups)
         mr = OrderedDict((setup, 100.0 * c.log_average) for setup, c in curves.items())
         logger.info("Miss rate (%%) on %s:\n%s", name, create_small_table(mr))
@@ -218,7 +251,8 @@ def miss_rate(cfg: CfgNode, dataset_name: str, output_dir: Optional[str]) -> Dat
 
 class CrowdHumanEvaluator(ResultsCollector):
     """AP@0.5, MR^-2 and JI (%) of a CrowdHuman-style data set, as CrowdDet computes them
-    (:mod:`hkd_d2.evaluation.crowdhuman`), against the records' full boxes (``bbox``)."""
+    (:mod:`hkd_d2.evaluation.crowdhuman`), against the records' full boxes (``bbox``). The
+    detections are written to ``output_dir`` as CrowdDet's detection dump (full precision)."""
 
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
         self._dataset_name = dataset_name
@@ -227,34 +261,55 @@ class CrowdHumanEvaluator(ResultsCollector):
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """{"crowdhuman": {"AP", "MR", "JI"} in percent} on the main process, {} elsewhere."""
-        predictions = gather_results(self._predictions, self._output_dir, CROWDHUMAN_DETECTIONS_FILE)
+        predictions = gather_predictions(self._predictions)
         if predictions is None:
             return {}
-        by_image: Dict[Any, List[Dict]] = {}
-        for p in predictions:
-            by_image.setdefault(p["image_id"], []).append(p)
-        images = [crowdhuman_image(r, by_image.get(r["image_id"], ())) for r in DatasetCatalog.get(self._dataset_name)]
+        records = DatasetCatalog.get(self._dataset_name)
+        by_image = {p["image_id"]: p for p in predictions}
+        write_output(self._output_dir, CROWDHUMAN_DETECTIONS_FILE,
+                     "".join(json.dumps(detection_dump(r, by_image[r["image_id"]])) + "\n"
+                             for r in records if r["image_id"] in by_image))
+        images = [crowdhuman_image(r, by_image.get(r["image_id"])) for r in records]
         metrics = OrderedDict((k, 100.0 * v) for k, v in crowdhuman_metrics(images).items())
         logger.info("CrowdHuman metrics (%%) on %s:\n%s", self._dataset_name, create_small_table(metrics))
         return OrderedDict(crowdhuman=metrics)
 
 
-def crowdhuman_image(record: Dict[str, Any], results: Sequence[Dict[str, Any]]) -> CrowdHumanImage:
-    """A record (annotations with full ``bbox``, ``ignore``) and its COCO results as one image."""
+def _record_xyxy(annotation: Dict[str, Any]) -> List[float]:
+    """An annotation's box as XYXY, ``x + w`` in float64 (as the CrowdHuman scripts add them)."""
+    mode = annotation.get("bbox_mode", BoxMode.XYWH_ABS)
+    if mode == BoxMode.XYWH_ABS:
+        x, y, w, h = (float(v) for v in annotation["bbox"])
+        return [x, y, x + w, y + h]
+    return [float(v) for v in BoxMode.convert(list(annotation["bbox"]), mode, BoxMode.XYXY_ABS)]
+
+
+def crowdhuman_image(record: Dict[str, Any], prediction: Optional[Dict[str, Any]]) -> CrowdHumanImage:
+    """A record (annotations with full ``bbox``, ``ignore``) and its :func:`image_predictions`
+    entry (None: the image has no detections) as one image."""
     anns = record.get("annotations", ())
-    gt = []
-    for a in anns:
-        box = BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS)
-        gt.append(box)
-    dt = [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in results)]
+    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0)}
+    prediction = prediction if prediction is not None else empty
     return CrowdHumanImage(
-        gt=np.asarray(gt, np.float64).reshape(-1, 4),
+        gt=np.asarray([_record_xyxy(a) for a in anns], np.float64).reshape(-1, 4),
         ignore=np.array([bool(a.get("ignore", 0)) for a in anns], bool),
-        dt=np.asarray(dt, np.float64).reshape(-1, 4),
-        scores=np.array([r["score"] for r in results], np.float64),
+        dt=prediction["boxes"],
+        scores=prediction["scores"],
         width=record["width"],
         height=record["height"],
     )
+
+
+def detection_dump(record: Dict[str, Any], prediction: Dict[str, Any]) -> Dict[str, Any]:
+    """One line of CrowdDet's detection dump: ``ID`` (the record's ``crowdhuman_id``), image
+    size, ``dtboxes`` with ``box`` [x, y, w, h], ``score``, ``tag`` 1."""
+    boxes = corners_xywh(prediction["boxes"]).tolist()
+    return {
+        "ID": record.get("crowdhuman_id", record["image_id"]),
+        "height": record["height"],
+        "width": record["width"],
+        "dtboxes": [{"box": b, "score": s, "tag": 1} for b, s in zip(boxes, prediction["scores"].tolist())],
+    }
 
 
 @EVALUATOR_REGISTRY.register()

@@ -20,6 +20,7 @@ COMMANDS: Dict[str, str] = {
     "ablation": "hkd_d2.tools.ablation:main",
     "benchmark": "hkd_d2.tools.benchmark:main",
     "miss-rate": "hkd_d2.evaluation.miss_rate.cli:main",
+    "crowdhuman-eval": "hkd_d2.evaluation.crowdhuman:main",
     "synthetic": "hkd_d2.data.synthetic:main",
     "compress": "hkd_d2.tools.compress:main",
 }
@@ -81,6 +82,10 @@ def benchmark() -> int:
 
 def miss_rate() -> int:
     return run_command("miss-rate")
+
+
+def crowdhuman_eval() -> int:
+    return run_command("crowdhuman-eval")
 
 
 def synthetic() -> int:

@@ -14,6 +14,7 @@ from hkd_d2.data.register import register_pedestrian_dataset
 from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
 from hkd_d2.evaluation import build_evaluator
 from hkd_d2.evaluation.crowdhuman import crowdhuman_metrics, images_from_odgt
+from hkd_d2.evaluation.crowdhuman import main as crowdhuman_main
 
 GT = [
     {"ID": "a", "width": 100, "height": 100, "gtboxes": [
@@ -141,3 +142,66 @@ def test_train_box_visible_reaches_the_training_batches(tmp_path):
     got = sorted(item["instances"].gt_boxes.tensor.tolist())
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert any(a["vis_bbox"] != a["bbox"] for r in by_file.values() for a in r["annotations"])
+
+
+def _entry(image_id, boxes, sized=True):
+    entry = {"ID": image_id, "gtboxes": [{"tag": "person", "fbox": b, "hbox": b, "vbox": b} for b in boxes]}
+    return dict(entry, width=100, height=100) if sized else entry
+
+
+def test_degenerate_box_is_a_target_nothing_matches(tmp_path):
+    """One image, a person and a degenerate person (w 0), one detection on the first: the
+    official code gives AP 0 (one point), MR 0.5 (miss 1/2 at every reference), JI 1/2."""
+    gt = [_entry("a", [[10, 10, 20, 40], [60, 10, 0, 40]])]
+    dt = [{"ID": "a", "width": 100, "height": 100, "dtboxes": [{"box": [10, 10, 20, 40], "score": 0.9, "tag": 1}]}]
+    metrics = crowdhuman_metrics(images_from_odgt(gt, dt))
+    assert metrics["AP"] == 0.0 and metrics["MR"] == pytest.approx(0.5)
+    assert metrics["JI"] == pytest.approx(0.5, abs=1e-6)
+    odgt = tmp_path / "gt.odgt"
+    odgt.write_text(json.dumps(gt[0]) + "\n")
+    (record,) = load_crowdhuman(odgt, tmp_path)
+    assert [a["bbox"][2] for a in record["annotations"]] == [20.0, 0.0]  # kept for the evaluation
+
+
+def test_images_without_boxes_detections_or_size(tmp_path, capsys):
+    """Annotations without sizes (as annotation_val.odgt): an image with no box and no line in
+    the dump counts in FPPI (E, M fixes); the other image's size comes from the dump."""
+    gt = [_entry("a", [], sized=False), _entry("b", [[10, 10, 20, 40]], sized=False)]
+    dt = [{"ID": "b", "width": 100, "height": 100, "dtboxes": [{"box": [10, 10, 20, 40], "score": 0.9, "tag": 1},
+                                                               {"box": [60, 10, 20, 40], "score": 0.8, "tag": 1}]}]
+    metrics = crowdhuman_metrics(images_from_odgt(gt, dt))
+    # TP then FP at FPPI 1/2: every reference sees miss 0; JI's threshold 0.8 keeps the TP alone
+    # in the one image with a target or a detection
+    assert metrics == pytest.approx({"AP": 0.0, "MR": 0.0, "JI": 1.0}, abs=1e-5)
+    (tmp_path / "gt.odgt").write_text("".join(json.dumps(e) + "\n" for e in gt))
+    (tmp_path / "dt.odgt").write_text("".join(json.dumps(e) + "\n" for e in dt))
+    assert crowdhuman_main([str(tmp_path / "gt.odgt"), str(tmp_path / "dt.odgt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(metrics)
+
+
+def test_no_detection_and_no_target():
+    """No counted detection: AP 0, MR 1 (N fix); detections and no target at all: recall 0 / 0,
+    so MR NaN and, from two detections on (one point has no trapezoid), AP NaN."""
+    gt = [{"ID": "a", "width": 100, "height": 100, "gtboxes": [{"tag": "mask", "fbox": [0, 0, 50, 50]}]}]
+    none = crowdhuman_metrics(images_from_odgt(gt, []))
+    assert none == {"AP": 0.0, "MR": 1.0, "JI": 0.0}
+    dt = [{"ID": "a", "width": 100, "height": 100, "dtboxes": [{"box": [60, 60, 20, 30], "score": 0.5},
+                                                               {"box": [70, 60, 20, 30], "score": 0.4}]}]
+    only_fp = crowdhuman_metrics(images_from_odgt(gt, dt))
+    assert np.isnan(only_fp["AP"]) and np.isnan(only_fp["MR"]) and only_fp["JI"] == 0.0
+
+
+def test_cli_errors_name_the_image(tmp_path, capsys):
+    gt, dump = tmp_path / "gt.odgt", tmp_path / "dt.odgt"
+    gt.write_text(json.dumps(_entry("a", [[10, 10, 20, 40]], sized=False)) + "\n")
+    dump.write_text(json.dumps({"ID": "z", "width": 9, "height": 9, "dtboxes": []}) + "\n")
+    assert crowdhuman_main([str(gt), str(dump)]) == 2
+    assert "detections of image 'z', which is not in the annotations" in capsys.readouterr().err
+    dump.write_text(json.dumps({"ID": "a", "dtboxes": [{"box": [1, 2, 3, 4], "score": 0.5}]}) + "\n")
+    assert crowdhuman_main([str(gt), str(dump)]) == 2
+    assert "image 'a' has detections but no 'width'/'height'" in capsys.readouterr().err
+    dump.write_text(json.dumps({"ID": "a", "width": 9, "height": 9, "dtboxes": [{"box": [1, 2, 3]}]}) + "\n")
+    assert crowdhuman_main([str(gt), str(dump)]) == 2
+    assert "image 'a': every detection needs 'box'" in capsys.readouterr().err
+    assert crowdhuman_main([str(gt), str(tmp_path / "missing.odgt")]) == 2
+    assert "missing.odgt not found" in capsys.readouterr().err

@@ -21,7 +21,9 @@ regions, ``person?``, ``people`` and ``ignore`` (others are removed), ignores bo
 box without a visible box visibility ``inf`` and one with a visible box its area ratio
 (``posv == pos``: 1), does not clamp (MR 0 where a miss rate reaches 0) and gives MR 1.0 to a
 setup without counted detections. The ECP protocol follows the ECP evaluation script
-(:data:`.protocols.ECP`).
+(:data:`.protocols.ECP`), its overlaps and heights computed on the files' corners ``x0 y0 x1 y1``
+clipped to the frame, as the script does (a detection with x1 < x0 after clipping, on which the
+script stops with an AssertionError, overlaps nothing).
 
 Differences of the ``citypersons`` protocol from the official Python script (its bugs; the MATLAB
 toolbox is followed instead):

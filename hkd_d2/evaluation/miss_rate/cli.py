@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from ...reading import gc_paused
 from ..plots import plot_mr_fppi
 from .inputs import MissRateInputError, load_detections, load_ground_truth
 from .matching import miss_rate_curves
@@ -26,8 +27,8 @@ def _format_table(results: Mapping[str, float]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: ``python -m hkd_d2.evaluation.miss_rate GT DT [options]``."""
     parser = argparse.ArgumentParser(description="Log-average miss rate (MR^-2) of pedestrian detections.")
-    parser.add_argument("gt", help="ground truth: COCO-style JSON, or toolbox gt-*.mat")
-    parser.add_argument("dt", help="detections: COCO results JSON, or toolbox dt-*.mat")
+    parser.add_argument("gt", help="ground truth: COCO-style JSON, toolbox gt-*.mat, or an ECP label folder")
+    parser.add_argument("dt", help="detections: COCO results JSON, toolbox dt-*.mat, or an ECP detection folder")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="citypersons")
     parser.add_argument("--setups", nargs="+", help="setups to evaluate (default: the protocol's standard ones)")
     parser.add_argument("--json", action="store_true", help="print one JSON object {setup: miss rate fraction}")
@@ -38,12 +39,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     protocol = get_protocol(args.protocol)
     setups = args.setups
     try:
-        gt = load_ground_truth(args.gt, protocol)
-        if gt.final and not setups:
-            setups = ["Reasonable"]
-            logger.info("%s holds final ignore flags; evaluating setup 'Reasonable'", args.gt)
-        dt = load_detections(args.dt, gt, protocol)
-        curves = miss_rate_curves(gt, dt, protocol, setups)
+        with gc_paused():  # parsed files are freed before it resumes
+            gt = load_ground_truth(args.gt, protocol)
+            if gt.final and not setups:
+                setups = ["Reasonable"]
+                logger.info("%s holds final ignore flags; evaluating setup 'Reasonable'", args.gt)
+            dt = load_detections(args.dt, gt, protocol)
+            curves = miss_rate_curves(gt, dt, protocol, setups)
     except (MissRateInputError, FileNotFoundError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
 """Reading and validating miss-rate inputs: ground truth and detections as flat arrays.
 
 Sources: COCO-style ground-truth JSON (with ignore / height / vis_ratio fields), COCO results
-lists, Detectron2-record annotations, and the toolbox's ``gt-*.mat`` / ``dt-*.mat`` cell arrays.
-Malformed input raises :class:`MissRateInputError` naming the file and the entry at fault.
+lists, Detectron2-record annotations, the toolbox's ``gt-*.mat`` / ``dt-*.mat`` cell arrays, and
+ECP label / detection folders. Malformed input raises :class:`MissRateInputError` naming the
+file and the entry at fault.
 """
 import math
+from collections import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -34,6 +36,8 @@ class GroundTruth:
         final: ignore flags and boxes are final (a toolbox ``gt-*.mat``): setups only filter
             detections.
         source: file or dataset name, for error messages.
+        corners: (N, 4) float64 ``[x0, y0, x1, y1]`` as the source gives them (ECP), after the
+            protocol's clip window; default ``x + w`` of ``boxes``.
     """
 
     image_ids: List[Any]
@@ -47,12 +51,15 @@ class GroundTruth:
     ioa: Optional[np.ndarray] = None
     occlusion: Optional[np.ndarray] = None
     truncation: Optional[np.ndarray] = None
+    corners: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         """Defaults of the optional per-box arrays: ``ioa`` (N,) bool, ignored boxes are regions
         overlapped by intersection over detection area (else IoU), all True; ``occlusion`` /
-        ``truncation`` (N,) float64 levels in percent, all 0."""
+        ``truncation`` (N,) float64 levels in percent, all 0; ``corners`` from ``boxes``."""
         n = len(self.boxes)
+        if self.corners is None:
+            self.corners = xywh_corners(self.boxes)
         if self.ioa is None:
             self.ioa = np.ones(n, dtype=bool)
         if self.occlusion is None:
@@ -70,8 +77,9 @@ class GroundTruth:
     ) -> "GroundTruth":
         """Build from COCO-style / Detectron2-record annotations (each with an ``image_id``).
 
-        Uses ``bbox``, and when present ``ignore`` (else COCO's ``iscrowd``), ``height``, ``vis_ratio`` / ``vis_bbox`` (read
-        by the protocol's visibility rule), ``label``, ``category_id``, ``occlusion`` and
+        Uses ``bbox``, and when present ``corners`` (the source's ``[x0, y0, x1, y1]``),
+        ``ignore`` (else COCO's ``iscrowd``), ``height``, ``vis_ratio`` / ``vis_bbox`` (read by
+        the protocol's visibility rule), ``label``, ``category_id``, ``occlusion`` and
         ``truncation`` (percent). Labels other than the protocol's pedestrian / ignore labels are
         removed, as dbEval.m does. An image id listed twice is refused.
         """
@@ -83,9 +91,10 @@ class GroundTruth:
             if a.get("image_id") not in index_of:
                 raise MissRateInputError(f"{source}: annotation for unknown image id {a.get('image_id')!r}")
             images.append(index_of[a["image_id"]])
-        boxes = _box_array([a.get("bbox") for a in anns], [a["image_id"] for a in anns], "annotation", source)
+        boxes, corners = _boxes_and_corners(anns, "annotation", source)
         if protocol.clip_window is not None:
-            boxes = clip_boxes(boxes, protocol.clip_window)
+            corners = clip_corners(corners, protocol.clip_window)
+            boxes = corners_xywh(corners)
             heights = boxes[:, 3].tolist()
         else:
             heights = [a["height"] if "height" in a else box[3] for a, box in zip(anns, boxes)]
@@ -104,6 +113,7 @@ class GroundTruth:
             ioa=None if regions is None else np.asarray([label in regions for label in labels], dtype=bool),
             occlusion=np.asarray([a.get("occlusion", 0) for a in anns], dtype=np.float64),
             truncation=np.asarray([a.get("truncation", 0) for a in anns], dtype=np.float64),
+            corners=corners,
         )
 
     @classmethod
@@ -135,12 +145,19 @@ class Detections:
         boxes: (M, 4) float64 ``[x, y, w, h]``.
         scores: (M,) float64.
         final: boxes are already standardised (a toolbox ``dt-*.mat``).
+        corners: (M, 4) float64 ``[x0, y0, x1, y1]`` as the source gives them (the model's
+            boxes, ECP files), after the protocol's clip window; default ``x + w`` of ``boxes``.
     """
 
     image_index: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
     final: bool = False
+    corners: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.corners is None:
+            self.corners = xywh_corners(self.boxes)
 
     @classmethod
     def from_results(
@@ -150,7 +167,8 @@ class Detections:
         protocol: Union[str, Protocol],
         source: str = "<detections>",
     ) -> "Detections":
-        """Build from a COCO results list (``image_id``, ``bbox`` [x, y, w, h], ``score``)."""
+        """Build from a COCO results list (``image_id``, ``bbox`` [x, y, w, h], ``score``; when
+        present, ``corners`` [x0, y0, x1, y1] as the source gives them)."""
         protocol = get_protocol(protocol)
         index_of = {img: i for i, img in enumerate(gt.image_ids)}
         results = _checked_entries(results, "detection", source)
@@ -159,7 +177,7 @@ class Detections:
             results = [r for r in results if r.get("category_id", category) == category]
         try:
             images = [index_of[r["image_id"]] for r in results]
-            boxes = _box_array([r["bbox"] for r in results], [r["image_id"] for r in results], "detection", source)
+            boxes, corners = _boxes_and_corners(results, "detection", source)
             scores = np.asarray([r["score"] for r in results], dtype=np.float64)
         except (KeyError, TypeError, ValueError):
             _raise_bad_result(results, index_of, source)
@@ -171,8 +189,9 @@ class Detections:
                 f"non-finite score: {results[i]['score']}"
             )
         if protocol.clip_window is not None:
-            boxes = clip_boxes(boxes, protocol.clip_window)
-        return cls(np.asarray(images, dtype=np.int64), boxes, scores)
+            corners = clip_corners(corners, protocol.clip_window)
+            boxes = corners_xywh(corners)
+        return cls(np.asarray(images, dtype=np.int64), boxes, scores, corners=corners)
 
     @classmethod
     def from_toolbox_cells(cls, cells: Sequence[np.ndarray], source: str = "<dt cells>") -> "Detections":
@@ -195,7 +214,7 @@ def _checked_entries(entries: Any, kind: str, source: str) -> List[Mapping[str, 
     """``entries`` as a list, each a JSON object (else an error naming the entry)."""
     entries = list(entries)
     for i, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, (dict, abc.Mapping)):
             raise MissRateInputError(f"{source}: {kind} #{i} is not an object: {entry!r}")
     return entries
 
@@ -210,31 +229,51 @@ def _index_of(image_ids: Sequence[Any], source: str) -> Dict[Any, int]:
     return index_of
 
 
-def _box_array(bboxes: Sequence[Any], image_ids: Sequence[Any], kind: str, source: str) -> np.ndarray:
-    """(N, 4) float64 of ``[x, y, w, h]`` lists; any entry that is not 4 finite numbers is named."""
+def _box_array(entries: Sequence[Mapping[str, Any]], key: str, kind: str, source: str) -> np.ndarray:
+    """(N, 4) float64 of the entries' ``key`` lists; any that is not 4 finite numbers is named."""
+    values = [e.get(key) for e in entries]
     try:
-        boxes = np.asarray(bboxes, dtype=np.float64)
+        boxes = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         boxes = None
-    if boxes is not None and len(bboxes) == 0:
+    if boxes is not None and len(values) == 0:
         return boxes.reshape(0, 4)
     if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4 or not np.isfinite(boxes).all():
-        for i, (bbox, image_id) in enumerate(zip(bboxes, image_ids)):
+        for i, (value, entry) in enumerate(zip(values, entries)):
             try:
-                _checked_box(bbox, source, image_id)
+                _checked_box(value, source, entry.get("image_id"))
             except MissRateInputError as e:
                 raise MissRateInputError(f"{e.args[0]} ({kind} #{i}; expected 4 finite numbers)") from None
         raise MissRateInputError(f"{source}: malformed {kind} boxes")
     return boxes
 
 
-def clip_boxes(boxes: np.ndarray, window: Tuple[float, float, float, float]) -> np.ndarray:
-    """(N, 4) xywh boxes with their corners clipped to ``window`` ``[x0, y0, x1, y1]``."""
-    x0 = np.maximum(boxes[:, 0], window[0])
-    y0 = np.maximum(boxes[:, 1], window[1])
-    x1 = np.minimum(boxes[:, 0] + boxes[:, 2], window[2])
-    y1 = np.minimum(boxes[:, 1] + boxes[:, 3], window[3])
-    return np.stack([x0, y0, np.maximum(x1 - x0, 0.0), np.maximum(y1 - y0, 0.0)], axis=1)
+def xywh_corners(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) ``[x, y, x + w, y + h]`` of (N, 4) xywh boxes."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def corners_xywh(corners: np.ndarray) -> np.ndarray:
+    """(N, 4) ``[x0, y0, x1 - x0, y1 - y0]`` of (N, 4) corners (negative where x1 < x0)."""
+    return np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
+
+
+def clip_corners(corners: np.ndarray, window: Tuple[float, float, float, float]) -> np.ndarray:
+    """(N, 4) corners each clipped to ``window`` ``[x0, y0, x1, y1]`` on its own (ECP's
+    preprocess: ``x0 = max(0, x0)``, ``x1 = min(W, x1)``, ...), so a box outside keeps x1 < x0."""
+    return np.stack([np.maximum(corners[:, 0], window[0]), np.maximum(corners[:, 1], window[1]),
+                     np.minimum(corners[:, 2], window[2]), np.minimum(corners[:, 3], window[3])], axis=1)
+
+
+def _boxes_and_corners(entries: Sequence[Mapping[str, Any]], kind: str, source: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(N, 4) xywh ``bbox`` and (N, 4) corners: each entry's ``corners`` where given, else ``x + w``."""
+    boxes = _box_array(entries, "bbox", kind, source)
+    corners = xywh_corners(boxes)
+    given = [i for i, e in enumerate(entries) if "corners" in e]
+    if given:
+        corners[given] = _box_array([entries[i] for i in given], "corners", kind, source)
+    return boxes, corners
 
 
 def _scored(ann: Mapping[str, Any], protocol: Protocol) -> bool:
@@ -277,7 +316,7 @@ VISIBILITY_RULES: Dict[str, Callable[[Mapping[str, Any], np.ndarray], float]] = 
 
 def _raise_bad_result(results: Sequence[Any], index_of: Mapping[Any, int], source: str) -> None:
     for i, r in enumerate(results):
-        if not isinstance(r, Mapping) or not {"image_id", "bbox", "score"} <= set(r):
+        if not isinstance(r, (dict, abc.Mapping)) or not {"image_id", "bbox", "score"} <= set(r):
             raise MissRateInputError(f"{source}: detection #{i} lacks image_id/bbox/score: {r!r}")
         if r["image_id"] not in index_of:
             raise MissRateInputError(
@@ -317,10 +356,53 @@ def _read_mat_cells(path: Path, variable: str, what: str) -> Sequence[np.ndarray
     return list(np.asarray(data[variable], dtype=object).ravel())
 
 
+def _ecp_protocol(path: Path, protocol: Protocol) -> None:
+    if protocol.overlap != "ecp":
+        raise MissRateInputError(f"{path}: is a directory, read as ECP files only with the 'ecp' protocol")
+
+
+def _ecp_ground_truth(folder: Path, protocol: Protocol) -> GroundTruth:
+    """The label files of an ECP split (see :func:`hkd_d2.data.ecp.ecp_label_files`), image ids the frame names."""
+    from ...data.ecp import ecp_label_files, read_ecp_frame  # the data readers import this package
+    from ...data.pedestrian_json import PedestrianDataError
+
+    _ecp_protocol(folder, protocol)
+    try:
+        frames = [(f.stem, read_ecp_frame(f)) for f in ecp_label_files(folder)]
+    except PedestrianDataError as e:
+        raise MissRateInputError(e.args[0]) from None
+    annotations = [dict(a, image_id=name) for name, frame in frames for a in frame["annotations"]]
+    return GroundTruth.from_annotations([name for name, _ in frames], annotations, protocol, source=str(folder))
+
+
+def _ecp_detections(folder: Path, gt: GroundTruth, protocol: Protocol) -> Detections:
+    """``folder/<frame>.json`` detection files, one per frame of ``gt`` (as the ECP script requires)."""
+    from ...data.ecp import read_ecp_detections  # the data readers import this package
+    from ...data.pedestrian_json import PedestrianDataError
+
+    _ecp_protocol(folder, protocol)
+    files = {p.stem: p for p in folder.glob("*.json")}
+    missing = [str(i) for i in gt.image_ids if i not in files]
+    extra = sorted(set(files) - set(gt.image_ids))
+    if missing or extra:
+        raise MissRateInputError(
+            f"{folder}: expected one detection file <frame>.json per ground-truth frame; "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, not in the ground truth {extra[:5]}"
+        )
+    try:
+        results = [r for name in gt.image_ids for r in read_ecp_detections(files[name], name)]
+    except PedestrianDataError as e:
+        raise MissRateInputError(e.args[0]) from None
+    return Detections.from_results(results, gt, protocol, source=str(folder))
+
+
 def load_ground_truth(path: Union[str, Path], protocol: Union[str, Protocol] = "citypersons") -> GroundTruth:
-    """Read a COCO-style ground-truth JSON (with ignore / height / vis_ratio fields), or a toolbox
-    ``.mat`` holding a cell array ``gt`` of ``[x y w h ignore]`` rows (used as given)."""
+    """Read a COCO-style ground-truth JSON (with ignore / height / vis_ratio fields), a toolbox
+    ``.mat`` holding a cell array ``gt`` of ``[x y w h ignore]`` rows (used as given), or a
+    folder of ECP label files (``<city>/<frame>.json``; protocol ``ecp``)."""
     path = Path(path)
+    if path.is_dir():
+        return _ecp_ground_truth(path, get_protocol(protocol))
     if path.suffix == ".mat":
         return GroundTruth.from_toolbox_cells(_read_mat_cells(path, "gt", "ground truth"), source=str(path))
     data = read_json(path, "ground truth", MissRateInputError)
@@ -336,8 +418,11 @@ def load_ground_truth(path: Union[str, Path], protocol: Union[str, Protocol] = "
 def load_detections(
     path: Union[str, Path], gt: GroundTruth, protocol: Union[str, Protocol] = "citypersons"
 ) -> Detections:
-    """Read a COCO results JSON, or a toolbox ``.mat`` cell array ``dt`` of ``[x y w h score]``."""
+    """Read a COCO results JSON, a toolbox ``.mat`` cell array ``dt`` of ``[x y w h score]``, or a
+    folder of ECP detection files (``<frame>.json``, one per frame; protocol ``ecp``)."""
     path = Path(path)
+    if path.is_dir():
+        return _ecp_detections(path, gt, get_protocol(protocol))
     if path.suffix == ".mat":
         cells = _read_mat_cells(path, "dt", "detections")
         if len(cells) != gt.num_images:

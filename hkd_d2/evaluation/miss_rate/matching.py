@@ -7,8 +7,8 @@ sampled at the protocol's reference FPPI points (see the package docstring).
 """
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -77,24 +77,126 @@ def _ranked_detections(dt: Detections, protocol: Protocol) -> np.ndarray:
     return order
 
 
-def _pairs(dt_image: np.ndarray, gt_image: np.ndarray, num_images: int) -> Tuple[np.ndarray, np.ndarray]:
-    """All (detection, gt) index pairs within the same image; gt must be sorted by image."""
+# Same-image (detection, gt) pairs are built and measured this many at a time: arrays that stay
+# in the CPU caches (all pairs of a large set at once are memory-bound).
+PAIR_CHUNK = 1 << 16
+
+
+def _pairs(dt_image: np.ndarray, gt_image: np.ndarray, num_images: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """All (detection, gt) index pairs within the same image, in chunks of about PAIR_CHUNK
+    pairs (whole detections); detections and gt must be sorted by image."""
     gt_count = np.bincount(gt_image, minlength=num_images)
     gt_start = np.concatenate(([0], np.cumsum(gt_count)[:-1]))
     per_dt = gt_count[dt_image]
-    pair_dt = np.repeat(np.arange(len(dt_image)), per_dt)
-    block_start = np.repeat(np.cumsum(per_dt) - per_dt, per_dt)
-    pair_gt = np.repeat(gt_start[dt_image], per_dt) + np.arange(len(pair_dt)) - block_start
-    return pair_dt, pair_gt
+    ends = np.cumsum(per_dt)
+    bounds = np.unique(np.concatenate(([0], np.searchsorted(ends, np.arange(PAIR_CHUNK, ends[-1] if len(ends) else 0,
+                                                                             PAIR_CHUNK)), [len(dt_image)])))
+    for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        count = per_dt[first:last]
+        pair_dt = np.repeat(np.arange(first, last), count)
+        block_start = np.repeat(np.cumsum(count) - count, count)
+        pair_gt = np.repeat(gt_start[dt_image[first:last]], count) + np.arange(len(pair_dt)) - block_start
+        yield pair_dt, pair_gt
 
 
-def _intersections(dt_boxes: np.ndarray, gt_boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Row-wise intersection area of (P, 4) xywh pairs, and whether they overlap at all (P,)."""
-    iw = np.minimum(dt_boxes[:, 0] + dt_boxes[:, 2], gt_boxes[:, 0] + gt_boxes[:, 2]) - np.maximum(
-        dt_boxes[:, 0], gt_boxes[:, 0])
-    ih = np.minimum(dt_boxes[:, 1] + dt_boxes[:, 3], gt_boxes[:, 1] + gt_boxes[:, 3]) - np.maximum(
-        dt_boxes[:, 1], gt_boxes[:, 1])
-    return iw * ih, (iw > 0) & (ih > 0)
+@dataclass
+class _PairOverlaps:
+    """Overlap terms of the P (detection, gt) pairs that intersect at all; every array is (P,).
+
+    ``inter_*`` / ``union_*`` give IoU against the raw gt box (used when the gt is ignored) and
+    against the standardised one (otherwise); ``ioa_union`` is the denominator of the
+    intersection over detection area of an ignore region."""
+
+    keep: np.ndarray  # (P0,) bool over the same-image pairs measured: they intersect
+    inter_raw: np.ndarray
+    inter_std: np.ndarray
+    union_std: np.ndarray
+    union_raw: np.ndarray
+    ioa_union: np.ndarray
+
+    @classmethod
+    def joined(cls, parts: Sequence["_PairOverlaps"]) -> "_PairOverlaps":
+        """The terms of consecutive chunks of pairs as one (``keep`` of all of them)."""
+        return cls(*(_joined([getattr(p, f.name) for p in parts], np.float64) for f in fields(cls)))
+
+
+def _joined(arrays: Sequence[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+
+
+@dataclass
+class _Ranked:
+    """Boxes of one evaluation in the order pairs index them: detections ranked (``dt_boxes``
+    standardised where the protocol does), ground truth sorted by image (``gt_std_boxes``: the
+    non-ignored gt's standardised boxes, ``gt_boxes`` where the protocol keeps them). The x
+    ranges ``[x, x + w]`` are kept as separate columns, for the first, widest gathers."""
+
+    dt_boxes: np.ndarray  # (M, 4) xywh
+    dt_corners: np.ndarray  # (M, 4) x0 y0 x1 y1
+    gt_boxes: np.ndarray  # (N, 4) xywh
+    gt_std_boxes: np.ndarray  # (N, 4) xywh
+    gt_corners: np.ndarray  # (N, 4) x0 y0 x1 y1
+    dt_x: Tuple[np.ndarray, np.ndarray] = field(init=False)
+    gt_x: Tuple[np.ndarray, np.ndarray] = field(init=False)
+    gt_std_x: Tuple[np.ndarray, np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dt_x, self.gt_x, self.gt_std_x = (
+            (np.ascontiguousarray(b[:, 0]), b[:, 0] + b[:, 2]) for b in (self.dt_boxes, self.gt_boxes, self.gt_std_boxes))
+
+
+def _x_overlap(dt_x: Tuple[np.ndarray, np.ndarray], gt_x: Tuple[np.ndarray, np.ndarray], pair_dt: np.ndarray,
+               pair_gt: np.ndarray) -> np.ndarray:
+    """(P,) width of the pairs' intersections, ``min(x1) - max(x0)`` (<= 0: none)."""
+    return np.minimum(dt_x[1][pair_dt], gt_x[1][pair_gt]) - np.maximum(dt_x[0][pair_dt], gt_x[0][pair_gt])
+
+
+def _toolbox_overlaps(boxes: _Ranked, pair_dt: np.ndarray, pair_gt: np.ndarray) -> _PairOverlaps:
+    """bbGt.compOas / the CityPersons script on ``[x y w h]``: intersection ``iw * ih`` where both
+    are > 0, ``w * h`` areas, union ``area_d + area_g - inter``; IoU against the standardised
+    gt box for non-ignored gt. The widths come first, so that only pairs that meet in x are
+    gathered whole."""
+    iw_raw = _x_overlap(boxes.dt_x, boxes.gt_x, pair_dt, pair_gt)
+    standardised = boxes.gt_std_boxes is not boxes.gt_boxes
+    iw_std = _x_overlap(boxes.dt_x, boxes.gt_std_x, pair_dt, pair_gt) if standardised else iw_raw
+    near = (iw_raw > 0) | (iw_std > 0)
+    iw_raw, iw_std = iw_raw[near], iw_std[near]
+    d, g_raw, g_std = boxes.dt_boxes[pair_dt[near]], boxes.gt_boxes[pair_gt[near]], boxes.gt_std_boxes[pair_gt[near]]
+    ih = np.minimum(d[:, 1] + d[:, 3], g_raw[:, 1] + g_raw[:, 3]) - np.maximum(d[:, 1], g_raw[:, 1])
+    hit_raw, hit_std = (iw_raw > 0) & (ih > 0), (iw_std > 0) & (ih > 0)
+    meet = hit_raw | hit_std
+    keep = near.copy()
+    keep[near] = meet
+    inter_raw = np.where(hit_raw, iw_raw * ih, 0.0)[meet]
+    inter_std = np.where(hit_std, iw_std * ih, 0.0)[meet]
+    d, g_raw, g_std = d[meet], g_raw[meet], g_std[meet]
+    dt_area = d[:, 2] * d[:, 3]
+    union_std = dt_area + g_std[:, 2] * g_std[:, 3] - inter_std
+    union_raw = dt_area + g_raw[:, 2] * g_raw[:, 3] - inter_raw
+    return _PairOverlaps(keep, inter_raw, inter_std, union_std, union_raw, dt_area)
+
+
+def _ecp_overlaps(boxes: _Ranked, pair_dt: np.ndarray, pair_gt: np.ndarray) -> _PairOverlaps:
+    """The ECP script's CompareRectangles / iou_ecp on the corners: the gt box spans
+    min..max of its corners, the intersection ``w * h`` counts where both are > 0, IoU is
+    ``tp / ((tp + (area_d - tp)) + (area_g - tp))`` and IoA ``tp / ((area_d - tp) + tp)``
+    (areas ``h * w``; a detection with x1 < x0 meets nothing)."""
+    c = boxes.gt_corners[pair_gt]
+    g = np.stack([np.minimum(c[:, 0], c[:, 2]), np.minimum(c[:, 1], c[:, 3]),
+                  np.maximum(c[:, 0], c[:, 2]), np.maximum(c[:, 1], c[:, 3])], axis=1)
+    d = boxes.dt_corners[pair_dt]
+    w = np.minimum(g[:, 2], d[:, 2]) - np.maximum(g[:, 0], d[:, 0])
+    h = np.minimum(g[:, 3], d[:, 3]) - np.maximum(g[:, 1], d[:, 1])
+    keep = (w > 0) & (h > 0)
+    g, d, tp = g[keep], d[keep], w[keep] * h[keep]
+    fp = (d[:, 3] - d[:, 1]) * (d[:, 2] - d[:, 0]) - tp
+    fn = (g[:, 3] - g[:, 1]) * (g[:, 2] - g[:, 0]) - tp
+    union = tp + fp + fn
+    return _PairOverlaps(keep, tp, tp, union, union, fp + tp)
+
+
+# Protocol.overlap -> (ranked boxes, same-image pairs (P0,) into them) -> overlaps
+PAIR_OVERLAPS = {"toolbox": _toolbox_overlaps, "ecp": _ecp_overlaps}
 
 
 @dataclass
@@ -103,8 +205,7 @@ class _PairGeometry:
 
     Detections are ranked (image, score desc, file order; top ``max_dets`` per image) and
     standardised; ground truth is sorted by image. Only overlapping (detection, gt) pairs are
-    kept, with the areas needed for IoU against the standardised gt box (used when the gt is
-    not ignored) and intersection-over-detection-area against the raw gt box (when ignored).
+    kept, with the terms of :class:`_PairOverlaps`.
     """
 
     dt_order: np.ndarray  # (M,) indices into the Detections
@@ -112,11 +213,7 @@ class _PairGeometry:
     gt_order: np.ndarray  # (N,) indices into the GroundTruth
     pair_dt: np.ndarray  # (P,) into dt_order
     pair_gt: np.ndarray  # (P,) into gt_order
-    inter_raw: np.ndarray  # (P,) intersection with the raw gt box (0 if none)
-    inter_std: np.ndarray  # (P,) intersection with the standardised gt box (0 if none)
-    union_std: np.ndarray  # (P,) union with the standardised gt box
-    union_raw: np.ndarray  # (P,) union with the raw gt box
-    dt_area: np.ndarray  # (P,)
+    terms: _PairOverlaps
     ioa: np.ndarray  # (N,) bool, gt (in gt_order) overlapped by IoA when ignored
 
     @classmethod
@@ -126,31 +223,27 @@ class _PairGeometry:
         if protocol.aspect_ratio is not None and not dt.final:
             dt_boxes = _standardise(dt_boxes, protocol.aspect_ratio)
         gt_order = np.argsort(gt.image_index, kind="stable")
-        gt_raw = gt.boxes[gt_order]
-        pair_dt, pair_gt = _pairs(dt.image_index[dt_order], gt.image_index[gt_order], gt.num_images)
-        d, g_raw = dt_boxes[pair_dt], gt_raw[pair_gt]
-        inter_raw, hit_raw = _intersections(d, g_raw)
-        if protocol.aspect_ratio is not None and not gt.final:
-            g_std = _standardise(g_raw, protocol.aspect_ratio)
-            inter_std, hit_std = _intersections(d, g_std)
-        else:
-            g_std, inter_std, hit_std = g_raw, inter_raw, hit_raw
-        keep = hit_raw | hit_std
-        inter_raw = np.where(hit_raw, inter_raw, 0.0)[keep]
-        inter_std = np.where(hit_std, inter_std, 0.0)[keep]
-        dt_area = (d[keep, 2] * d[keep, 3])
-        union_std = dt_area + g_std[keep, 2] * g_std[keep, 3] - inter_std
-        union_raw = dt_area + g_raw[keep, 2] * g_raw[keep, 3] - inter_raw
-        return cls(dt_order, dt_boxes[:, 3], gt_order, pair_dt[keep], pair_gt[keep],
-                   inter_raw, inter_std, union_std, union_raw, dt_area, gt.ioa[gt_order])
+        gt_boxes = gt.boxes[gt_order]
+        gt_std = gt_boxes if gt.final or protocol.aspect_ratio is None else _standardise(gt_boxes, protocol.aspect_ratio)
+        boxes = _Ranked(dt_boxes, dt.corners[dt_order], gt_boxes, gt_std, gt.corners[gt_order])
+        rule = PAIR_OVERLAPS[protocol.overlap]
+        pair_dt, pair_gt, terms = [], [], []
+        for p_dt, p_gt in _pairs(dt.image_index[dt_order], gt.image_index[gt_order], gt.num_images):
+            t = rule(boxes, p_dt, p_gt)
+            pair_dt.append(p_dt[t.keep])
+            pair_gt.append(p_gt[t.keep])
+            terms.append(t)
+        return cls(dt_order, dt_boxes[:, 3], gt_order, _joined(pair_dt, np.int64), _joined(pair_gt, np.int64),
+                   _PairOverlaps.joined(terms), gt.ioa[gt_order])
 
     def overlaps(self, pair_ignored: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         """(len(pairs),) overlap of the selected pairs: for ignored gt IoA (regions) or IoU with
         the raw box, otherwise IoU with the standardised box."""
+        t = self.terms
         region = pair_ignored & self.ioa[self.pair_gt[pairs]]
-        inter = np.where(pair_ignored, self.inter_raw[pairs], self.inter_std[pairs])
-        denom = np.where(region, self.dt_area[pairs],
-                         np.where(pair_ignored, self.union_raw[pairs], self.union_std[pairs]))
+        inter = np.where(pair_ignored, t.inter_raw[pairs], t.inter_std[pairs])
+        denom = np.where(region, t.ioa_union[pairs],
+                         np.where(pair_ignored, t.union_raw[pairs], t.union_std[pairs]))
         return np.divide(inter, denom, out=np.zeros_like(inter), where=inter > 0)
 
 

@@ -36,7 +36,7 @@ TOOLBOX_FPPI_REFS = tuple(10.0 ** np.arange(-2.0, 0.001, 0.25))
 # eval_MR_multisetup.py writes the same points rounded to 4 decimals (identical results unless
 # a data set has several thousand images).
 CITYPERSONS_FPPI_REFS = (0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.0000)
-# ECP's ParamsFactory clips every box to the 1920x1024 frame of its images.
+# ECP's ParamsFactory clips every box's corners to the 1920x1024 frame of its images.
 ECP_IMAGE_WINDOW = (0.0, 0.0, 1920.0, 1024.0)
 
 
@@ -81,8 +81,13 @@ class Protocol:
     aspect_ratio: Optional[float] = None
     # Ground truth not inside [x0, y0, x1, y1] becomes ignore (None = no border).
     border: Optional[Tuple[float, float, float, float]] = None
-    # Ground truth and detections are clipped to [x0, y0, x1, y1] before anything (None = not).
+    # The corners of ground truth and detections are clipped to [x0, y0, x1, y1] before anything
+    # (each on its own, a box outside keeps x1 < x0; heights are y1 - y0 after it; None = not).
     clip_window: Optional[Tuple[float, float, float, float]] = None
+    # How the overlap of a detection and a ground-truth box is computed (a key of
+    # matching.PAIR_OVERLAPS): "toolbox" = from [x y w h] as bbGt.compOas / the CityPersons
+    # script; "ecp" = from the corners as the ECP script's CompareRectangles / iou_ecp.
+    overlap: str = "toolbox"
     # Source labels kept as pedestrians / as ignore regions; other labels are removed.
     # Both empty = use the records' own ignore flags and keep every box.
     labels: Tuple[str, ...] = ()
@@ -155,7 +160,8 @@ CALTECH = Protocol(
 
 # The ECP evaluation script (ECPB eval.py create_evaluator, params.py ParamsFactory): pedestrians
 # are the targets; riders are tolerated (ignored, matched by IoU); far-away groups are don't-care
-# regions (intersection over detection area); other identities are not used.
+# regions (intersection over detection area); other identities are not used. A setup without
+# targets and without counted detections scores 1.0 (the script's curve is empty).
 ECP = Protocol(
     name="ecp",
     setups={
@@ -167,9 +173,11 @@ ECP = Protocol(
     default_setups=("reasonable", "small", "occluded", "all"),
     det_min_height_inclusive=False,
     clip_window=ECP_IMAGE_WINDOW,
+    overlap="ecp",
     labels=("pedestrian",),
     ignore_labels=("rider", "person-group-far-away"),
     ioa_ignore_labels=("person-group-far-away",),
+    empty_setup_miss_rate=1.0,
 )
 
 PROTOCOLS: Dict[str, Protocol] = {p.name: p for p in (CITYPERSONS, CALTECH, ECP)}
