@@ -15,7 +15,9 @@ Figures (written to ``OUT/benchmark.json`` and ``OUT/benchmark.md``):
   steps, each measurement in its own fresh process so the peaks do not mask each other;
 * the exported student (``hkd_d2.export``: TorchScript, ONNX Runtime fp32, ONNX Runtime int8
   calibrated on generated scenes) in the same latency table, on CPU, through
-  :class:`~hkd_d2.deploy.DeployedPredictor`'s model (``--no-exported`` leaves it out).
+  :class:`~hkd_d2.deploy.DeployedPredictor`'s model (``--no-exported`` leaves it out);
+* the numeric environment of every figure (torch threads, CPU, cores, torch version, devices:
+  :mod:`hkd_d2.tools.environment`).
 
 The evaluator's speed against a reference loop is ``benchmarks/miss_rate.py``'s.
 """
@@ -41,6 +43,7 @@ from ..engine.setup import load_config
 from ..export import ONNX_FILE, export_formats
 from ..model_zoo import get_config_file
 from .complexity import backbone_gmacs, count_parameters
+from .environment import format_environment, numeric_environment
 from .inference import build_predictor, model_inputs
 from .report import markdown_table, write_json, write_text
 from .runs import teacher_config
@@ -282,8 +285,9 @@ def run_benchmark(args: argparse.Namespace) -> Dict:
         raise RuntimeError("--device cuda given but no GPU is available")
     configs = {k: v for k, v in CONFIGS.items() if not (args.no_narrow and "FPN 32" in k)}
     sizes = [_size(s) for s in args.sizes]
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "latency": [], "training": []}
-    md = ["# hkd_d2 benchmark", "", f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+    environment = numeric_environment(devices)
+    result = {"environment": environment, "latency": [], "training": []}
+    md = ["# hkd_d2 benchmark", "", f"Numeric environment: {format_environment(environment)}; "
           f"median of {args.repeats} runs after one warm-up; randomly initialised detectors.", ""]
     for device in devices:
         rows = latency_table(configs, sizes, device, args.repeats)
