@@ -21,6 +21,8 @@ COMMANDS: Dict[str, str] = {
     "benchmark": "hkd_d2.tools.benchmark:main",
     "miss-rate": "hkd_d2.evaluation.miss_rate.cli:main",
     "synthetic": "hkd_d2.data.synthetic:main",
+    "pretrain": "hkd_d2.tools.pretrain:main",
+    "pooled": "hkd_d2.tools.pooled:main",
 }
 
 
@@ -84,3 +86,11 @@ def miss_rate() -> int:
 
 def synthetic() -> int:
     return run_command("synthetic")
+
+
+def pretrain() -> int:
+    return run_command("pretrain")
+
+
+def pooled() -> int:
+    return run_command("pooled")
