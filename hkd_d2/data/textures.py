@@ -48,8 +48,6 @@ DOT_RADIUS2 = 0.08  # squared dot radius / squared period
 GRID_GAP = 0.2  # grid line width / period
 WAVE_AMPLITUDE = 0.25  # wave amplitude / period
 
-Coords = Tuple[np.ndarray, np.ndarray]
-
 
 def _stripes(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return u % 1.0 < 0.5

@@ -60,38 +60,46 @@ def _ablation_comparison(data: Mapping, pair: Optional[str]) -> Tuple[str, str]:
     return given[0]["candidate"], given[0]["reference"]
 
 
+def _pairs(data: Mapping, pair: Optional[str], reference: Optional[str]) -> Tuple[str, str, Dict, Dict]:
+    """(candidate, reference, {seed: MR of the reference}, {seed: MR of the candidate}) of a demo
+    report or an ablation table."""
+    if "paired" in data and "vs_best" in data["paired"]:
+        if pair is not None:
+            raise ValueError("a demo report compares the distilled student with a student alone: "
+                             "choose that one with --reference, not --pair")
+        candidate, ref, gain = _demo_comparison(data, reference)
+        return (candidate, ref, {p["seed"]: p["reference"] for p in gain["per_seed"]},
+                {p["seed"]: p["candidate"] for p in gain["per_seed"]})
+    if "runs" in data and "rows" in data:
+        if len(data.get("environments") or []) > 1:
+            raise ValueError(f"its runs were made in {len(data['environments'])} numeric environments; "
+                             "give one file per environment")
+        if reference is not None:
+            raise ValueError("--reference applies to demo reports; name an ablation table's rows with --pair")
+        candidate, ref = _ablation_comparison(data, pair)
+        reference_mr, candidate_mr = mr_by_seed(data["runs"], ref), mr_by_seed(data["runs"], candidate)
+        if not reference_mr or not candidate_mr:
+            raise ValueError(f"no runs of {ref if not reference_mr else candidate} "
+                             f"(rows: {[r['name'] for r in data['rows']]})")
+        return candidate, ref, reference_mr, candidate_mr
+    raise ValueError("neither a demo report.json nor an ablation table json")
+
+
 def load_comparison(path: str, pair: Optional[str] = None, reference: Optional[str] = None) -> Dict:
     """The paired comparison of one environment's file: ``{"source", "environment", "candidate",
     "reference", "reference_mr": {seed: MR}, "candidate_mr": {seed: MR}}``.
 
-    Raises ``FileNotFoundError`` / ``ValueError`` naming ``path`` when it is absent, neither a demo
-    report nor an ablation table, names rows it does not have, or mixes environments.
+    Raises ``FileNotFoundError`` / ``ValueError`` naming ``path`` when it is absent, not JSON,
+    neither a demo report nor an ablation table, names rows it does not have, or mixes environments.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"Result file not found: {path}")
-    data = json.loads(Path(path).read_text())
     try:
-        if "paired" in data and "vs_best" in data["paired"]:
-            if pair is not None:
-                raise ValueError("a demo report compares the distilled student with a student alone: "
-                                 "choose that one with --reference, not --pair")
-            candidate, ref, gain = _demo_comparison(data, reference)
-            reference_mr = {p["seed"]: p["reference"] for p in gain["per_seed"]}
-            candidate_mr = {p["seed"]: p["candidate"] for p in gain["per_seed"]}
-        elif "runs" in data and "rows" in data:
-            if len(data.get("environments") or []) > 1:
-                raise ValueError(f"its runs were made in {len(data['environments'])} numeric environments; "
-                                 "give one file per environment")
-            if reference is not None:
-                raise ValueError("--reference applies to demo reports; name an ablation table's rows with --pair")
-            candidate, ref = _ablation_comparison(data, pair)
-            reference_mr, candidate_mr = mr_by_seed(data["runs"], ref), mr_by_seed(data["runs"], candidate)
-            if not reference_mr or not candidate_mr:
-                raise ValueError(f"no runs of {ref if not reference_mr else candidate} "
-                                 f"(rows: {[r['name'] for r in data['rows']]})")
-        else:
-            raise ValueError("neither a demo report.json nor an ablation table json")
-    except (ValueError, KeyError) as e:
+        data = json.loads(Path(path).read_text())
+        candidate, ref, reference_mr, candidate_mr = _pairs(data, pair, reference)
+    except KeyError as e:
+        raise ValueError(f"{path}: no entry {e} (a file of another version or tool?)") from e
+    except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     return {"source": str(path), "environment": data.get("environment"), "candidate": candidate, "reference": ref,
             "reference_mr": reference_mr, "candidate_mr": candidate_mr}

@@ -159,3 +159,12 @@ def test_bad_inputs_name_the_file(tmp_path):
         pooled.main([str(tmp_path / "mixed.json")])
     with pytest.raises(ValueError, match="--win-fraction"):
         pooled.main([table, "--win-fraction", "0"])
+
+
+def test_unreadable_files_name_the_file(tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: Expecting property name"):
+        pooled.main([str(tmp_path / "broken.json")])
+    write_json(tmp_path / "old.json", {"paired": {"vs_best": {}}})
+    with pytest.raises(ValueError, match="old.json: no entry 'best_student'"):
+        pooled.main([str(tmp_path / "old.json")])
