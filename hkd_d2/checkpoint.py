@@ -18,8 +18,9 @@
 * weights of another architecture raise :class:`WeightsMismatchError` listing the missing,
   unexpected and wrongly shaped keys, instead of a warning that is easy to miss.
 
-A backbone-only checkpoint (a converted ImageNet ResNet, or Detectron2's / pycls' ImageNet
-``.pkl``) may leave the FPN and heads uninitialised: only its own keys must all match.
+A backbone-only checkpoint (a converted ImageNet ResNet, Detectron2's / pycls' ImageNet ``.pkl``,
+or one :func:`save_backbone_pkl` writes) may leave the FPN and heads uninitialised: only its own
+keys must all match.
 """
 import glob
 import logging
@@ -47,6 +48,7 @@ __all__ = [
     "convert_torchvision_resnet",
     "is_torchvision_resnet",
     "load_detector_weights",
+    "save_backbone_pkl",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,10 @@ _TORCHVISION_TO_D2 = (
     (r"\.downsample\.0\.", ".shortcut."),
     (r"\.downsample\.1\.", ".shortcut.norm."),
 )
+
+
+# State-dict entries that are not weights (BatchNorm's step counters): never required, never written.
+_NOT_WEIGHTS = "num_batches_tracked"
 
 
 class WeightsMismatchError(RuntimeError):
@@ -173,7 +179,7 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
     """
     converted = {}
     for name, value in state_dict.items():
-        if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+        if name.startswith("fc.") or name.endswith(_NOT_WEIGHTS):
             continue
         new = name
         for pattern, repl in _TORCHVISION_TO_D2:
@@ -321,7 +327,7 @@ class DistillCheckpointer(DetectionCheckpointer):
 
     def _raise_if_mismatched(self, incompatible, backbone_only: bool) -> None:
         # BatchNorm's step counters are not weights: files without them still fit.
-        missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
+        missing = [k for k in incompatible.missing_keys if not k.endswith(_NOT_WEIGHTS)]
         if backbone_only:
             missing = [k for k in missing if k.startswith(BACKBONE_PREFIX)]
         optional = tuple(getattr(self.model, "checkpoint_optional_prefixes", ()))
@@ -343,3 +349,19 @@ def load_detector_weights(model: torch.nn.Module, path: str) -> None:
 # Deprecated name of DistillCheckpointer, kept for one release.
 HKDCheckpointer = DistillCheckpointer
 
+
+
+def save_backbone_pkl(path: str, backbone: torch.nn.Module, author: str, **extra: Any) -> None:
+    """Write ``backbone``'s weights as Detectron2 reads an ImageNet backbone, atomically.
+
+    The file is a pickle ``{"model": {name: ndarray}, "__author__": author, "matching_heuristics":
+    True, **extra}`` with the backbone's own names (``stem.conv1.weight``, ``res2.0.conv1.norm.weight``,
+    ...; BatchNorm's step counters left out), as Detectron2's ``convert-torchvision-to-d2.py``
+    writes: ``MODEL.WEIGHTS`` loads it by suffix matching into ``backbone.bottom_up`` of a
+    detector with the same ResNet. ``extra`` must be plain Python values.
+    """
+    model = {name: value.detach().cpu().numpy() for name, value in backbone.state_dict().items()
+             if not name.endswith(_NOT_WEIGHTS)}
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump({"model": model, "__author__": author, "matching_heuristics": True, **extra}, f)

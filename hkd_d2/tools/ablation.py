@@ -13,6 +13,11 @@ Every row is compared seed by seed with each ``--reference`` row (default: the f
 ``--compare CANDIDATE:REFERENCE`` adds named pairs (e.g. the effect of one term): the paired gain in
 MR Reasonable with its 95% t interval and wins/losses (:mod:`hkd_d2.tools.paired`), in
 ``OUT/<table>.json`` (``rows[i]["paired"]``, ``comparisons``) and ``OUT/<table>.md``.
+
+Each run's ``result.json`` records the numeric environment it was trained in (torch threads, CPU,
+cores, torch version, device: :mod:`hkd_d2.tools.environment`); the table names the environment(s)
+of its runs (``environment``, ``environments``), so a verdict is read with the environment it holds
+for (:mod:`hkd_d2.tools.pooled` compares and pools tables of several environments).
 """
 import argparse
 import json
@@ -22,16 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from detectron2.utils.logger import setup_logger
 
 from ..modeling.teacher import resolve_path
+from .environment import format_environment, numeric_environment
 from .progress import format_duration
 from .paired import format_paired, paired_gain
 from .report import format_mean_spread, markdown_table, mean_and_spread, write_json, write_text
 from .runs import build_run_config, evaluate, teacher_config, train
 
 __all__ = ["AblationRun", "plan_runs", "run_ablation", "check_overrides", "summarize_ablation", "ablation_table",
-           "parse_teacher_weights", "paired_comparisons", "comparison_table", "parse_comparisons", "main"]
+           "parse_teacher_weights", "mr_by_seed", "paired_comparisons", "comparison_table", "parse_comparisons",
+           "run_device", "run_environments", "environment_note", "main"]
 
 logger = logging.getLogger("hkd_d2.ablation")
 
@@ -111,7 +119,8 @@ def run_ablation(
 ) -> List[Dict]:
     """Run every unfinished run (in order) and return all results (finished ones read back).
 
-    Each result is ``{"config", "name", "seed", "overrides", "mr": {setup: MR %}}``. ``teacher_weights`` maps
+    Each result is ``{"config", "name", "seed", "overrides", "mr": {setup: MR %}, "environment"}``
+    (runs finished before environments were recorded have none). ``teacher_weights`` maps
     a teacher config's name (file stem; ``""`` = any) to weights; another teacher is trained
     (``teacher_fn``) once, when the first unfinished run that needs it comes.
     """
@@ -139,7 +148,8 @@ def run_ablation(
                     + (f" | ETA {format_duration(eta)}" if done else "") + " ====")
         mr = run_fn(run.config_file, run_opts, str(run.output_dir))
         write_json(run.result_path, {"config": run.config_file, "name": run.name, "seed": run.seed,
-                                     "overrides": list(opts), "mr": mr})
+                                     "overrides": list(opts), "mr": mr,
+                                     "environment": numeric_environment(run_device(run_opts))})
         done += 1
     return [json.loads(r.result_path.read_text()) for r in runs]
 
@@ -165,7 +175,39 @@ def summarize_ablation(results: Sequence[Dict]) -> List[Dict]:
              **{s: mean_and_spread(v) for s, v in r["values"].items()}} for r in rows.values()]
 
 
-def _mr_by_seed(results: Sequence[Dict], name: str, setup: str = PAIRED_SETUP) -> Dict[int, float]:
+def run_device(opts: Sequence[str]) -> str:
+    """The device of a run with overrides ``opts``: their last ``MODEL.DEVICE``, else Detectron2's
+    default as the shipped configs (which set none) resolve it: cuda when a GPU exists, else cpu."""
+    pairs = dict(zip(opts[::2], opts[1::2]))
+    return pairs.get("MODEL.DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_environments(results: Sequence[Dict]) -> List[Dict]:
+    """The distinct numeric environments of ``results``, first-seen order:
+    ``[{"environment": dict or None (not recorded), "runs": ["<name> seed <k>", ...]}]``."""
+    groups: List[Dict] = []
+    for result in results:
+        environment = result.get("environment")
+        group = next((g for g in groups if g["environment"] == environment), None)
+        if group is None:
+            group = {"environment": environment, "runs": []}
+            groups.append(group)
+        group["runs"].append(f"{result['name']} seed {result['seed']}")
+    return groups
+
+
+def environment_note(environments: Sequence[Dict]) -> str:
+    """Markdown line naming the numeric environment of the runs (each, when they differ)."""
+    if not environments:
+        return "No finished runs, so no numeric environment."
+    if len(environments) == 1:
+        return f"Numeric environment of the runs: {format_environment(environments[0]['environment'])}."
+    return (f"The runs were made in {len(environments)} numeric environments, so their pairs mix them: "
+            + "; ".join(f"{format_environment(g['environment'])} ({', '.join(g['runs'])})" for g in environments) + ".")
+
+
+def mr_by_seed(results: Sequence[Dict], name: str, setup: str = PAIRED_SETUP) -> Dict[int, float]:
+    """{seed: MR of ``setup``} of the runs of config ``name`` in ``results``."""
     return {r["seed"]: r["mr"][setup] for r in results if r["name"] == name and r["mr"].get(setup) is not None}
 
 
@@ -178,10 +220,10 @@ def paired_comparisons(results: Sequence[Dict], rows: Sequence[Dict], references
     if unknown:
         raise ValueError(f"--reference/--compare name rows that are not in the table: {unknown} (rows: {sorted(names)})")
     for row in rows:
-        row["paired"] = {ref: paired_gain(_mr_by_seed(results, ref), _mr_by_seed(results, row["name"]))
+        row["paired"] = {ref: paired_gain(mr_by_seed(results, ref), mr_by_seed(results, row["name"]))
                          for ref in references if ref != row["name"]}
     return [{"candidate": cand, "reference": ref,
-             **paired_gain(_mr_by_seed(results, ref), _mr_by_seed(results, cand))} for cand, ref in comparisons]
+             **paired_gain(mr_by_seed(results, ref), mr_by_seed(results, cand))} for cand, ref in comparisons]
 
 
 def ablation_table(rows: Sequence[Dict], references: Sequence[str] = ()) -> str:
@@ -284,8 +326,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
             "wins/losses.\n")
     if comparisons:
         text += "\n" + comparison_table(comparisons) + "\n"
-    write_json(out / f"{args.table}.json", {"overrides": args.opts, "references": references, "rows": rows,
-                                            "comparisons": comparisons, "runs": results})
+    environments = run_environments(results)
+    text += "\n" + environment_note(environments) + "\n"
+    write_json(out / f"{args.table}.json", {
+        "overrides": args.opts, "references": references, "rows": rows, "comparisons": comparisons,
+        "environment": environments[0]["environment"] if len(environments) == 1 else None,
+        "environments": environments, "runs": results})
     write_text(out / f"{args.table}.md", text)
     print(text)
     return rows

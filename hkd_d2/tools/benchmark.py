@@ -35,10 +35,7 @@ import argparse
 import dataclasses
 import datetime
 import logging
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -58,6 +55,7 @@ from ..engine.setup import load_config
 from ..export import export_formats, student_config
 from ..model_zoo import get_config_file
 from .complexity import backbone_gmacs, count_parameters
+from .environment import format_environment, numeric_environment
 from .fixed_work import FIXED_WORK_OPTS, trained_like_weights, work_counts
 from .inference import build_predictor, model_inputs
 from .report import markdown_table, write_json, write_text
@@ -411,17 +409,6 @@ def _profile_markdown(profiles: List[Dict]) -> str:
     return "\n".join(parts)
 
 
-def _machine() -> Dict[str, str]:
-    """Date, CPU model and core count, as the results files record them."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
-    except OSError:
-        model = ""
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": model or platform.processor(),
-            "nproc": str(os.cpu_count()), "python": platform.python_version(), "torch": torch.__version__}
-
-
 def run_benchmark(args: argparse.Namespace, argv: Sequence[str] = ()) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -429,13 +416,13 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str] = ()) -> Dict:
     if "cuda" in devices and not torch.cuda.is_available():
         raise RuntimeError("--device cuda given but no GPU is available")
     out = Path(args.out)
-    machine = _machine()
+    machine = numeric_environment(devices)
+    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     command = "hkd-benchmark " + " ".join(shlex.quote(a) for a in argv)
-    result: Dict = {"command": command, "machine": machine, "threads": torch.get_num_threads(),
+    result: Dict = {"command": command, "date": date, "machine": machine, "threads": torch.get_num_threads(),
                     "fixed_work": args.fixed_work, "deploy_opts": [list(o) for o in args.deploy_opts], "seed": 0}
     md = ["# hkd_d2 benchmark", "", f"`{command}`", "",
-          f"{machine['date']}; {machine['cpu']} ({machine['nproc']} cores); torch {machine['torch']}, "
-          f"{torch.get_num_threads()} CPU threads; random weights (seed 0)"
+          f"{date}; {format_environment(machine)}; random weights (seed 0)"
           + ("; fixed work (hkd_d2.tools.fixed_work)" if args.fixed_work else "") + ".", ""]
     for device in devices:
         if args.training:

@@ -23,6 +23,8 @@ COMMANDS: Dict[str, str] = {
     "crowdhuman-eval": "hkd_d2.evaluation.crowdhuman:main",
     "synthetic": "hkd_d2.data.synthetic:main",
     "compress": "hkd_d2.tools.compress:main",
+    "pretrain": "hkd_d2.tools.pretrain:main",
+    "pooled": "hkd_d2.tools.pooled:main",
 }
 
 
@@ -94,3 +96,9 @@ def synthetic() -> int:
 
 def compress() -> int:
     return run_command("compress")
+def pretrain() -> int:
+    return run_command("pretrain")
+
+
+def pooled() -> int:
+    return run_command("pooled")

@@ -11,8 +11,9 @@ Stages (one after another, in this process, with the project's configs and Train
 5. parameters, backbone GMACs and latency at 600x800 of each detector;
 6. ``report.md`` + ``report.json``: the paper's Table 1 shape, the paired gain of the distilled
    student over the best student alone (same seed = same initialisation and data order; mean,
-   95% t interval, wins/losses), the fraction of the teacher-student gap closed,
-   ``mr_fppi.png`` and ``detections.jpg``.
+   95% t interval, wins/losses) with the numeric environment it was measured in (torch threads,
+   CPU, cores, torch version, device: :mod:`hkd_d2.tools.environment`), the fraction of the
+   teacher-student gap closed, ``mr_fppi.png`` and ``detections.jpg``.
 
 Every knob (configs, data size, image size, schedules, seeds) is a command-line option of ``tools/demo.py``.
 """
@@ -34,6 +35,7 @@ from ..export import export_student
 from ..modeling.teacher import resolve_path
 from .complexity import backbone_gmacs, count_parameters
 from .demo_plan import stage_plan
+from .environment import numeric_environment
 from .demo_report import (SETUP_COLUMNS, STUDENT_PREFIX, best_student, gap_table, paired_summary, render_report,
                           row_name, student_kind, summarize)
 from .inference import build_predictor, model_inputs
@@ -263,6 +265,7 @@ def _pictures(args: argparse.Namespace, out: Path, runs: Dict[str, List[Dict]], 
 def run_demo(args: argparse.Namespace) -> Dict:
     """Run every stage; return the content of ``report.json``."""
     check_configs(args)
+    environment = numeric_environment(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(_stage_plan(args), budget_s=60 * args.budget_min)
@@ -297,11 +300,12 @@ def run_demo(args: argparse.Namespace) -> Dict:
         "gap_closed": gaps,
         "hkd_better_per_seed": per_seed,
         "paired": paired,
+        "environment": environment,
         "stage_seconds": clock.durations(),
         "total_seconds": total_s,
     }
     write_json(out / "report.json", result)
-    report = render_report(args, summary, figures, gaps, per_seed, paired, clock.durations(), total_s)
+    report = render_report(args, summary, figures, gaps, per_seed, paired, clock.durations(), total_s, environment)
     write_text(out / "report.md", report)
     print(report)
     logger.info(f"Demo finished in {format_duration(total_s)}; report in {out / 'report.md'}")

@@ -6,11 +6,9 @@ Reasonable over the seeds; the distilled student is compared with it seed by see
 (:func:`hkd_d2.tools.paired.paired_gain`).
 """
 import math
-import platform
 from typing import Dict, List, Mapping, Sequence
 
-import torch
-
+from .environment import format_environment
 from .paired import format_paired, paired_gain
 from .progress import format_duration
 from .report import format_mean_spread, gap_closed, markdown_table, mean_and_spread
@@ -97,8 +95,9 @@ def _per_seed_table(per_seed: Sequence[Dict], students: Sequence[str], best: str
     return markdown_table(headers, rows)
 
 
-def render_report(args, summary, figures, gaps, per_seed, paired, durations, total_s) -> str:
-    """``report.md``: settings, Table 1, gap closed, paired gains and per-seed MR, stage times."""
+def render_report(args, summary, figures, gaps, per_seed, paired, durations, total_s, environment: Mapping) -> str:
+    """``report.md``: settings, Table 1, gap closed, paired gains and per-seed MR (with the numeric
+    ``environment`` they were measured in, :mod:`hkd_d2.tools.environment`), stage times."""
     best = paired["best_student"]
     students = sorted(k for k in summary if k.startswith(STUDENT_PREFIX))
     gain = paired["vs_best"]
@@ -115,8 +114,8 @@ def render_report(args, summary, figures, gaps, per_seed, paired, durations, tot
         "MR: log-average miss rate (%, lower is better) on the demo's validation images; mean ± std over seeds.",
         "Params count the deployed detector (distillation adapters left out); GMACs of the backbone "
         "(ResNet + FPN) from fvcore; latency: median of "
-        f"{args.latency_repeats} runs, batch 1, on this machine ({platform.processor() or platform.machine()}, "
-        f"torch threads: {torch.get_num_threads()}). Configs: distilled student `{args.hkd_config}`, "
+        f"{args.latency_repeats} runs, batch 1, in the numeric environment below. Configs: distilled student "
+        f"`{args.hkd_config}`, "
         "students alone " + ", ".join(f"`{c}`" for c in args.student_configs) + ".",
         "",
         "## Distilled student vs the best student alone (paired over seeds)",
@@ -124,6 +123,8 @@ def render_report(args, summary, figures, gaps, per_seed, paired, durations, tot
         f"Best student alone (lowest mean MR Reasonable): **{row_name(best, {k: f.get('pooler') for k, f in figures.items()})}**. "
         f"Gain of the distilled student over it, MR Reasonable points (positive = distillation better), mean "
         f"[95% t interval] wins/losses over {gain['n']} seed(s): **{format_paired(gain)}**, verdict: **{gain['verdict']}**.",
+        "",
+        f"Numeric environment (the weights, and so the verdict, depend on it): {format_environment(environment)}.",
         "",
         markdown_table(["Student alone", "Gain of HKD [95% t interval] W/L", "Verdict"],
                        [[row_name(k), format_paired(g), g["verdict"]] for k, g in sorted(paired["vs"].items())]),

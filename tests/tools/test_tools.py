@@ -326,10 +326,12 @@ def test_demo_paired_summary_and_report():
     figures = {k: {"params_M": 1.0, "backbone_GMACs": 2.0, "latency_ms": 3.0, "pooler": "P"} for k in mr}
     per_seed = [{"seed": 0, "student": 40.0, "hkd": 30.0, "students": {lvl: 40.0, pyr: 50.0}},
                 {"seed": 1, "student": 44.0, "hkd": 45.0, "students": {lvl: 44.0, pyr: 52.0}}]
+    environment = {"torch": "2.4.1", "torch_threads": 1, "cpu": "Fake CPU", "cpu_cores": 2, "device": "cpu"}
     text = demo_report.render_report(args, summary, figures, demo_report.gap_table(summary, lvl), per_seed, paired,
-                                     {"teacher": 65.0}, 70.0)
+                                     {"teacher": 65.0}, 70.0, environment)
     flat = " ".join(text.split())  # table cells are padded
     assert "+4.50 [" in flat and "1W/1L" in flat and "verdict: **within noise**" in flat
+    assert "verdict, depend on it): torch 2.4.1, 1 torch thread, CPU Fake CPU (2 cores), device cpu." in flat
     assert "| Reasonable | 20% |" in flat
     assert "| teacher | 1m05s |" in flat and "| total | 1m10s |" in flat
     assert "| 1 | 44.00 | 52.00 | 45.00 | -1.00 | no |" in flat
