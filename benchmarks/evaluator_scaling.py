@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hkd_d2.evaluation.crowdhuman import evaluate_files  # noqa: E402
+from hkd_d2.tools.crowdhuman_eval import evaluate_files  # noqa: E402
 from hkd_d2.evaluation.miss_rate import evaluate_miss_rate, load_detections, load_ground_truth  # noqa: E402
 from hkd_d2.reading import gc_paused  # noqa: E402
 from tests.evaluation.cases import citypersons_set, crowdhuman_set, write_citypersons_case  # noqa: E402

@@ -33,6 +33,8 @@ from collections import abc
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
+from ..evaluation.miss_rate.inputs import FOLDER_READERS, Detections, FolderReader, GroundTruth, MissRateInputError
+from ..evaluation.miss_rate.protocols import Protocol
 from ..reading import read_json
 from .pedestrian_json import PathLike, PedestrianDataError, make_annotation
 
@@ -185,3 +187,34 @@ def write_ecp_frame(path: PathLike, width: int, height: int, objects: Sequence[M
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(frame))
+
+
+def ecp_ground_truth(folder: Path, protocol: Protocol) -> GroundTruth:
+    """The label files of an ECP split (see :func:`ecp_label_files`), image ids the frame names."""
+    try:
+        frames = [(f.stem, read_ecp_frame(f)) for f in ecp_label_files(folder)]
+    except PedestrianDataError as e:
+        raise MissRateInputError(e.args[0]) from None
+    annotations = [dict(a, image_id=name) for name, frame in frames for a in frame["annotations"]]
+    return GroundTruth.from_annotations([name for name, _ in frames], annotations, protocol, source=str(folder))
+
+
+def ecp_detections(folder: Path, gt: GroundTruth, protocol: Protocol) -> Detections:
+    """``folder/<frame>.json`` detection files, one per frame of ``gt`` (as the ECP script requires)."""
+    files = {p.stem: p for p in folder.glob("*.json")}
+    missing = [str(i) for i in gt.image_ids if i not in files]
+    extra = sorted(set(files) - set(gt.image_ids))
+    if missing or extra:
+        raise MissRateInputError(
+            f"{folder}: expected one detection file <frame>.json per ground-truth frame; "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, not in the ground truth {extra[:5]}"
+        )
+    try:
+        results = [r for name in gt.image_ids for r in read_ecp_detections(files[name], name)]
+    except PedestrianDataError as e:
+        raise MissRateInputError(e.args[0]) from None
+    return Detections.from_results(results, gt, protocol, source=str(folder))
+
+
+# The miss-rate tools read ECP folders (ground truth and detections) through these.
+FOLDER_READERS["ecp"] = FolderReader(ecp_ground_truth, ecp_detections)

@@ -40,18 +40,12 @@ AP too from two counted detections on (one point has no trapezoid: 0).
 
 Command line: ``hkd-crowdhuman-eval GT.odgt DT.odgt [--json]`` (:func:`main`).
 """
-import argparse
-import json
-import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..reading import gc_paused
 from .miss_rate.inputs import xywh_corners
 
 __all__ = [
@@ -63,8 +57,6 @@ __all__ = [
     "crowdhuman_miss_rate",
     "jaccard_index",
     "crowdhuman_metrics",
-    "read_images",
-    "evaluate_files",
     "main",
 ]
 
@@ -323,39 +315,3 @@ def crowdhuman_metrics(images: Sequence[CrowdHumanImage], ji: bool = True) -> Di
         counts = np.stack([r[2] for r in results]) if results else np.zeros((0, len(JI_SCORE_THRESHOLDS), 3))
         metrics["JI"] = jaccard_index(counts)
     return metrics
-
-
-def read_images(gt_path: Union[str, Path], dump_path: Union[str, Path]) -> List[CrowdHumanImage]:
-    """The images of an annotation ``.odgt`` and a detection dump (see :func:`images_from_odgt`)."""
-    from ..data.crowdhuman import read_json_lines, read_odgt  # the data readers import this package
-
-    dump = [entry for _, entry in read_json_lines(dump_path, "detection dump")]
-    return images_from_odgt(read_odgt(gt_path), dump, source=str(dump_path))
-
-
-def evaluate_files(gt_path: Union[str, Path], dump_path: Union[str, Path], ji: bool = True) -> Dict[str, float]:
-    """:func:`crowdhuman_metrics` of two files, the cyclic garbage collector paused (the parsed
-    lines are freed before it resumes)."""
-    with gc_paused():
-        return crowdhuman_metrics(read_images(gt_path, dump_path), ji)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``hkd-crowdhuman-eval GT.odgt DT.odgt``: AP, MR^-2 and JI of a CrowdDet-style detection dump."""
-    from ..data.pedestrian_json import PedestrianDataError  # the data readers import this package
-
-    parser = argparse.ArgumentParser(description="CrowdHuman AP@0.5, MR^-2 and JI of a detection dump.")
-    parser.add_argument("gt", help="annotation .odgt (e.g. annotation_val.odgt)")
-    parser.add_argument("dt", help="detection dump .odgt: one line per image with ID, width, height, dtboxes")
-    parser.add_argument("--json", action="store_true", help="print one JSON object {AP, MR, JI} (fractions)")
-    args = parser.parse_args(argv)
-    try:
-        metrics = evaluate_files(args.gt, args.dt)
-    except (CrowdHumanInputError, PedestrianDataError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({k: (None if math.isnan(v) else v) for k, v in metrics.items()}))
-    else:
-        print("\n".join(f"{k:<3} {100 * v:6.2f} %  {v:.6f}" for k, v in metrics.items()))
-    return 0

@@ -20,7 +20,7 @@ COMMANDS: Dict[str, str] = {
     "ablation": "hkd_d2.tools.ablation:main",
     "benchmark": "hkd_d2.tools.benchmark:main",
     "miss-rate": "hkd_d2.evaluation.miss_rate.cli:main",
-    "crowdhuman-eval": "hkd_d2.evaluation.crowdhuman:main",
+    "crowdhuman-eval": "hkd_d2.tools.crowdhuman_eval:main",
     "synthetic": "hkd_d2.data.synthetic:main",
     "compress": "hkd_d2.tools.compress:main",
     "pretrain": "hkd_d2.tools.pretrain:main",

@@ -14,7 +14,7 @@ from hkd_d2.data.register import register_pedestrian_dataset
 from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
 from hkd_d2.evaluation import build_evaluator
 from hkd_d2.evaluation.crowdhuman import crowdhuman_metrics, images_from_odgt
-from hkd_d2.evaluation.crowdhuman import main as crowdhuman_main
+from hkd_d2.tools.crowdhuman_eval import main as crowdhuman_main
 
 GT = [
     {"ID": "a", "width": 100, "height": 100, "gtboxes": [

@@ -169,7 +169,7 @@ def test_detection_file_layouts_and_folder_errors(tmp_path, capsys):
     assert miss_rate_main([str(tmp_path / "labels"), str(tmp_path / "dets"), "--protocol", "ecp"]) == 2
     assert "missing ['city_00002'], not in the ground truth ['city_00001']" in capsys.readouterr().err
     assert miss_rate_main([str(tmp_path / "labels"), str(tmp_path / "dets")]) == 2
-    assert "read as ECP files only with the 'ecp' protocol" in capsys.readouterr().err
+    assert "folders are read only with the protocols ['ecp']" in capsys.readouterr().err
 
 
 def test_training_mapper_leaves_degenerate_boxes_out(tmp_path):

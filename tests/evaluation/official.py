@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, Instances
 
 from hkd_d2.data.crowdhuman import load_crowdhuman, read_json_lines
 from hkd_d2.data.ecp import load_ecp, read_ecp_detections
-from hkd_d2.evaluation import crowdhuman as crowdhuman_cli
+from hkd_d2.tools import crowdhuman_eval as crowdhuman_cli
 from hkd_d2.evaluation.evaluator import CROWDHUMAN_DETECTIONS_FILE, CrowdHumanEvaluator, MissRateEvaluator
 from hkd_d2.evaluation.miss_rate import cli as miss_rate_cli
 

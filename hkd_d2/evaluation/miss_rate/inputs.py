@@ -356,44 +356,24 @@ def _read_mat_cells(path: Path, variable: str, what: str) -> Sequence[np.ndarray
     return list(np.asarray(data[variable], dtype=object).ravel())
 
 
-def _ecp_protocol(path: Path, protocol: Protocol) -> None:
-    if protocol.overlap != "ecp":
-        raise MissRateInputError(f"{path}: is a directory, read as ECP files only with the 'ecp' protocol")
+@dataclass(frozen=True)
+class FolderReader:
+    """Readers of one protocol's folders of per-frame files (ground truth, detections)."""
+
+    ground_truth: Callable[[Path, Protocol], "GroundTruth"]
+    detections: Callable[[Path, "GroundTruth", Protocol], "Detections"]
 
 
-def _ecp_ground_truth(folder: Path, protocol: Protocol) -> GroundTruth:
-    """The label files of an ECP split (see :func:`hkd_d2.data.ecp.ecp_label_files`), image ids the frame names."""
-    from ...data.ecp import ecp_label_files, read_ecp_frame  # the data readers import this package
-    from ...data.pedestrian_json import PedestrianDataError
-
-    _ecp_protocol(folder, protocol)
-    try:
-        frames = [(f.stem, read_ecp_frame(f)) for f in ecp_label_files(folder)]
-    except PedestrianDataError as e:
-        raise MissRateInputError(e.args[0]) from None
-    annotations = [dict(a, image_id=name) for name, frame in frames for a in frame["annotations"]]
-    return GroundTruth.from_annotations([name for name, _ in frames], annotations, protocol, source=str(folder))
+# protocol.overlap -> readers of its folders; the data readers register theirs (hkd_d2.data.ecp),
+# since they import this package and not the other way round.
+FOLDER_READERS: Dict[str, FolderReader] = {}
 
 
-def _ecp_detections(folder: Path, gt: GroundTruth, protocol: Protocol) -> Detections:
-    """``folder/<frame>.json`` detection files, one per frame of ``gt`` (as the ECP script requires)."""
-    from ...data.ecp import read_ecp_detections  # the data readers import this package
-    from ...data.pedestrian_json import PedestrianDataError
-
-    _ecp_protocol(folder, protocol)
-    files = {p.stem: p for p in folder.glob("*.json")}
-    missing = [str(i) for i in gt.image_ids if i not in files]
-    extra = sorted(set(files) - set(gt.image_ids))
-    if missing or extra:
-        raise MissRateInputError(
-            f"{folder}: expected one detection file <frame>.json per ground-truth frame; "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, not in the ground truth {extra[:5]}"
-        )
-    try:
-        results = [r for name in gt.image_ids for r in read_ecp_detections(files[name], name)]
-    except PedestrianDataError as e:
-        raise MissRateInputError(e.args[0]) from None
-    return Detections.from_results(results, gt, protocol, source=str(folder))
+def _folder_reader(path: Path, protocol: Protocol) -> FolderReader:
+    if protocol.overlap not in FOLDER_READERS:
+        raise MissRateInputError(f"{path}: is a directory; folders are read only with the protocols "
+                                 f"{sorted(FOLDER_READERS)} (got {protocol.name!r})")
+    return FOLDER_READERS[protocol.overlap]
 
 
 def load_ground_truth(path: Union[str, Path], protocol: Union[str, Protocol] = "citypersons") -> GroundTruth:
@@ -402,7 +382,8 @@ def load_ground_truth(path: Union[str, Path], protocol: Union[str, Protocol] = "
     folder of ECP label files (``<city>/<frame>.json``; protocol ``ecp``)."""
     path = Path(path)
     if path.is_dir():
-        return _ecp_ground_truth(path, get_protocol(protocol))
+        protocol = get_protocol(protocol)
+        return _folder_reader(path, protocol).ground_truth(path, protocol)
     if path.suffix == ".mat":
         return GroundTruth.from_toolbox_cells(_read_mat_cells(path, "gt", "ground truth"), source=str(path))
     data = read_json(path, "ground truth", MissRateInputError)
@@ -422,7 +403,8 @@ def load_detections(
     folder of ECP detection files (``<frame>.json``, one per frame; protocol ``ecp``)."""
     path = Path(path)
     if path.is_dir():
-        return _ecp_detections(path, gt, get_protocol(protocol))
+        protocol = get_protocol(protocol)
+        return _folder_reader(path, protocol).detections(path, gt, protocol)
     if path.suffix == ".mat":
         cells = _read_mat_cells(path, "dt", "detections")
         if len(cells) != gt.num_images:
