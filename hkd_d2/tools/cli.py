@@ -96,6 +96,8 @@ def synthetic() -> int:
 
 def compress() -> int:
     return run_command("compress")
+
+
 def pretrain() -> int:
     return run_command("pretrain")
 
