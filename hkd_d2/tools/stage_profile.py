@@ -15,7 +15,7 @@ RPN head (its convolutions), RPN proposals (anchors, box decoding, top-k, NMS), 
 (RoIAlign), RoI level fusion (PyRoIAlign's 1x1 convolution over the levels; none for a
 single-level pooler), box head (FC layers and predictor), post-processing (box decoding, score
 threshold, NMS, top-k), and other: the rest (resizing the output, glue; for ONNX Runtime, the
-session's time outside the nodes).
+InferenceSession's time outside the graph nodes).
 """
 import json
 import os
@@ -230,7 +230,7 @@ def summarise_onnx_profile(trace_file: str, skip_runs: int = 1) -> Dict:
             ops[e["args"].get("op_name", "?")] += e["dur"] / 1e3 / len(timed)
     result = {stage: stages.get(stage, 0.0) for stage in (*INFERENCE_STAGES, OTHER)}
     result["total"] = sum(e["dur"] for e in timed) / 1e3 / len(timed)
-    # The rest of a run (between kernels: the session's own work, thread hand-offs) counts as other.
+    # The rest of a run (between kernels: ONNX Runtime's own work, thread hand-offs) counts as other.
     result[OTHER] += result["total"] - sum(stages.values())
     top = sorted(ops.items(), key=lambda kv: kv[1], reverse=True)[:TOP_OPS]
     return {"stages": result, "top_ops": [{"op": op, "self_ms": ms} for op, ms in top]}
