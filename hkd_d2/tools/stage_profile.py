@@ -14,8 +14,8 @@ Inference stages (:data:`INFERENCE_STAGES`): preprocess (normalise, pad), backbo
 RPN head (its convolutions), RPN proposals (anchors, box decoding, top-k, NMS), RoI pooling
 (RoIAlign), RoI level fusion (PyRoIAlign's 1x1 convolution over the levels; none for a
 single-level pooler), box head (FC layers and predictor), post-processing (box decoding, score
-threshold, NMS, top-k), and other: the rest (resizing the output, glue; for ONNX Runtime, the
-InferenceSession's time outside the graph nodes).
+threshold, NMS, top-k), and other: the rest (resizing the output, glue; for ONNX Runtime, its
+time outside the graph nodes).
 """
 import json
 import os
