@@ -5,6 +5,10 @@ The backbone is built by Detectron2's ``build_resnet_backbone`` from the detecto
 detector's ``backbone.bottom_up``; the head is a global average pool of the coarsest output
 (``res5``) and a linear layer. Images are normalised with the config's ``MODEL.PIXEL_MEAN`` /
 ``PIXEL_STD``, as the detector normalises them.
+
+The last norm of every residual branch starts at zero ("zero-gamma", Goyal et al. 2017, torchvision's
+``zero_init_residual``): each block starts as the identity, so a deep ResNet trained from scratch
+starts as a shallow one and does not diverge in its first steps.
 """
 from typing import Dict, Sequence
 
@@ -12,7 +16,7 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, build_resnet_backbone
 from torch import nn
 
 __all__ = ["RESNET_BACKBONES", "BackboneClassifier"]
@@ -30,15 +34,18 @@ class BackboneClassifier(nn.Module):
 
     @configurable
     def __init__(self, *, backbone: Backbone, num_classes: int, pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float]):
+                 pixel_std: Sequence[float], zero_init_residual: bool = True):
         """
         Args:
             backbone: a bottom-up backbone; its output of the largest stride is pooled.
             num_classes: K.
             pixel_mean, pixel_std: per-channel normalisation of the input.
+            zero_init_residual: start the last norm of each residual branch at zero.
         """
         super().__init__()
         self.backbone = backbone
+        if zero_init_residual:
+            _zero_init_residual(backbone)
         shapes = backbone.output_shape()
         self.feature = max(shapes, key=lambda name: shapes[name].stride)
         self.head = nn.Linear(shapes[self.feature].channels, num_classes)
@@ -60,3 +67,11 @@ class BackboneClassifier(nn.Module):
         """images: (N, C, H, W) float pixel values -> logits (N, K)."""
         features = self.backbone((images - self.pixel_mean) / self.pixel_std)[self.feature]
         return self.head(features.mean(dim=(2, 3)))
+
+
+def _zero_init_residual(backbone: nn.Module) -> None:
+    """Zero the scale of the last norm of every residual branch (basic: conv2, bottleneck: conv3)."""
+    for module in backbone.modules():
+        last = {BasicBlock: "conv2", BottleneckBlock: "conv3"}.get(type(module))
+        if last is not None:
+            nn.init.zeros_(getattr(module, last).norm.weight)

@@ -12,7 +12,10 @@ teacher) gets a global-average-pool + linear head and learns to classify the tex
 a cosine decay. Every stage is trained (``FREEZE_AT`` 0); a frozen BatchNorm (``FrozenBN``: the
 real recipes' and the pretrained configs' norm, as Detectron2 fine-tunes ImageNet ResNets) is
 trained as BatchNorm, whose statistics the detector's FrozenBN then loads. GroupNorm (the
-from-scratch synthetic configs) trains too, but learns far more slowly in a few CPU minutes.
+from-scratch synthetic configs: ``--config-file configs/synthetic/student_R18_FPN.yaml``) trains
+too, but learns more slowly in the same steps. Each residual branch starts at zero
+(:class:`~hkd_d2.modeling.classifier.BackboneClassifier`), without which an R50 does not learn
+in a few hundred steps.
 
 The head is dropped and the ResNet written as Detectron2 reads an ImageNet ``.pkl``
 (:func:`hkd_d2.checkpoint.save_backbone_pkl`): ``MODEL.WEIGHTS path/R-18.pkl`` loads it into

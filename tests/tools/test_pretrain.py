@@ -6,10 +6,12 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
 from hkd_d2.checkpoint import HKDCheckpointer, WeightsMismatchError
 from hkd_d2.data.textures import CLASSES, FAMILIES, MAX_CLASSES, TextureConfig, class_name, generate_textures
 from hkd_d2.engine.setup import load_config
+from hkd_d2.modeling.classifier import BackboneClassifier
 from hkd_d2.tools import pretrain
 
 from ..conftest import CONFIGS
@@ -99,6 +101,16 @@ def test_pretrained_student_of_a_distillation_row_loads(tmp_path):
                                             [str(o) for o in opts], checkpointer=HKDCheckpointer)
     assert not [k for k in incompatible.missing_keys if k.startswith(BOTTOM_UP)]
     assert not any(k.startswith("teacher") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("depth, block, last, blocks", [(18, BasicBlock, "conv2", 8), (50, BottleneckBlock, "conv3", 16)])
+def test_residual_branches_start_at_zero(depth, block, last, blocks):
+    model = BackboneClassifier(pretrain.pretraining_config(None, depth), num_classes=3)
+    found = [m for m in model.backbone.modules() if isinstance(m, block)]
+    assert len(found) == blocks
+    assert all(not getattr(m, last).norm.weight.any() and m.conv1.norm.weight.all() for m in found)
+    assert type(found[0].conv1.norm).__name__ == "BatchNorm2d"  # the configs' FrozenBN, trained
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
 
 def test_textures_are_deterministic_per_seed_and_balanced():

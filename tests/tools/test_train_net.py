@@ -3,6 +3,7 @@ machines on loopback, SIGTERM and --resume, the runaway-distillation guard."""
 import contextlib
 import json
 import os
+import pickle
 import re
 import signal
 import socket
@@ -17,6 +18,7 @@ import torch
 
 from hkd_d2.data.synthetic import SyntheticConfig, generate_synthetic
 from hkd_d2.engine.setup import load_config
+from hkd_d2.tools import pretrain
 
 from ..conftest import CONFIGS, REPO
 from ..hkd_helpers import write_teacher
@@ -86,6 +88,25 @@ def test_train_resume_and_evaluate(datasets, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Reasonable" in run.stderr + run.stdout
     assert list(evaluated.rglob("*.json")), "no detections written"
+
+
+@pytest.mark.slow
+def test_pretrained_student_fine_tunes_with_stem_res2_and_batchnorm_frozen(datasets, tmp_path):
+    weights = tmp_path / "R-18.pkl"
+    pretrain.main(["--depth", "18", "--out", str(weights), "--image-size", "32", "--num-train", "8", "--num-val", "4",
+                   "--iters", "2", "--batch", "4"])
+    config = CONFIGS / "synthetic" / "pretrained" / "t3_1_baseline_pretrained.yaml"
+    out = tmp_path / "student"
+    run = train_net(datasets, "--config-file", str(config), *TINY, "MODEL.WEIGHTS", str(weights),
+                    "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "OUTPUT_DIR", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(weights, "rb") as f:
+        saved = pickle.load(f)["model"]
+    final = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    unchanged = {k for k, v in saved.items() if torch.equal(final["backbone.bottom_up." + k], torch.from_numpy(v))}
+    frozen = {k for k in saved if k.startswith(("stem.", "res2.")) or ".norm." in k}
+    assert frozen <= unchanged  # FREEZE_AT 2 and FrozenBN keep the pre-trained values
+    assert "res5.1.conv2.weight" not in unchanged  # the later stages are fine-tuned
 
 
 def test_missing_config_file_is_named(datasets, tmp_path):
