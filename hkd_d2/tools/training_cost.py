@@ -63,6 +63,10 @@ TEACHER_DETECTOR_RANGES = {
     "teacher RoI pooling + box head": ("roi_heads", "pool_and_predict"),
 }
 STEP, BACKWARD, OPTIMIZER, DISTILL = "step", "backward", "optimizer", "distillation terms"
+# Size of the generated image the FrozenBatchNorm statistics of trained-like weights are measured
+# on: smaller than a training image, so that this forward does not set the process's peak memory
+# before the measured steps.
+STATISTICS_SIZE = (256, 512)
 
 
 def training_configs(config_file: str, device: str, teacher_weights: str = "") -> Dict[str, CfgNode]:
@@ -158,12 +162,15 @@ def _ranges_and_stages(kind: str, model: torch.nn.Module) -> Tuple[Dict, Dict]:
     return ranges, stages
 
 
+def _trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    return trained_like_weights(model, _training_batch(*STATISTICS_SIZE, 1))
+
+
 def _work(kind: str, config_file: str, device: str, inputs: List[Dict], teacher_weights: str):
     """The model of ``kind`` (trained-like random weights) and its step function."""
     torch.manual_seed(0)
     cfg = training_configs(config_file, device, teacher_weights)[kind]
-    model = build_model(cfg)
-    trained_like_weights(model, inputs)
+    model = _trained_like(build_model(cfg))
     if kind == "teacher":
         return model.eval(), _teacher_step(model, inputs, cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)
     return model.train(), _training_step(model, inputs)
@@ -217,7 +224,7 @@ def training_cost(config_file: str, device: str, size: Tuple[int, int], batch: i
     with tempfile.TemporaryDirectory() as tmp:
         teacher_cfg = training_configs(config_file, "cpu")["teacher"]
         teacher = build_model(teacher_cfg)
-        trained_like_weights(teacher, _training_batch(*size, batch))
+        _trained_like(teacher)
         weights = str(Path(tmp) / "teacher_random.pth")
         torch.save({"model": teacher.state_dict()}, weights)
         del teacher
