@@ -177,9 +177,11 @@ def _work(kind: str, config_file: str, device: str, inputs: List[Dict], teacher_
 
 
 def timing_worker(config_file: str, device: str, size: Tuple[int, int], batch: int, repeats: int,
-                  teacher_weights: str, profile_runs: int = 0) -> Dict[str, Dict]:
+                  teacher_weights: str, threads: int, profile_runs: int = 0) -> Dict[str, Dict]:
     """Time the three kinds of work interleaved in this process (a change of load falls on all
-    alike); with ``profile_runs``, each kind's stage profile after the timing."""
+    alike), on ``threads`` CPU threads; with ``profile_runs``, each kind's stage profile after the
+    timing."""
+    torch.set_num_threads(threads)
     dev = torch.device(device)
     inputs = _training_batch(*size, batch)
     work = {kind: _work(kind, config_file, device, inputs, teacher_weights) for kind in KINDS}
@@ -195,9 +197,10 @@ def timing_worker(config_file: str, device: str, size: Tuple[int, int], batch: i
 
 
 def memory_worker(kind: str, config_file: str, device: str, size: Tuple[int, int], batch: int,
-                  teacher_weights: str) -> Dict[str, float]:
+                  teacher_weights: str, threads: int) -> Dict[str, float]:
     """Peak memory of two steps of ``kind`` alone in this process: growth over the steps (the
     model and batch are in place before) and the process's whole peak."""
+    torch.set_num_threads(threads)
     dev = torch.device(device)
     model, step = _work(kind, config_file, device, _training_batch(*size, batch), teacher_weights)
     if dev.type == "cuda":
@@ -220,7 +223,9 @@ def _in_fresh_process(fn, *args):
 def training_cost(config_file: str, device: str, size: Tuple[int, int], batch: int, repeats: int,
                   profile_runs: int = 0) -> Dict:
     """Student step, teacher forward, HKD step of ``config_file``: times (interleaved, one fresh
-    process), peak memory (a fresh process each), the HKD overhead ratio."""
+    process), peak memory (a fresh process each), the HKD overhead ratio; on this process's number
+    of CPU threads."""
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         teacher_cfg = training_configs(config_file, "cpu")["teacher"]
         teacher = build_model(teacher_cfg)
@@ -229,14 +234,15 @@ def training_cost(config_file: str, device: str, size: Tuple[int, int], batch: i
         torch.save({"model": teacher.state_dict()}, weights)
         del teacher
         results: Dict = _in_fresh_process(timing_worker, config_file, device, size, batch, repeats, weights,
-                                          profile_runs)
+                                          threads, profile_runs)
         for kind in KINDS:
-            results[kind].update(_in_fresh_process(memory_worker, kind, config_file, device, size, batch, weights))
+            results[kind].update(_in_fresh_process(memory_worker, kind, config_file, device, size, batch, weights,
+                                                   threads))
     median = {k: results[k]["time"]["median"] for k in KINDS}
     results["hkd_over_student_plus_teacher"] = median["hkd"] / (median["student"] + median["teacher"])
     results["memory_measure"] = ("torch.cuda.max_memory_allocated" if device == "cuda"
                                  else "growth of ru_maxrss over two steps, each kind alone in a fresh process")
-    results.update(config=config_file, device=device, size=list(size), batch=batch, threads=torch.get_num_threads())
+    results.update(config=config_file, device=device, size=list(size), batch=batch, threads=threads)
     return results
 
 
