@@ -38,7 +38,7 @@ from ..export import student_config
 from .fixed_work import FIXED_WORK_OPTS, trained_like_weights
 from .report import markdown_table
 from .runs import teacher_config
-from .stage_profile import OTHER, torch_stage_profile
+from .stage_profile import OTHER, mean_profile, torch_stage_profile
 from .timing import time_interleaved
 
 __all__ = ["KINDS", "memory_worker", "timing_worker", "training_configs", "training_cost", "training_markdown"]
@@ -180,19 +180,22 @@ def timing_worker(config_file: str, device: str, size: Tuple[int, int], batch: i
                   teacher_weights: str, threads: int, profile_runs: int = 0) -> Dict[str, Dict]:
     """Time the three kinds of work interleaved in this process (a change of load falls on all
     alike), on ``threads`` CPU threads; with ``profile_runs``, each kind's stage profile after the
-    timing."""
+    timing, over as many interleaved rounds (one profiled step of each kind per round)."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
     inputs = _training_batch(*size, batch)
     work = {kind: _work(kind, config_file, device, inputs, teacher_weights) for kind in KINDS}
-    results: Dict[str, Dict] = {}
     with EventStorage():
         stats = time_interleaved({kind: step for kind, (_, step) in work.items()}, repeats, warmup=1, device=dev)
-        for kind, (model, step) in work.items():
-            results[kind] = {"time": stats[kind].to_dict()}
-            if profile_runs:
+        results: Dict[str, Dict] = {kind: {"time": stats[kind].to_dict()} for kind in KINDS}
+        rounds: Dict[str, List[Dict]] = {kind: [] for kind in KINDS}
+        for _ in range(profile_runs):
+            for kind, (model, step) in work.items():
                 ranges, stages = _ranges_and_stages(kind, model)
-                results[kind]["profile"] = torch_stage_profile(model, step, profile_runs, dev, ranges, stages, total=STEP)
+                rounds[kind].append(torch_stage_profile(model, step, 1, dev, ranges, stages, total=STEP, warmup=0))
+    if profile_runs:
+        for kind in KINDS:
+            results[kind]["profile"] = mean_profile(rounds[kind])
     return results
 
 
