@@ -5,10 +5,10 @@ Faster R-CNN does not cost what a trained one does:
 
 * the number of RoIs the box head runs on, and of boxes post-processed, follows the scores: with
   random weights it differs between teacher and student and from run to run. A random R50
-  (FrozenBatchNorm left at identity, He-initialised convolutions) grows its activations through
-  16 residual blocks to thousands, its RPN box deltas push the proposals off the image, and the
-  teacher ends up with a handful of RoIs where the student has ``POST_NMS_TOPK_TEST``: the teacher
-  then looks barely slower than the student;
+  (FrozenBatchNorm left at identity, He-initialised convolutions) grows its activations by orders
+  of magnitude over its 16 residual blocks, its RPN box deltas push the proposals off the image,
+  and the teacher ends up with a handful of RoIs where the student has ``POST_NMS_TOPK_TEST``: the
+  teacher then looks barely slower than the student;
 * every bias starts at zero, and the ONNX exporter merges equal initializers into one shared
   tensor: ONNX Runtime's int8 convolutions whose bias is such a shared tensor are not fused into
   integer kernels and run in fp32 between quantize/dequantize pairs, which a trained student's

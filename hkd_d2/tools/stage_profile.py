@@ -35,6 +35,7 @@ __all__ = [
     "StageTimes",
     "stage_ranges",
     "torch_stage_profile",
+    "mean_profile",
     "onnx_stage_profile",
 ]
 
@@ -165,8 +166,9 @@ def torch_stage_profile(
     ranges: Mapping[str, Tuple[str, str]] = INFERENCE_RANGES,
     stages: Mapping[str, Tuple[Sequence[str], Sequence[str]]] = INFERENCE_STAGES,
     total: str = "total",
+    warmup: int = 1,
 ) -> Dict:
-    """Profile ``runs`` calls of ``step`` (after one untimed) with ``ranges`` on ``model``.
+    """Profile ``runs`` calls of ``step`` (after ``warmup`` untimed) with ``ranges`` on ``model``.
 
     ``step`` may open ranges of its own (e.g. ``backward``, or the ``total`` range of all).
     Returns ``{"stages": StageTimes, "ranges": inclusive ms per run of every range, "top_ops":
@@ -177,7 +179,8 @@ def torch_stage_profile(
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with stage_ranges(model, ranges, device):
-        step()
+        for _ in range(warmup):
+            step()
         with torch.profiler.profile(activities=activities) as profile:
             for _ in range(runs):
                 step()
@@ -188,6 +191,21 @@ def torch_stage_profile(
         "ranges": {k: v for k, v in range_ms.items() if k in labels},
         "top_ops": _top_ops(profile, runs),
     }
+
+
+def mean_profile(profiles: Sequence[Dict]) -> Dict:
+    """The mean of several :func:`torch_stage_profile` results (e.g. one per round of
+    interleaved runs): stage and range times, and operators' own times, averaged."""
+    n = len(profiles)
+    mean = {key: {name: sum(p[key].get(name, 0.0) for p in profiles) / n
+                  for name in dict.fromkeys(k for p in profiles for k in p[key])}
+            for key in ("stages", "ranges")}
+    ops: Dict[str, float] = defaultdict(float)
+    for p in profiles:
+        for op in p["top_ops"]:
+            ops[op["op"]] += op["self_ms"] / n
+    top = sorted(ops.items(), key=lambda kv: kv[1], reverse=True)[:TOP_OPS]
+    return {**mean, "top_ops": [{"op": op, "self_ms": ms} for op, ms in top]}
 
 
 def onnx_stage(node_name: str, previous: str) -> str:

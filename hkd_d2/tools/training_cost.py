@@ -38,7 +38,7 @@ from ..export import student_config
 from .fixed_work import FIXED_WORK_OPTS, trained_like_weights
 from .report import markdown_table
 from .runs import teacher_config
-from .stage_profile import OTHER, torch_stage_profile
+from .stage_profile import OTHER, mean_profile, torch_stage_profile
 from .timing import time_interleaved
 
 __all__ = ["KINDS", "memory_worker", "timing_worker", "training_configs", "training_cost", "training_markdown"]
@@ -63,6 +63,10 @@ TEACHER_DETECTOR_RANGES = {
     "teacher RoI pooling + box head": ("roi_heads", "pool_and_predict"),
 }
 STEP, BACKWARD, OPTIMIZER, DISTILL = "step", "backward", "optimizer", "distillation terms"
+# Size of the generated image the FrozenBatchNorm statistics of trained-like weights are measured
+# on: smaller than a training image, so that this forward does not set the process's peak memory
+# before the measured steps.
+STATISTICS_SIZE = (256, 512)
 
 
 def training_configs(config_file: str, device: str, teacher_weights: str = "") -> Dict[str, CfgNode]:
@@ -158,39 +162,48 @@ def _ranges_and_stages(kind: str, model: torch.nn.Module) -> Tuple[Dict, Dict]:
     return ranges, stages
 
 
+def _trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    return trained_like_weights(model, _training_batch(*STATISTICS_SIZE, 1))
+
+
 def _work(kind: str, config_file: str, device: str, inputs: List[Dict], teacher_weights: str):
     """The model of ``kind`` (trained-like random weights) and its step function."""
     torch.manual_seed(0)
     cfg = training_configs(config_file, device, teacher_weights)[kind]
-    model = build_model(cfg)
-    trained_like_weights(model, inputs)
+    model = _trained_like(build_model(cfg))
     if kind == "teacher":
         return model.eval(), _teacher_step(model, inputs, cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)
     return model.train(), _training_step(model, inputs)
 
 
 def timing_worker(config_file: str, device: str, size: Tuple[int, int], batch: int, repeats: int,
-                  teacher_weights: str, profile_runs: int = 0) -> Dict[str, Dict]:
+                  teacher_weights: str, threads: int, profile_runs: int = 0) -> Dict[str, Dict]:
     """Time the three kinds of work interleaved in this process (a change of load falls on all
-    alike); with ``profile_runs``, each kind's stage profile after the timing."""
+    alike), on ``threads`` CPU threads; with ``profile_runs``, each kind's stage profile after the
+    timing, over as many interleaved rounds (one profiled step of each kind per round)."""
+    torch.set_num_threads(threads)
     dev = torch.device(device)
     inputs = _training_batch(*size, batch)
     work = {kind: _work(kind, config_file, device, inputs, teacher_weights) for kind in KINDS}
-    results: Dict[str, Dict] = {}
     with EventStorage():
         stats = time_interleaved({kind: step for kind, (_, step) in work.items()}, repeats, warmup=1, device=dev)
-        for kind, (model, step) in work.items():
-            results[kind] = {"time": stats[kind].to_dict()}
-            if profile_runs:
+        results: Dict[str, Dict] = {kind: {"time": stats[kind].to_dict()} for kind in KINDS}
+        rounds: Dict[str, List[Dict]] = {kind: [] for kind in KINDS}
+        for _ in range(profile_runs):
+            for kind, (model, step) in work.items():
                 ranges, stages = _ranges_and_stages(kind, model)
-                results[kind]["profile"] = torch_stage_profile(model, step, profile_runs, dev, ranges, stages, total=STEP)
+                rounds[kind].append(torch_stage_profile(model, step, 1, dev, ranges, stages, total=STEP, warmup=0))
+    if profile_runs:
+        for kind in KINDS:
+            results[kind]["profile"] = mean_profile(rounds[kind])
     return results
 
 
 def memory_worker(kind: str, config_file: str, device: str, size: Tuple[int, int], batch: int,
-                  teacher_weights: str) -> Dict[str, float]:
+                  teacher_weights: str, threads: int) -> Dict[str, float]:
     """Peak memory of two steps of ``kind`` alone in this process: growth over the steps (the
     model and batch are in place before) and the process's whole peak."""
+    torch.set_num_threads(threads)
     dev = torch.device(device)
     model, step = _work(kind, config_file, device, _training_batch(*size, batch), teacher_weights)
     if dev.type == "cuda":
@@ -213,23 +226,26 @@ def _in_fresh_process(fn, *args):
 def training_cost(config_file: str, device: str, size: Tuple[int, int], batch: int, repeats: int,
                   profile_runs: int = 0) -> Dict:
     """Student step, teacher forward, HKD step of ``config_file``: times (interleaved, one fresh
-    process), peak memory (a fresh process each), the HKD overhead ratio."""
+    process), peak memory (a fresh process each), the HKD overhead ratio; on this process's number
+    of CPU threads."""
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         teacher_cfg = training_configs(config_file, "cpu")["teacher"]
         teacher = build_model(teacher_cfg)
-        trained_like_weights(teacher, _training_batch(*size, batch))
+        _trained_like(teacher)
         weights = str(Path(tmp) / "teacher_random.pth")
         torch.save({"model": teacher.state_dict()}, weights)
         del teacher
         results: Dict = _in_fresh_process(timing_worker, config_file, device, size, batch, repeats, weights,
-                                          profile_runs)
+                                          threads, profile_runs)
         for kind in KINDS:
-            results[kind].update(_in_fresh_process(memory_worker, kind, config_file, device, size, batch, weights))
+            results[kind].update(_in_fresh_process(memory_worker, kind, config_file, device, size, batch, weights,
+                                                   threads))
     median = {k: results[k]["time"]["median"] for k in KINDS}
     results["hkd_over_student_plus_teacher"] = median["hkd"] / (median["student"] + median["teacher"])
     results["memory_measure"] = ("torch.cuda.max_memory_allocated" if device == "cuda"
                                  else "growth of ru_maxrss over two steps, each kind alone in a fresh process")
-    results.update(config=config_file, device=device, size=list(size), batch=batch, threads=torch.get_num_threads())
+    results.update(config=config_file, device=device, size=list(size), batch=batch, threads=threads)
     return results
 
 

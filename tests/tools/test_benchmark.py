@@ -14,7 +14,8 @@ from hkd_d2.tools import benchmark
 from hkd_d2.tools.benchmark import BASELINE, STUDENT, TEACHER, recipe_detectors
 from hkd_d2.tools.fixed_work import FIXED_WORK_OPTS, trained_like_weights, work_counts
 from hkd_d2.tools.inference import build_predictor
-from hkd_d2.tools.stage_profile import INFERENCE_STAGES, OTHER, exclusive_stages, onnx_stage, summarise_onnx_profile
+from hkd_d2.tools.stage_profile import (INFERENCE_STAGES, OTHER, exclusive_stages, mean_profile, onnx_stage,
+                                       summarise_onnx_profile)
 from hkd_d2.tools.timing import time_interleaved
 
 # Tiny detectors: 64x96 inputs (512 anchors over P2-P6), few proposals.
@@ -71,7 +72,7 @@ def test_trained_like_weights_bound_activations_and_make_biases_distinct(tiny_re
     teacher = models[TEACHER]
     with torch.no_grad():
         features = teacher.backbone(teacher.preprocess_image([{"image": _image(2)}]).tensor)
-    # Random R50 features reach thousands with identity FrozenBatchNorm; measured statistics keep them small.
+    # Random R50 features grow by orders of magnitude with identity FrozenBatchNorm; measured statistics keep them small.
     assert max(float(f.abs().max()) for f in features.values()) < 100
     biases = [m.bias for m in teacher.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None]
     assert all(float(b.abs().min()) > 0 for b in biases)
@@ -175,6 +176,15 @@ def test_exclusive_stages_subtract_nested_ranges():
     assert stages["box head"] == 9.0
     assert stages[OTHER] == pytest.approx(100.0 - (1 + 30 + 20 + 10 + 2 + 10 + 5 + 9 + 3))
     assert stages["total"] == 100.0
+
+
+def test_mean_profile_averages_rounds():
+    rounds = [{"stages": {"a": 1.0, "total": 3.0}, "ranges": {"r": 2.0}, "top_ops": [{"op": "conv", "self_ms": 2.0}]},
+              {"stages": {"a": 3.0, "total": 5.0}, "ranges": {"r": 4.0},
+               "top_ops": [{"op": "conv", "self_ms": 4.0}, {"op": "nms", "self_ms": 8.0}]}]
+    mean = mean_profile(rounds)
+    assert mean["stages"] == {"a": 2.0, "total": 4.0} and mean["ranges"] == {"r": 3.0}
+    assert mean["top_ops"] == [{"op": "nms", "self_ms": 4.0}, {"op": "conv", "self_ms": 3.0}]
 
 
 def test_onnx_stage_by_node_name():
