@@ -18,6 +18,8 @@ size, and ``native``, the recipe's ``MIN_SIZE_TEST x MAX_SIZE_TEST``), batch 1:
   ``EXPORT.RUNTIME.TORCHSCRIPT_FREEZE True``), each occurrence applied to one more copy of every
   student row (same weights, exported again), timed in the same rounds.
 
+``--recipes synthetic`` times the demo's CPU-sized detectors (``configs/synthetic``) the same way.
+
 A recipe whose detectors and size equal an earlier one's (Caltech and ECP at 600x800 are
 CityPersons' detectors) is measured once and listed as the same.
 
@@ -69,6 +71,8 @@ __all__ = ["parse_args", "run_benchmark", "main"]
 logger = logging.getLogger("hkd_d2.benchmark")
 
 RECIPES = ("caltech", "citypersons", "crowdhuman", "ecp")
+# The CPU-sized detectors of the demo (64-channel FPN, few proposals, 128-wide box head): on request.
+CPU_SIZED = "synthetic"
 # The distillation recipe of a benchmark: its teacher, and the student that is exported.
 RECIPE_CONFIG = "{}/hkd_R50_to_R18.yaml"
 NATIVE = "native"
@@ -99,7 +103,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="only this device (default: cpu, and cuda when available)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch and ONNX Runtime (default: PyTorch's, e.g. OMP_NUM_THREADS)")
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="benchmarks' recipes")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES + (CPU_SIZED,),
+                   help=f"benchmarks' recipes ('{CPU_SIZED}': the demo's CPU-sized detectors)")
     p.add_argument("--sizes", nargs="+", default=["600x800", NATIVE],
                    help=f"input sizes HxW, or '{NATIVE}' (the recipe's MIN_SIZE_TEST x MAX_SIZE_TEST)")
     p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES), help="student runtimes")

@@ -25,6 +25,7 @@ COMMANDS: Dict[str, str] = {
     "compress": "hkd_d2.tools.compress:main",
     "pretrain": "hkd_d2.tools.pretrain:main",
     "pooled": "hkd_d2.tools.pooled:main",
+    "curve": "hkd_d2.tools.curve:main",
 }
 
 
@@ -104,3 +105,7 @@ def pretrain() -> int:
 
 def pooled() -> int:
     return run_command("pooled")
+
+
+def curve() -> int:
+    return run_command("curve")

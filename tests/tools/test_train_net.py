@@ -33,6 +33,7 @@ TINY = [
 ]
 TEACHER = str(CONFIGS / "synthetic" / "teacher_R50_FPN.yaml")
 HKD = str(CONFIGS / "synthetic" / "hkd_R50_to_R18.yaml")
+STUDENT = str(CONFIGS / "synthetic" / "student_R18_FPN.yaml")
 
 
 def tiny_config(path: Path, base: str) -> str:
@@ -122,6 +123,34 @@ def test_missing_weights_file_is_named(datasets, tmp_path):
     assert "Weights file not found" in run.stderr and "gone.pth" in run.stderr
 
 
+def curve(datasets: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets))
+    return subprocess.run([sys.executable, "-m", "hkd_d2.tools.curve", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_curve_evaluates_every_checkpoint_of_a_real_run_once(datasets, tmp_path):
+    out = tmp_path / "student"
+    run = train_net(datasets, "--config-file", STUDENT, *TINY, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+                    "OUTPUT_DIR", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = curve(datasets, str(out), "--label", "student", "--out", str(tmp_path / "curve"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    cached = json.loads((out / "curve.json").read_text())
+    # model_0000001.pth (2 iterations done), model_0000003.pth and model_final.pth (both 4)
+    assert sorted(cached) == ["2", "4"]
+    # the tiny validation set has no Reasonable pedestrian: every setup is evaluated, undefined
+    assert all(set(mr) >= {"Reasonable", "All"} for mr in cached.values())
+    summary = json.loads((tmp_path / "curve.json").read_text())
+    assert summary["groups"]["student"]["2"]["n"] == 0
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    again = curve(datasets, str(out), "--label", "student", "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "evaluating" not in again.stdout + again.stderr
+    assert json.loads((tmp_path / "again.json").read_text())["groups"] == summary["groups"]
+
+
 @pytest.mark.slow
 def test_hkd_trains_resumes_and_keeps_the_teacher_out(datasets, tmp_path):
     teacher_yaml = tiny_config(tmp_path / "teacher.yaml", TEACHER)
@@ -148,11 +177,14 @@ def test_hkd_trains_resumes_and_keeps_the_teacher_out(datasets, tmp_path):
     assert "backbone.bottom_up.res2.0.conv3.weight" in teacher_state
     assert not any(k.endswith("res2.0.conv3.weight") for k in checkpoint["model"])
     assert not any("teacher" in k for k in checkpoint["model"])
+    # the curve of a distillation run evaluates its student alone
+    run = curve(datasets, str(out), "--out", str(tmp_path / "curve"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(json.loads((out / "curve.json").read_text())) == ["6"]
 
 
 # --- several processes, signals, the runaway guard: train_net.py started with Popen ---------------
 
-STUDENT = str(CONFIGS / "synthetic" / "student_R18_FPN.yaml")
 # CPU only, whatever the machine has: launch() picks NCCL (and CUDA devices) where a GPU is visible.
 CPU = {"CUDA_VISIBLE_DEVICES": ""}
 # Generous bounds on a loaded 2-core machine; no assertion depends on them.
