@@ -16,7 +16,8 @@ Formats (``EXPORT_FORMATS``, any subset; :func:`format_names`):
 * ``"torchscript"``: ``student.ts``, :class:`DetectorGraph` scripted with
   ``detectron2.export.scripting_with_instances`` (control flow kept, any input size);
 * ``"onnx"``: ``student.onnx``, :class:`DetectorGraph` traced by ``torch.onnx.export``
-  (``dynamo=False``, opset ``>= MIN_ONNX_OPSET`` for aligned RoIAlign) with dynamic H and W;
+  (``dynamo=False``, opset ``>= MIN_ONNX_OPSET`` for aligned RoIAlign) with dynamic H and W and
+  per-image proposal counts (``detectron2.export.torchscript_patch.patch_builtin_len``);
   optionally ``student.int8.onnx`` (:func:`quantize_onnx`, ONNX Runtime static quantization).
 
 Graph files carry :class:`~hkd_d2.deploy.ExportMetadata`; run them with
@@ -32,6 +33,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.export import scripting_with_instances
+from detectron2.export.torchscript_patch import patch_builtin_len
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from detectron2.utils.registry import Registry
@@ -251,14 +253,17 @@ def _stamp_onnx(path: Path, meta: ExportMetadata) -> None:
 @EXPORT_FORMATS.register()
 def export_onnx(cfg: CfgNode, model: nn.Module, state, out: Path, opset: int = ONNX_OPSET,
          calibration: Optional[Callable[[], Iterable[np.ndarray]]] = None, **_) -> Dict[str, str]:
-    """``student.onnx`` (traced :class:`DetectorGraph`, dynamic H and W); with ``calibration``
-    (a callable yielding graph inputs), ``student.int8.onnx`` too."""
+    """``student.onnx`` (traced :class:`DetectorGraph`; H, W and the proposal and detection counts
+    dynamic); with ``calibration`` (a callable yielding graph inputs), ``student.int8.onnx`` too."""
     if opset < MIN_ONNX_OPSET:
         raise ValueError(f"ONNX opset {opset} has no aligned RoIAlign: use opset >= {MIN_ONNX_OPSET}")
     _import_onnx()
     path = out / ONNX_FILE
     dynamic = {GRAPH_INPUT: {1: "height", 2: "width"}, **{name: {0: "detections"} for name in GRAPH_OUTPUTS}}
-    with atomic_output(path) as tmp, torch.no_grad():
+    # Under patch_builtin_len, the box head's len(proposals) is traced as a shape, not a constant:
+    # without it, the traced image's proposal count is baked into the graph's Split of the
+    # predictions, which then fails or misreads on an image with another count.
+    with atomic_output(path) as tmp, torch.no_grad(), patch_builtin_len():
         torch.onnx.export(DetectorGraph(model).eval(), (_sample_image(cfg),), str(tmp), dynamo=False,
                           opset_version=opset, input_names=[GRAPH_INPUT], output_names=list(GRAPH_OUTPUTS),
                           dynamic_axes=dynamic)

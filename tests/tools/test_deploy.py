@@ -2,7 +2,8 @@
 
 One small student is trained on generated 72x96 images until it finds pedestrians (so its scores
 are not flat and its MR is below 100) and exported once by the command-line tool; every test reads
-that export.
+that export. A random-weight student, traced on one image, is run on images whose proposal counts
+differ from the traced one.
 """
 import importlib.util
 import json
@@ -18,10 +19,12 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
 
-from hkd_d2.deploy import METADATA_KEY, DeployedPredictor, ExportMetadata
+from hkd_d2.config import add_hkd_config
+from hkd_d2.deploy import METADATA_KEY, DeployedPredictor, ExportMetadata, load_runtime
 from hkd_d2.engine import Trainer
-from hkd_d2.export import load_student_config
+from hkd_d2.export import DetectorGraph, export_onnx, load_student_config
 from hkd_d2.tools.inference import build_predictor
 from hkd_d2.tools.runs import build_run_config, evaluate
 from hkd_d2.tools.video import main as video_main
@@ -52,6 +55,17 @@ def _train_opts(iters: int):
             "INPUT.MIN_SIZE_TRAIN", "(72,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "72",
             "INPUT.MAX_SIZE_TEST", "96", "SOLVER.MAX_ITER", str(iters), "SOLVER.WARMUP_ITERS", "5",
             "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0", "SEED", "0"]
+
+
+# A random-weight student traced on a (3, 64, 96) image: every score is kept (threshold 0), and
+# POST_NMS_TOPK_TEST is above the RPN's PRE_NMS_TOPK_TEST, so an image's proposal count is what
+# its NMS leaves, and it varies with the image.
+RANDOM_STUDENT_OPTS = ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+                       "MODEL.ROI_BOX_HEAD.POOLER_NAME", "PyRoIAlign", "MODEL.RPN.PRE_NMS_TOPK_TEST", "100",
+                       "MODEL.RPN.POST_NMS_TOPK_TEST", "1000", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                       "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
+# Graph inputs (H, W) of the random student, other sizes and contents than the traced one.
+GRAPH_INPUT_SIZES = ((64, 96), (32, 40), (48, 64), (80, 120))
 
 
 def _load_tool():
@@ -118,6 +132,41 @@ def test_same_detections_as_pytorch(exported, runtime):
             scores += assert_same_detections(pytorch, deployed, im)
     # Detections were compared, and their scores are not flat (a trained model).
     assert len(scores) > 0 and np.ptp(scores) > 0.05
+
+
+def _random_student():
+    cfg = add_hkd_config(get_cfg())
+    cfg.merge_from_file(str(STUDENT))
+    cfg.merge_from_list(RANDOM_STUDENT_OPTS)
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
+def test_onnx_graph_follows_the_proposal_count_of_each_image(tmp_path):
+    """The traced graph takes the per-image proposal count from the image, not from the trace:
+    on images with fewer proposals than the traced one, ONNX Runtime gives PyTorch's detections,
+    and the int8 graph runs too."""
+    cfg, model = _random_student()
+    generator = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 256, (3, h, w), generator=generator).float() for h, w in GRAPH_INPUT_SIZES]
+    written = export_onnx(cfg, model, model.state_dict(), tmp_path, calibration=lambda: (x.numpy() for x in images))
+    proposals = []
+    model.roi_heads.register_forward_pre_hook(lambda _, args: proposals.append(len(args[2][0])))
+    graph = DetectorGraph(model).eval()
+    fp32, _ = load_runtime(written["onnx"])
+    int8, _ = load_runtime(written["onnx_int8"])
+    for image in images:
+        with torch.no_grad():
+            boxes, scores, classes = graph(image)
+        got_boxes, got_scores, got_classes = fp32(image)
+        assert len(boxes) > 0 and got_boxes.shape == boxes.shape
+        assert torch.equal(got_classes, classes)
+        assert torch.allclose(got_scores, scores, atol=SCORE_TOL, rtol=0)
+        assert torch.allclose(got_boxes, boxes, atol=BOX_TOL_PX, rtol=0)
+        q_boxes, q_scores, q_classes = int8(image)
+        assert q_boxes.shape == (len(q_scores), 4) and q_classes.shape == q_scores.shape
+    # The proposal counts differ, so some differ from the traced image's.
+    assert len(set(proposals)) > 1, proposals
 
 
 @pytest.mark.slow
