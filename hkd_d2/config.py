@@ -72,6 +72,8 @@ def _add_pooler_config(cfg: CN) -> None:
     cfg.MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_RELU = True
     # Initialisation of the 1x1 fusion conv: "msra" (He normal) or "mean" (starts as the mean over levels).
     cfg.MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_INIT = "msra"
+    # Learning-rate factor of the 1x1 fusion conv (its gradients are small relative to its weights).
+    cfg.MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_LR_FACTOR = 1.0
 
 
 def _add_ignore_config(cfg: CN) -> None:

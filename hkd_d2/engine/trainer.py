@@ -49,6 +49,7 @@ from .curriculum import build_curriculum_hooks
 from .guards import build_runaway_guard
 from .hooks import build_distillation_hooks
 from .interrupt import StopOnSignal, TrainingInterrupted
+from .optimizer import build_optimizer
 from .lock import lock_output_dir
 from .resume import config_changes, describe_config_changes
 from .setup import HKD_LOGGER, resolve_device, setup_hkd_logger
@@ -106,6 +107,11 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode) -> nn.Module:
         """Detectron2's ``build_model`` on ``cfg``, on ``cpu`` where a CUDA device is absent."""
         return super().build_model(resolve_device(cfg))
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module):
+        """Detectron2's optimizer with the add-on's learning-rate factors (:mod:`.optimizer`)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
