@@ -207,7 +207,7 @@ class PCLDistiller(Distiller):
         raw = self._online_losses(step)
         scale = self.kd_scale(self.distill_iter)
         online = {name: self.pcl_weights[name] * scale * value for name, value in raw.items()}
+        # The raw values; the ramp-up factor is logged as each loss's distill/scale_<loss>.
         stats = {f"pcl/{name[len('loss_pcl_'):]}_kd": value.detach() for name, value in raw.items()}
-        stats["pcl/rampup"] = scale
         return StepLosses(offline.detection, {**offline.distillation, **online}, offline.raw,
                           {**offline.scales, **{name: scale for name in online}}, {**offline.stats, **stats})
