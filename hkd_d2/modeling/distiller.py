@@ -238,14 +238,19 @@ class Distiller(GeneralizedRCNN):
             recorded = {r.name: stack.enter_context(r.recording(self)) for r in self.recorders}
             features = self.backbone(images.tensor)
             proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
-            proposals = self.roi_heads.label_and_sample_proposals(proposals, gt_instances)
-            roi_features, predictions = self.roi_heads.pool_and_predict(features, proposals)
-        detection = dict(proposal_losses)
-        detection.update(self.roi_heads.box_predictor.losses(predictions, proposals))
+            step, box_losses = self._box_forward(images, gt_instances, features, proposals)
         if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
-            self.visualize_training(batched_inputs, proposals)
-        step = StudentForward(images, gt_instances, features, proposals, RoIOutputs(roi_features, *predictions))
-        return step, recorded, detection
+            self.visualize_training(batched_inputs, step.proposals)
+        return step, recorded, {**proposal_losses, **box_losses}
+
+    def _box_forward(self, images: ImageList, gt_instances: List, features: Dict[str, torch.Tensor],
+                     proposals: List) -> Tuple[StudentForward, Dict[str, torch.Tensor]]:
+        """The ROI heads' part of the student's forward on the RPN's ``proposals``: the step as the
+        recorders read it (the sampled RoIs, their pooled features and predictions) and the box losses."""
+        proposals = self.roi_heads.label_and_sample_proposals(proposals, gt_instances)
+        roi_features, predictions = self.roi_heads.pool_and_predict(features, proposals)
+        losses = self.roi_heads.box_predictor.losses(predictions, proposals)
+        return StudentForward(images, gt_instances, features, proposals, RoIOutputs(roi_features, *predictions)), losses
 
     def _teacher_outputs(self, batched_inputs: List[Dict], step: StudentForward,
                          student: ModelOutputs) -> ModelOutputs:
@@ -274,12 +279,7 @@ class Distiller(GeneralizedRCNN):
         for term in self.distill_terms:
             scale = term.schedule.scale(self.distill_iter)
             for name, factor in term.detector_loss_scales.items():
-                key = self._detection_loss_key(name)
-                losses[key] = losses[key] * (1.0 - scale * (1.0 - factor))
-
-    def _detection_loss_key(self, name: str) -> str:
-        """The key of the detection loss a term's factor on ``name`` (a plain detector's loss) scales."""
-        return name
+                losses[name] = losses[name] * (1.0 - scale * (1.0 - factor))
 
     def _distill(self, ctx: DistillContext, detection: Dict[str, torch.Tensor]) -> StepLosses:
         """Call every term; weigh and schedule its raw losses."""

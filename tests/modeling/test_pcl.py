@@ -1,6 +1,7 @@
 """PCL (peer collaborative learning): its formulas against plain loops, the peers, the mean teacher,
 two training iterations alone and with an offline HKD teacher, the export of the mean peer."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
 from hkd_d2.config import add_hkd_config
+from hkd_d2.engine import load_config
 from hkd_d2.modeling import PCLDistiller, PCLROIHeads
+from hkd_d2.modeling.distill import DistillSchedule
 from hkd_d2.modeling.pcl import (ema_alpha, ema_update_, kd_loss, peer_ensemble_kd, peer_mean_kd, rampup_weight,
                                  single_peer_state_dict)
 
@@ -104,9 +107,14 @@ def test_peers_ensemble_and_deployed_peer_of_the_roi_heads():
     w, b = heads.ensemble.weight.detach().numpy(), heads.ensemble.bias.detach().numpy()
     expected = np.concatenate([f.numpy() for f in features], axis=1) @ w.T + b
     np.testing.assert_allclose(heads.ensemble_logits(features).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
-    # The terms' factor on loss_cls scales the deployed peer's, the RPN's stay theirs.
-    assert model._detection_loss_key("loss_cls") == "loss_cls_peer2"
-    assert model._detection_loss_key("loss_rpn_cls") == "loss_rpn_cls"
+    # A term's factor on loss_cls (Chen 2017's mu) scales the deployed peer's; the RPN's stay theirs.
+    del model.distill_terms  # a stand-in term, as tests/modeling/test_distiller.py's
+    model.distill_terms = [SimpleNamespace(detector_loss_scales={"loss_cls": 0.25, "loss_rpn_cls": 0.5},
+                                           schedule=DistillSchedule())]
+    losses = {name: torch.tensor(2.0) for name in ("loss_rpn_cls", *sorted(PEER_LOSSES))}
+    model._scale_detector_losses(losses)
+    assert losses.pop("loss_cls_peer2").item() == 0.5 and losses.pop("loss_rpn_cls").item() == 1.0
+    assert all(v.item() == 2.0 for v in losses.values())
 
 
 def test_kd_ramp_up_follows_the_training_progress():
@@ -203,3 +211,17 @@ def test_single_peer_state_dict_renames_the_peer_and_drops_the_rest():
     assert single_peer_state_dict(state, 0, 3) == {"backbone.w": 1, "roi_heads.box_head.fc1.weight": 2,
                                                   "roi_heads.box_predictor.cls_score.weight": 3,
                                                   "roi_heads.box_pooler.fuse.weight": 9}
+
+
+@pytest.mark.parametrize("path", [PCL_CONFIG, PCL_HKD_CONFIG, CONFIGS / "citypersons" / "online" / "pcl.yaml"])
+def test_online_configs(path):
+    cfg = load_config(str(path))
+    dataset = path.parent.parent.name
+    assert cfg.OUTPUT_DIR.endswith(f"{dataset}/online/{path.stem}")
+    assert (cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.ROI_HEADS.NAME) == ("PCLDistiller", "PCLROIHeads")
+    assert (cfg.MODEL.PCL.NUM_PEERS, cfg.MODEL.PCL.TEMPERATURE, cfg.MODEL.PCL.EMA_DECAY) == (3, 3.0, 0.999)
+    hkd = ["PyramidDistill", "RegionDistill", "LogitDistill"] if "hkd" in path.stem else []
+    assert list(cfg.MODEL.DISTILL.TERMS) == hkd
+    assert cfg.MODEL.RESNETS.DEPTH == 18 and cfg.DATASETS.TRAIN[0].startswith(dataset)
+    if hkd:
+        assert cfg.MODEL.TEACHER.CONFIG_FILE.endswith("teacher_R50_FPN.yaml")

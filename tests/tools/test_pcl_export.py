@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.solver import build_optimizer
-from detectron2.utils.events import EventStorage
 
 from hkd_d2.checkpoint import DistillCheckpointer, load_detector_weights
 from hkd_d2.deploy import DeployedPredictor
@@ -15,7 +13,7 @@ from hkd_d2.modeling.distiller import extra_checkpointables
 from hkd_d2.modeling.pcl import MEAN_TEACHER_KEY, single_peer_state_dict
 from hkd_d2.tools.inference import build_predictor
 
-from ..hkd_helpers import batch, build_hkd
+from ..hkd_helpers import batch, train_iterations
 from ..modeling.test_pcl import pcl_cfg
 from .test_deploy import assert_same_detections
 
@@ -30,17 +28,7 @@ def pcl_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pcl_export")
     cfg = pcl_cfg(**{"MODEL.PCL.DEPLOY_PEER": DEPLOY_PEER, "MODEL.PCL.EMA_DECAY": 0.5,
                      "MODEL.ROI_BOX_HEAD.POOLER_NAME": "PyRoIAlign"})
-    model = build_hkd(cfg)
-    optimizer = build_optimizer(cfg, model)
-    model.train()
-    with EventStorage():
-        for step in range(STEPS):
-            losses = model(batch(seed=step))
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            model.update_mean_teacher(step)
-    model.eval()
+    model = train_iterations(cfg, STEPS, after_step=lambda m, step: m.update_mean_teacher(step)).eval()
     DistillCheckpointer(model, str(tmp), **extra_checkpointables(model)).save("model_final", iteration=STEPS - 1)
     weights = str(tmp / "model_final.pth")
     written = export_formats(cfg, weights, str(tmp / "export"), ["pytorch", "torchscript", "onnx"])

@@ -31,7 +31,6 @@ Box regression is not distilled (PCL distils class probabilities). Evaluation an
 mean teacher's deployed peer (``MODEL.PCL.DEPLOY_PEER``): :meth:`PCLDistiller.inference`,
 :meth:`PCLDistiller.deployed_weights`.
 """
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -40,7 +39,6 @@ from detectron2.config import CfgNode, configurable, get_cfg
 from detectron2.layers import cat, cross_entropy
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
-from detectron2.utils.events import get_event_storage
 
 from ...config import add_hkd_config
 from ..distiller import Distiller, StepLosses
@@ -151,29 +149,27 @@ class PCLDistiller(Distiller):
             return 1.0
         return rampup_weight(iteration / self.rampup_iters)
 
-    def _detection_loss_key(self, name: str) -> str:
-        # The terms read the deployed peer's box-head outputs: their factors scale its box losses.
-        return f"{name}_peer{self.roi_heads.deploy_peer}" if name in BOX_LOSSES else name
+    def _scale_detector_losses(self, losses: Dict[str, torch.Tensor]) -> None:
+        # The terms read the deployed peer's box-head outputs: their factors on a plain detector's
+        # box losses scale that peer's.
+        aliases = {f"{name}_peer{self.roi_heads.deploy_peer}": name for name in BOX_LOSSES}
+        plain = {aliases.get(key, key): value for key, value in losses.items()}
+        super()._scale_detector_losses(plain)
+        losses.update({key: plain[aliases.get(key, key)] for key in losses})
 
-    def _student_forward(self, batched_inputs: List[Dict]) -> Tuple[PCLForward, Dict[str, Any], Dict[str, torch.Tensor]]:
+    def _box_forward(self, images: ImageList, gt_instances: List[Instances], features: Dict[str, torch.Tensor],
+                     proposals: List[Instances]) -> Tuple[PCLForward, Dict[str, torch.Tensor]]:
+        """Steps 2-4 of the module docstring: the shared sample and every peer on it, each peer's
+        losses on its own sample, the ensemble's cross-entropy; the terms read the deployed peer."""
         heads: PCLROIHeads = self.roi_heads
-        images = self.preprocess_image(batched_inputs)
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        with ExitStack() as stack:
-            recorded = {r.name: stack.enter_context(r.recording(self)) for r in self.recorders}
-            features = self.backbone(images.tensor)
-            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
-            shared = heads.label_and_sample_proposals(proposals, gt_instances)
-            on_shared = heads.forward_peers(features, shared)
-        detection = dict(proposal_losses)
-        detection.update(self._peer_losses(features, heads.sample_peers(proposals, gt_instances, shared), shared, on_shared))
+        shared = heads.label_and_sample_proposals(proposals, gt_instances)
+        on_shared = heads.forward_peers(features, shared)
+        losses = self._peer_losses(features, heads.sample_peers(proposals, gt_instances, shared), shared, on_shared)
         ensemble = heads.ensemble_logits(on_shared.features)
-        detection["loss_cls_ensemble"] = cross_entropy(ensemble, cat([p.gt_classes for p in shared], dim=0))
-        if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
-            self.visualize_training(batched_inputs, shared)
+        losses["loss_cls_ensemble"] = cross_entropy(ensemble, cat([p.gt_classes for p in shared], dim=0))
         k = heads.deploy_peer
         roi = RoIOutputs(on_shared.pooled, on_shared.scores[k], on_shared.deltas[k])
-        return PCLForward(images, gt_instances, features, shared, roi, on_shared, ensemble), recorded, detection
+        return PCLForward(images, gt_instances, features, shared, roi, on_shared, ensemble), losses
 
     def _peer_losses(self, features: Dict[str, torch.Tensor], samples: List[List[Instances]],
                      shared: List[Instances], on_shared: PeerOutputs) -> Dict[str, torch.Tensor]:
