@@ -176,6 +176,31 @@ def _add_mobilenet_config(cfg: CN) -> None:
     cfg.MODEL.MOBILENET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
 
+def _add_pcl_config(cfg: CN) -> None:
+    # Peer collaborative learning: META_ARCHITECTURE "PCLDistiller" + ROI_HEADS.NAME "PCLROIHeads" (hkd_d2/modeling/pcl/).
+    cfg.MODEL.PCL = CN()
+    # Number of peer box heads (box head + predictor) on the shared backbone, FPN, RPN and pooler (at least 2).
+    cfg.MODEL.PCL.NUM_PEERS = 3
+    # Temperature T of both peer-teacher KD losses (each multiplied by T^2).
+    cfg.MODEL.PCL.TEMPERATURE = 3.0
+    # Largest decay of the peer mean teacher (EMA); update s uses min(1 - 1/(s + 1), EMA_DECAY).
+    cfg.MODEL.PCL.EMA_DECAY = 0.999
+    # Ramp the KD losses in by exp(-5 (1 - p)^2), p the progress through RAMPUP_ITERS (False: factor 1).
+    cfg.MODEL.PCL.RAMPUP = True
+    # Iterations of that ramp-up (0 = SOLVER.MAX_ITER, the whole training).
+    cfg.MODEL.PCL.RAMPUP_ITERS = 0
+    # Weight of the peer ensemble teacher's KD loss (loss_pcl_ensemble).
+    cfg.MODEL.PCL.ENSEMBLE_WEIGHT = 1.0
+    # Weight of the peer mean teacher's KD loss (loss_pcl_mean).
+    cfg.MODEL.PCL.MEAN_WEIGHT = 1.0
+    # Each peer's detection loss on a RoI sample of its own (False: all on the shared distillation sample).
+    cfg.MODEL.PCL.PEER_SAMPLING = True
+    # Dropout probability on each peer's box-head features in training (0 = none).
+    cfg.MODEL.PCL.PEER_DROPOUT = 0.0
+    # The peer whose mean teacher is evaluated and exported (0 .. NUM_PEERS - 1).
+    cfg.MODEL.PCL.DEPLOY_PEER = 0
+
+
 def add_hkd_config(cfg: CN) -> CN:
     """Add every hkd_d2 key (with its default) to ``cfg`` in place and return it."""
     for add in (
@@ -191,6 +216,7 @@ def add_hkd_config(cfg: CN) -> CN:
         _add_curriculum_config,
         _add_compact_config,
         _add_mobilenet_config,
+        _add_pcl_config,
     ):
         add(cfg)
     return cfg

@@ -44,7 +44,7 @@ from .atomic import atomic_output
 from .config import add_hkd_config
 from .deploy import EXPORT_FORMAT_VERSION, GRAPH_INPUT, GRAPH_OUTPUTS, METADATA_KEY, ExportMetadata
 from .engine.setup import load_config
-from .modeling.distiller import DISTILL_ONLY_PREFIXES
+from .modeling.distiller import DISTILL_ONLY_PREFIXES, training_architecture
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -60,6 +60,7 @@ __all__ = [
     "quantize_onnx",
     "student_config",
     "student_state_dict",
+    "student_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ FILE_MODE = 0o644
 MIN_ONNX_OPSET = 16
 ONNX_OPSET = 17
 # Keys of the distillation config that the plain student config leaves out.
-TRAINING_ONLY_KEYS = (("MODEL", "TEACHER"), ("MODEL", "DISTILL"), ("EXPORT",))
+TRAINING_ONLY_KEYS = (("MODEL", "TEACHER"), ("MODEL", "DISTILL"), ("MODEL", "PCL"), ("EXPORT",))
 # Instances fields used inside GeneralizedRCNN inference (scripting needs them declared).
 INSTANCES_FIELDS = {
     "proposal_boxes": Boxes,
@@ -103,14 +104,23 @@ def format_names() -> List[str]:
 
 
 def student_config(cfg: CfgNode) -> CfgNode:
-    """The distiller's config turned into the student detector's (teacher/distill keys reset)."""
+    """The distiller's config turned into the student detector's (teacher/distill keys reset, then
+    what the distiller deploys: :meth:`~hkd_d2.modeling.Distiller.deployed_config`)."""
     defaults = add_hkd_config(get_cfg())
     student = cfg.clone()
     student.defrost()
     student.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     student.MODEL.TEACHER = defaults.MODEL.TEACHER.clone()
     student.MODEL.DISTILL = defaults.MODEL.DISTILL.clone()
-    return student
+    return training_architecture(cfg).deployed_config(student)
+
+
+def student_weights(cfg: CfgNode, checkpoint: Dict, source: str) -> Dict[str, torch.Tensor]:
+    """The deployed student's entries of a training checkpoint of ``cfg`` (a ``{"model": state, ...}``
+    dict or a bare state dict; ``source`` names it in errors), distillation-only keys included:
+    :meth:`~hkd_d2.modeling.Distiller.deployed_weights` of ``cfg``'s meta-architecture."""
+    checkpoint = checkpoint if "model" in checkpoint else {"model": checkpoint}
+    return training_architecture(cfg).deployed_weights(cfg, checkpoint, source)
 
 
 def student_state_dict(
@@ -138,7 +148,7 @@ def load_student(cfg: CfgNode, weights: str) -> Tuple[CfgNode, nn.Module, Dict[s
     student_cfg.MODEL.DEVICE = "cpu"
     model = build_model(student_cfg)
     checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    state = student_state_dict(checkpoint.get("model", checkpoint), model.state_dict().keys(), weights)
+    state = student_state_dict(student_weights(cfg, checkpoint, weights), model.state_dict().keys(), weights)
     model.load_state_dict(state, strict=True)
     return student_cfg, model.eval(), state
 

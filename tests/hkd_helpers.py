@@ -108,9 +108,11 @@ def build_hkd(cfg: CfgNode, seed: int = 0):
     return build_model(cfg)
 
 
-def train_iterations(cfg: CfgNode, steps: int = 2, check: Callable[[Dict], None] = lambda losses: None):
+def train_iterations(cfg: CfgNode, steps: int = 2, check: Callable[[Dict], None] = lambda losses: None,
+                     after_step: Callable[[torch.nn.Module, int], None] = lambda model, step: None):
     """Build ``cfg``'s model (seed 0) and train it ``steps`` iterations on :func:`batch` (seed =
-    step), calling ``check(losses)`` on every step's loss dict; return the model."""
+    step), calling ``check(losses)`` on every step's loss dict and ``after_step(model, step)`` after
+    every optimizer step; return the model."""
     model = build_hkd(cfg)
     optimizer = build_optimizer(cfg, model)
     model.train()
@@ -121,6 +123,7 @@ def train_iterations(cfg: CfgNode, steps: int = 2, check: Callable[[Dict], None]
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()
+            after_step(model, step)
     return model
 
 

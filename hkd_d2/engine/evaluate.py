@@ -5,7 +5,7 @@ is evaluated as its student: the student detector is built from the config, no t
 and no teacher file is read, and the checkpoint's distillation-only parameters (channel
 adapters under ``distill_terms.``) are skipped.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..checkpoint import DistillCheckpointer
-from ..export import student_config
+from ..export import student_config, student_weights
 from ..modeling.distiller import DISTILL_ONLY_PREFIXES, Distiller
 from .trainer import Trainer
 
@@ -32,10 +32,23 @@ def build_test_model(cfg: CfgNode) -> nn.Module:
 
 
 class StudentCheckpointer(DistillCheckpointer):
-    """:class:`DistillCheckpointer` that skips distillation-only keys of the file, so that a
-    distillation run's checkpoint loads into its student detector."""
+    """:class:`DistillCheckpointer` that loads what a training checkpoint of ``training_cfg``
+    deploys (:func:`~hkd_d2.export.student_weights`: the student, or PCL's mean-teacher peer) and
+    skips distillation-only keys of the file, so that a distillation run's checkpoint loads into its
+    student detector."""
+
+    def __init__(self, model: nn.Module, save_dir: str = "", *, training_cfg: Optional[CfgNode] = None, **kwargs):
+        """
+        Args:
+            training_cfg: the config the checkpoints were trained with (None: a plain detector's).
+            Other arguments as :class:`DistillCheckpointer`.
+        """
+        super().__init__(model, save_dir, **kwargs)
+        self.training_cfg = training_cfg
 
     def _load_model(self, checkpoint: Dict) -> object:
         model_state: Dict[str, torch.Tensor] = checkpoint["model"]
+        if self.training_cfg is not None:
+            model_state = student_weights(self.training_cfg, checkpoint, self._path_being_loaded)
         checkpoint["model"] = {k: v for k, v in model_state.items() if not k.startswith(DISTILL_ONLY_PREFIXES)}
         return super()._load_model(checkpoint)

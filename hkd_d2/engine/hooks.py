@@ -14,9 +14,9 @@ from detectron2.config import CfgNode
 from detectron2.engine import HookBase
 
 from ..modeling.distill import enabled_term_classes, unwrap_ddp
-from ..modeling.distiller import distills
+from ..modeling.distiller import distills, training_architecture
 
-__all__ = ["DistillationHook", "build_distillation_hooks"]
+__all__ = ["DistillationHook", "build_architecture_hooks", "build_distillation_hooks"]
 
 
 class DistillationHook(HookBase):
@@ -36,11 +36,18 @@ class DistillationHook(HookBase):
         )
 
 
+def build_architecture_hooks(cfg: CfgNode) -> List[HookBase]:
+    """The hooks ``cfg``'s meta-architecture itself declares (``Distiller.training_hooks``, e.g. PCL's
+    mean-teacher update), each built as ``hook(cfg)``; the trainer runs them before the checkpointer."""
+    return [hook(cfg) for hook in training_architecture(cfg).training_hooks]
+
+
 def build_distillation_hooks(cfg: CfgNode) -> List[HookBase]:
-    """The hooks a distilling model needs (none when the config does not distill, see
-    :func:`~hkd_d2.modeling.distiller.distills`): the schedule/metrics hook, plus the hooks that
-    the enabled terms declare (``DistillTerm.hooks``, each built once)."""
-    if not distills(cfg):
+    """The hooks a distilling model needs (none when the config neither distills, see
+    :func:`~hkd_d2.modeling.distiller.distills`, nor has architecture hooks, as PCL's online
+    distillation): the schedule/metrics hook, plus the hooks that the enabled terms declare
+    (``DistillTerm.hooks``, each built once)."""
+    if not distills(cfg) and not training_architecture(cfg).training_hooks:
         return []
     term_hooks = []
     for term_class in enabled_term_classes(cfg):

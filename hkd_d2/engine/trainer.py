@@ -43,11 +43,12 @@ from ..data import PedestrianDatasetMapper
 from ..data.crowdhuman import with_training_box
 from ..data.curriculum import build_curriculum_loader, uses_curriculum
 from ..data.register import register_config_datasets, require_registered
+from ..modeling.distiller import extra_checkpointables
 from ..evaluation import build_evaluator
 from .calibration import LossBalanceHook
 from .curriculum import build_curriculum_hooks
 from .guards import build_runaway_guard
-from .hooks import build_distillation_hooks
+from .hooks import build_architecture_hooks, build_distillation_hooks
 from .interrupt import StopOnSignal, TrainingInterrupted
 from .optimizer import build_optimizer
 from .lock import lock_output_dir
@@ -101,7 +102,8 @@ class Trainer(DefaultTrainer):
 
     def build_checkpointer(self, cfg: CfgNode, model: nn.Module) -> DistillCheckpointer:
         """The checkpointer of the run: saves into OUTPUT_DIR with the run's config in every checkpoint."""
-        return DistillCheckpointer(model, cfg.OUTPUT_DIR, run_config=cfg.dump(), trainer=weakref.proxy(self))
+        return DistillCheckpointer(model, cfg.OUTPUT_DIR, run_config=cfg.dump(), trainer=weakref.proxy(self),
+                                   **extra_checkpointables(model))
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
@@ -154,10 +156,12 @@ class Trainer(DefaultTrainer):
             distillation.append(LossBalanceHook(self.cfg))
         ret[writer_at:writer_at] = distillation
         guard = build_runaway_guard(self.cfg) if distillation else None
-        # Before the checkpointer (main process) / evaluation (all): a runaway is never saved, and a
-        # checkpoint of a phase boundary holds that boundary's curriculum.
+        # Before the checkpointer (main process) / evaluation (all): a runaway is never saved, a
+        # checkpoint of a phase boundary holds that boundary's curriculum, and the architecture's
+        # hooks (PCL's mean teacher) have updated what is saved and evaluated.
         at = next(i for i, h in enumerate(ret) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
-        ret[at:at] = [*build_curriculum_hooks(self.cfg, self.data_loader), *([guard] if guard is not None else [])]
+        ret[at:at] = [*build_curriculum_hooks(self.cfg, self.data_loader), *build_architecture_hooks(self.cfg),
+                      *([guard] if guard is not None else [])]
         ret.append(StopOnSignal())
         return ret
 

@@ -34,7 +34,7 @@ and are dropped by :func:`hkd_d2.export.export_student`. In eval mode only the s
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -44,11 +44,12 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
 from .compatibility import check_teacher, teacher_reads
-from .distill import DistillContext, build_distill_terms, enabled_term_classes
+from .distill import DistillContext, build_distill_terms, enabled_term_classes, unwrap_ddp
 from .recorders import ALWAYS_RECORDED, ModelOutputs, RoIOutputs, StudentForward, build_recorders
 from .teacher import FrozenTeacher, build_teacher
 
-__all__ = ["Distiller", "HKDDistiller", "StepLosses", "DISTILL_ONLY_PREFIXES", "distills"]
+__all__ = ["Distiller", "HKDDistiller", "StepLosses", "DISTILL_ONLY_PREFIXES", "distills", "extra_checkpointables",
+           "training_architecture"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class StepLosses:
 
     # The student detector's own losses (RPN, box head), after the terms' factors on them.
     detection: Dict[str, torch.Tensor]
-    # Every term's losses as trained on: WEIGHT x schedule factor x raw value, in term order.
+    # Every term's losses as trained on: WEIGHT x schedule factor x raw value, in term order, then
+    # those of the architecture's own (online) distillation, e.g. PCL's peer teachers.
     distillation: Dict[str, torch.Tensor]
     # The terms' raw losses (before WEIGHT and the schedule): term class name -> loss name -> value.
     raw: Dict[str, Dict[str, torch.Tensor]]
@@ -80,6 +82,20 @@ class StepLosses:
                           {term: detach(raw) for term, raw in self.raw.items()}, dict(self.scales), detach(self.stats))
 
 
+def training_architecture(cfg: CfgNode) -> type:
+    """The :class:`Distiller` class of ``cfg``'s meta-architecture; ``Distiller`` itself for a plain
+    detector's config (whose defaults add nothing: no hook, the checkpoint's weights as they are)."""
+    meta = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    return meta if isinstance(meta, type) and issubclass(meta, Distiller) else Distiller
+
+
+def extra_checkpointables(model: nn.Module) -> Dict[str, Any]:
+    """What checkpoints of ``model`` (DDP-wrapped or not) hold beside its ``state_dict``: a
+    distiller's :meth:`Distiller.extra_checkpointables`, nothing for another detector."""
+    model = unwrap_ddp(model)
+    return model.extra_checkpointables() if isinstance(model, Distiller) else {}
+
+
 def distills(cfg: CfgNode) -> bool:
     """Whether ``cfg`` trains under a teacher: its meta-architecture is a :class:`Distiller`
     and some term of ``MODEL.DISTILL.TERMS`` has a weight other than 0."""
@@ -93,6 +109,9 @@ class Distiller(GeneralizedRCNN):
 
     # Student weights (MODEL.WEIGHTS) need not hold these; read by DistillCheckpointer.
     checkpoint_optional_prefixes = DISTILL_ONLY_PREFIXES
+    # Hooks the architecture itself needs in training (beside its terms'), each built as hook(cfg)
+    # and run before the checkpointer and the evaluation (e.g. PCL's mean-teacher update).
+    training_hooks: Tuple[Callable[[CfgNode], Any], ...] = ()
 
     @configurable
     def __init__(
@@ -145,6 +164,24 @@ class Distiller(GeneralizedRCNN):
         ret.update(teacher=teacher, distill_terms=terms)
         return ret
 
+    @classmethod
+    def deployed_config(cls, cfg: CfgNode) -> CfgNode:
+        """Edit ``cfg``, already a ``GeneralizedRCNN`` student config without teacher and
+        distillation keys (:func:`hkd_d2.export.student_config`), into the config of the detector this
+        architecture deploys, and return it: nothing more to change for a plain distiller."""
+        return cfg
+
+    @classmethod
+    def deployed_weights(cls, cfg: CfgNode, checkpoint: Dict[str, Any], source: str) -> Dict[str, torch.Tensor]:
+        """The deployed detector's state dict from a training ``checkpoint`` of ``cfg`` (``"model"``
+        and the other entries the trainer saved; ``source`` names it in errors): the student's
+        weights; the caller drops the distillation-only keys."""
+        return checkpoint["model"]
+
+    def extra_checkpointables(self) -> Dict[str, Any]:
+        """Objects with a ``state_dict`` that checkpoints hold beside the model's (by entry name)."""
+        return {}
+
     @property
     def teacher(self) -> Optional[FrozenTeacher]:
         """The frozen teacher (None when no distillation term needs it)."""
@@ -171,6 +208,12 @@ class Distiller(GeneralizedRCNN):
     def _step_losses(self, batched_inputs: List[Dict]) -> StepLosses:
         """The losses of one training step (see the module docstring)."""
         step, recorded, detection = self._student_forward(batched_inputs)
+        return self._term_losses(batched_inputs, step, recorded, detection)
+
+    def _term_losses(self, batched_inputs: List[Dict], step: StudentForward, recorded: Dict[str, Any],
+                     detection: Dict[str, torch.Tensor]) -> StepLosses:
+        """The student's ``detection`` losses and its terms' on its forward ``step`` (the teacher run
+        as they need)."""
         if not self.distill_terms:
             return StepLosses(detection, {}, {}, {}, {})
         student = ModelOutputs("student", **{r.name: r.student(step, recorded[r.name]) for r in self.recorders})
@@ -195,14 +238,19 @@ class Distiller(GeneralizedRCNN):
             recorded = {r.name: stack.enter_context(r.recording(self)) for r in self.recorders}
             features = self.backbone(images.tensor)
             proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
-            proposals = self.roi_heads.label_and_sample_proposals(proposals, gt_instances)
-            roi_features, predictions = self.roi_heads.pool_and_predict(features, proposals)
-        detection = dict(proposal_losses)
-        detection.update(self.roi_heads.box_predictor.losses(predictions, proposals))
+            step, box_losses = self._box_forward(images, gt_instances, features, proposals)
         if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
-            self.visualize_training(batched_inputs, proposals)
-        step = StudentForward(images, gt_instances, features, proposals, RoIOutputs(roi_features, *predictions))
-        return step, recorded, detection
+            self.visualize_training(batched_inputs, step.proposals)
+        return step, recorded, {**proposal_losses, **box_losses}
+
+    def _box_forward(self, images: ImageList, gt_instances: List, features: Dict[str, torch.Tensor],
+                     proposals: List) -> Tuple[StudentForward, Dict[str, torch.Tensor]]:
+        """The ROI heads' part of the student's forward on the RPN's ``proposals``: the step as the
+        recorders read it (the sampled RoIs, their pooled features and predictions) and the box losses."""
+        proposals = self.roi_heads.label_and_sample_proposals(proposals, gt_instances)
+        roi_features, predictions = self.roi_heads.pool_and_predict(features, proposals)
+        losses = self.roi_heads.box_predictor.losses(predictions, proposals)
+        return StudentForward(images, gt_instances, features, proposals, RoIOutputs(roi_features, *predictions)), losses
 
     def _teacher_outputs(self, batched_inputs: List[Dict], step: StudentForward,
                          student: ModelOutputs) -> ModelOutputs:

@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> Optional[Dict]:
     try:
         if args.eval_only:
             model = build_test_model(cfg)
-            StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR, training_cfg=cfg).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume)
             results = Trainer.test(cfg, model)
             verify_results(cfg, results)
             return results
