@@ -13,7 +13,8 @@ A RUN_DIR is the output folder of a finished run whose box head pools with PyRoI
   level's pooled features, of the level Detectron2's level assignment would pick for each RoI (what
   the single-level pooler of Table 3 row 1 hands the box head) and of the fused output;
 * **moved**: ``||W - W_0|| / ||W_0||`` of the fusion conv and of fc1, ``W_0`` their weights at the
-  start of the run (rebuilt from the run's ``SEED``, as training builds the detector first);
+  start of the run (rebuilt from the run's ``SEED``, as training builds the detector first; not
+  for a run trained without a fixed seed);
 * **relative step size**: over ``--images`` training images (batches of 2, the run's data mapper),
   the gradient norm of the fusion conv and of the box head's first fully connected layer divided by
   the norm of its weight: how far one unit-learning-rate step moves each, relative to its size.
@@ -21,6 +22,7 @@ A RUN_DIR is the output folder of a finished run whose box head pools with PyRoI
 Writes ``OUT.md`` and ``OUT.json``.
 """
 import argparse
+import math
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -123,7 +125,10 @@ def _probed(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def moved_from_start(cfg: CfgNode, model: nn.Module) -> Dict[str, float]:
-    """``||W - W_0|| / ||W_0||`` of the fusion conv and fc1; ``W_0`` rebuilt with the run's seed."""
+    """``||W - W_0|| / ||W_0||`` of the fusion conv and fc1; ``W_0`` rebuilt with the run's seed
+    (NaN for a run without a fixed ``SEED``: its start cannot be rebuilt)."""
+    if cfg.SEED < 0:
+        return {f"{k}_moved": math.nan for k in _probed(model)}
     seed_all_rng(cfg.SEED)
     start = _probed(build_test_model(cfg))
     return {f"{k}_moved": float((w.detach() - start[k].detach()).norm() / start[k].detach().norm())
