@@ -47,7 +47,9 @@ def test_online_teacher_is_a_trained_submodule_without_weights(tmp_path):
     model = build_hkd(cfg)
     assert isinstance(model.teacher, OnlineTeacher) and model.teacher.training
     teacher_keys = {f"teacher.detector.{k}" for k in model.teacher.detector.state_dict()}
-    assert set(model.state_dict()) == student_keys(cfg, "Distiller") | teacher_keys
+    adapter_keys = {k for k in model.state_dict() if k.startswith("distill_terms.")}
+    assert teacher_keys and adapter_keys
+    assert set(model.state_dict()) == student_keys(cfg) | adapter_keys | teacher_keys
     optimizer = build_optimizer(cfg, model)
     optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert {id(p) for p in model.teacher.parameters()} <= optimized
