@@ -14,6 +14,7 @@ from hkd_d2.modeling import distiller as distiller_module
 from hkd_d2.modeling.teacher import FrozenTeacher, OnlineTeacher
 
 from ..hkd_helpers import TINY, _merge, batch, build_hkd, hkd_cfg, student_keys, train_iterations, write_teacher
+from .test_distiller import _ddp_worker
 from ..conftest import CONFIGS
 
 ONLINE_CONFIG = CONFIGS / "synthetic" / "online" / "online_teacher_hkd.yaml"
@@ -157,3 +158,17 @@ def test_shipped_synthetic_config_trains_two_iterations():
 
     model = train_iterations(cfg, steps=2, check=check)
     assert model.teacher.detector.backbone.bottom_up.res5[0].conv1.weight.shape[0] == 512  # the R50 teacher
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_students_and_teachers_identical(tmp_path):
+    from detectron2.engine import launch
+
+    cfg = online_cfg(tmp_path, **{"MODEL.DISTILL.WARMUP_ITERS": 2})
+    launch(_ddp_worker, 2, dist_url="auto", args=(cfg, str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pth") for r in range(2)]
+    assert set(ranks[0]) == set(ranks[1]) and any(k.startswith("teacher.") for k in ranks[0])
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    init = build_hkd(cfg, seed=0).state_dict()
+    for name in ("backbone.fpn_output2.weight", "teacher.detector.backbone.fpn_output2.weight"):
+        assert not torch.equal(init[name], ranks[0][name]), name
