@@ -9,16 +9,10 @@ them): the R18-FPN student alone, the R50-FPN teacher alone, HKD under a frozen 
 Times are medians over ``--steps`` steps after one warm-up step, of this process's CPU seconds (run
 it with OMP_NUM_THREADS=1: then they do not count time lost to other processes) and of wall seconds.
 """
-import argparse
 import tempfile
-from pathlib import Path
 from typing import Dict, List, Tuple
 
-import torch
-from detectron2.modeling import build_model
-
-from distill_cost import CONFIGS, step_seconds
-from hkd_d2.engine import load_config
+from distill_cost import CONFIGS, random_teacher_file, step_arguments, step_seconds
 
 
 def step_configs(teacher_weights: str) -> Dict[str, Tuple[str, List[str]]]:
@@ -32,15 +26,9 @@ def step_configs(teacher_weights: str) -> Dict[str, Tuple[str, List[str]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.manual_seed(args.seed)
+    args = step_arguments(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_cfg = load_config(str(CONFIGS / "teacher_R50_FPN_PyRoIAlign.yaml"), ["MODEL.DEVICE", "cpu"])
-        weights = str(Path(tmp) / "teacher.pth")
-        torch.save({"model": build_model(teacher_cfg).state_dict()}, weights)
+        weights = random_teacher_file(tmp, "teacher_R50_FPN_PyRoIAlign.yaml")
         for name, (path, opts) in step_configs(weights).items():
             cpu, wall = step_seconds(str(CONFIGS / path), opts, args.steps)
             print(f"step  {name:22s} {cpu:7.3f} s CPU, {wall:7.3f} s wall")
