@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -69,25 +69,47 @@ def _batch(height: int, width: int, n: int = 2):
     return inputs
 
 
+def step_seconds(config_file: str, opts: List[str], steps: int) -> Tuple[float, float]:
+    """Median (CPU, wall) seconds per whole training step (forward, backward, SGD) of a config on
+    a generated 240x320 batch of 2 images."""
+    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu", *opts])
+    model = build_model(cfg)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    data = _batch(240, 320)
+
+    def step():
+        losses = model(data)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    with EventStorage():
+        return _median_seconds(step, steps)
+
+
+def step_arguments(doc: str) -> argparse.Namespace:
+    """The command line of a cost benchmark (``--steps``, ``--seed``), with torch's seed set."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    return args
+
+
+def random_teacher_file(folder: str, config_name: str) -> str:
+    """Write a randomly initialised teacher of ``configs/synthetic/<config_name>`` into ``folder``; its path."""
+    teacher_cfg = load_config(str(CONFIGS / config_name), ["MODEL.DEVICE", "cpu"])
+    weights = str(Path(folder) / "teacher.pth")
+    torch.save({"model": build_model(teacher_cfg).state_dict()}, weights)
+    return weights
+
+
 def training_steps(steps: int, teacher_weights: str) -> Dict[str, Tuple[float, float]]:
     """Median (CPU, wall) seconds per whole training step of each of STEP_CONFIGS."""
-    out = {}
-    for name, path in STEP_CONFIGS.items():
-        cfg = load_config(str(CONFIGS / path), ["MODEL.DEVICE", "cpu", "MODEL.TEACHER.WEIGHTS", teacher_weights])
-        model = build_model(cfg)
-        model.train()
-        optimizer = build_optimizer(cfg, model)
-        data = _batch(240, 320)
-
-        def step():
-            losses = model(data)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-
-        with EventStorage():
-            out[name] = _median_seconds(step, steps)
-    return out
+    return {name: step_seconds(str(CONFIGS / path), ["MODEL.TEACHER.WEIGHTS", teacher_weights], steps)
+            for name, path in STEP_CONFIGS.items()}
 
 
 def srm_term(height: int, width: int, channels: int, steps: int, images: int) -> Dict:
@@ -124,15 +146,9 @@ def isl_score_seconds(steps: int) -> Tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.manual_seed(args.seed)
+    args = step_arguments(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_cfg = load_config(str(CONFIGS / "teacher_R50_FPN.yaml"), ["MODEL.DEVICE", "cpu"])
-        weights = str(Path(tmp) / "teacher.pth")
-        torch.save({"model": build_model(teacher_cfg).state_dict()}, weights)
+        weights = random_teacher_file(tmp, "teacher_R50_FPN.yaml")
         for name, (cpu, wall) in training_steps(args.steps, weights).items():
             print(f"step  {name:22s} {cpu:7.3f} s CPU, {wall:7.3f} s wall")
     for label, (h, w, c, n) in {"synthetic 240x320, 64 ch, 2 images": (240, 320, 64, 2),

@@ -16,7 +16,11 @@
   on load to Detectron2's backbone names (``backbone.bottom_up.stem.conv1.weight``, ...); so is
   every layout of :data:`FOREIGN_WEIGHTS` (torchvision MobileNetV2: :mod:`hkd_d2.modeling.backbone.mobilenet`);
 * weights of another architecture raise :class:`WeightsMismatchError` listing the missing,
-  unexpected and wrongly shaped keys, instead of a warning that is easy to miss.
+  unexpected and wrongly shaped keys, instead of a warning that is easy to miss;
+* a model's ``checkpoint_optional_prefixes`` (a distiller's channel adapters, an online teacher)
+  need not be in a file of initial weights, and a name-matched file (ImageNet) is matched against
+  the other keys only (an online teacher's backbone has the student's names); its
+  ``checkpoint_resume_prefixes`` must be in a checkpoint resumed from.
 
 A backbone-only checkpoint (a converted ImageNet ResNet, Detectron2's / pycls' ImageNet ``.pkl``,
 or one :func:`save_backbone_pkl` writes) may leave the FPN and heads uninitialised: only its own
@@ -33,6 +37,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .atomic import DiskFullError, atomic_output
 
@@ -225,6 +230,7 @@ class DistillCheckpointer(DetectionCheckpointer):
         self.run_config = run_config
         self.resumed_from = ""
         self._path_being_loaded = ""
+        self._resuming = False
 
     def load(self, path: str, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
@@ -289,7 +295,11 @@ class DistillCheckpointer(DetectionCheckpointer):
                 logger.warning(f"Not resuming from {candidate}: {e}")
                 skipped.append(str(e))
                 continue
-            extra = self.load(candidate)
+            self._resuming = True
+            try:
+                extra = self.load(candidate)
+            finally:
+                self._resuming = False
             if skipped:
                 logger.warning(f"Resumed from {candidate}, the newest intact checkpoint")
             self.resumed_from = candidate
@@ -315,8 +325,29 @@ class DistillCheckpointer(DetectionCheckpointer):
             data["backbone_only"] = True
         return data
 
+    def _optional_prefixes(self) -> Tuple[str, ...]:
+        """Prefixes of model keys the file being loaded need not hold (none of a model's
+        ``checkpoint_resume_prefixes`` while resuming)."""
+        optional = tuple(getattr(self.model, "checkpoint_optional_prefixes", ()))
+        required = tuple(getattr(self.model, "checkpoint_resume_prefixes", ())) if self._resuming else ()
+        return tuple(p for p in optional if p not in required)
+
+    def _match_own_keys(self, checkpoint: Dict[str, Any]) -> None:
+        """Name-match a file of weights by heuristics (Detectron2's, as for an ImageNet ``.pkl``)
+        against the model's keys outside its optional prefixes: a module such as an online teacher
+        has keys ending as the student's do, which would make every match ambiguous."""
+        optional = self._optional_prefixes()
+        self._convert_ndarray_to_tensor(checkpoint["model"])
+        own = {k: v for k, v in self.model.state_dict().items() if not k.startswith(optional)}
+        checkpoint["model"] = align_and_update_state_dicts(
+            own, checkpoint["model"], c2_conversion=checkpoint.get("__author__", None) == "Caffe2"
+        )
+        checkpoint["matching_heuristics"] = False
+
     def _load_model(self, checkpoint):
         file_keys = list(checkpoint["model"].keys())
+        if checkpoint.get("matching_heuristics", False) and self._optional_prefixes():
+            self._match_own_keys(checkpoint)
         incompatible = super()._load_model(checkpoint)
         backbone_only = self.allow_backbone_only and (
             checkpoint.get("backbone_only", False)
@@ -330,7 +361,7 @@ class DistillCheckpointer(DetectionCheckpointer):
         missing = [k for k in incompatible.missing_keys if not k.endswith(_NOT_WEIGHTS)]
         if backbone_only:
             missing = [k for k in missing if k.startswith(BACKBONE_PREFIX)]
-        optional = tuple(getattr(self.model, "checkpoint_optional_prefixes", ()))
+        optional = self._optional_prefixes()
         missing = [k for k in missing if not (optional and k.startswith(optional))]
         shapes = list(incompatible.incorrect_shapes)
         if self.allow_new_classes:

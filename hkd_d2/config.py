@@ -30,6 +30,11 @@ def _add_teacher_config(cfg: CN) -> None:
     cfg.MODEL.TEACHER.WEIGHTS = ""
 
 
+def _add_online_teacher_config(cfg: CN) -> None:
+    # Train the teacher with the student on its own detection loss (WEIGHTS = its optional start; docs/methods.md).
+    cfg.MODEL.TEACHER.ONLINE = False
+
+
 def _add_distill_config(cfg: CN) -> None:
     cfg.MODEL.DISTILL = CN()
     # Names of distillation terms (DISTILL_TERM_REGISTRY) to build; a term whose WEIGHT is 0 is not built.
@@ -205,6 +210,7 @@ def add_hkd_config(cfg: CN) -> CN:
     """Add every hkd_d2 key (with its default) to ``cfg`` in place and return it."""
     for add in (
         _add_teacher_config,
+        _add_online_teacher_config,
         _add_distill_config,
         _add_distill_term_config,
         _add_pooler_config,

@@ -3,7 +3,7 @@
 Formats (``EXPORT_FORMATS``, any subset; :func:`format_names`):
 
 * ``"pytorch"``: ``student.pth`` (exactly the student detector's keys; distillation-only
-  parameters such as channel adapters are dropped) + ``student.yaml``, a plain
+  parameters such as channel adapters and an online teacher are dropped) + ``student.yaml``, a plain
   ``GeneralizedRCNN`` config without the teacher/distillation/export keys, with
   ``MODEL.WEIGHTS: student.pth`` (relative to the YAML) and the deployment threshold
   ``EXPORT.SCORE_THRESH_TEST`` as ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``. Load it with
@@ -44,7 +44,7 @@ from .atomic import atomic_output
 from .config import add_hkd_config
 from .deploy import EXPORT_FORMAT_VERSION, GRAPH_INPUT, GRAPH_OUTPUTS, METADATA_KEY, ExportMetadata
 from .engine.setup import load_config
-from .modeling.distiller import DISTILL_ONLY_PREFIXES, training_architecture
+from .modeling.distiller import DISTILL_ONLY_PREFIXES, distill_only_prefixes, training_architecture
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -124,11 +124,12 @@ def student_weights(cfg: CfgNode, checkpoint: Dict, source: str) -> Dict[str, to
 
 
 def student_state_dict(
-    state: Dict[str, torch.Tensor], expected_keys, source: str
+    state: Dict[str, torch.Tensor], expected_keys, source: str, dropped: Sequence[str] = DISTILL_ONLY_PREFIXES
 ) -> Dict[str, torch.Tensor]:
-    """Keep the ``expected_keys`` of ``state``; drop distillation-only keys; raise naming
+    """Keep the ``expected_keys`` of ``state``; drop the distillation-only keys (prefixes ``dropped``,
+    :func:`~hkd_d2.modeling.distiller.distill_only_prefixes` of the run's config); raise naming
     ``source`` on any other extra key or on a missing one."""
-    kept = {k: v for k, v in state.items() if not k.startswith(DISTILL_ONLY_PREFIXES)}
+    kept = {k: v for k, v in state.items() if not k.startswith(tuple(dropped))}
     missing = sorted(set(expected_keys) - set(kept))
     unexpected = sorted(set(kept) - set(expected_keys))
     if missing or unexpected:
@@ -148,7 +149,8 @@ def load_student(cfg: CfgNode, weights: str) -> Tuple[CfgNode, nn.Module, Dict[s
     student_cfg.MODEL.DEVICE = "cpu"
     model = build_model(student_cfg)
     checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    state = student_state_dict(student_weights(cfg, checkpoint, weights), model.state_dict().keys(), weights)
+    state = student_state_dict(student_weights(cfg, checkpoint, weights), model.state_dict().keys(), weights,
+                               distill_only_prefixes(cfg))
     model.load_state_dict(state, strict=True)
     return student_cfg, model.eval(), state
 

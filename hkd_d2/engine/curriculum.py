@@ -37,19 +37,19 @@ from detectron2.utils.logger import log_every_n_seconds
 from ..data import PedestrianDatasetMapper
 from ..data.curriculum import Curriculum, easiest_first, phase_iters, uses_curriculum
 from ..modeling.distill import unwrap_ddp
-from ..modeling.teacher import FrozenTeacher, build_teacher
+from ..modeling.teacher import Teacher, build_teacher
 
 __all__ = ["CurriculumHook", "SCORERS", "build_curriculum_hooks", "score_images", "frozen_snapshot"]
 
 logger = logging.getLogger(__name__)
 
 
-def detection_loss(student: GeneralizedRCNN, teacher: Optional[FrozenTeacher], batch: List[Dict]) -> float:
+def detection_loss(student: GeneralizedRCNN, teacher: Optional[Teacher], batch: List[Dict]) -> float:
     """The student's summed detection losses on ``batch`` (Detectron2's training forward)."""
     return float(sum(GeneralizedRCNN.forward(student, batch).values()))
 
 
-def teacher_distance(student: GeneralizedRCNN, teacher: FrozenTeacher, batch: List[Dict]) -> float:
+def teacher_distance(student: GeneralizedRCNN, teacher: Teacher, batch: List[Dict]) -> float:
     """Mean over the levels both backbones output of ``mean((P_s - P_t)^2)``."""
     features = student.backbone(student.preprocess_image(batch).tensor)
     _, teacher_features = teacher.features(batch)
@@ -68,7 +68,7 @@ def teacher_distance(student: GeneralizedRCNN, teacher: FrozenTeacher, batch: Li
 
 # DATALOADER.CURRICULUM.SCORE -> fn(student, teacher or None, one-image batch) -> score (lower = easier);
 # the set of those needing the teacher.
-SCORERS: Dict[str, Callable[[GeneralizedRCNN, Optional[FrozenTeacher], List[Dict]], float]] = {
+SCORERS: Dict[str, Callable[[GeneralizedRCNN, Optional[Teacher], List[Dict]], float]] = {
     "detection_loss": detection_loss,
     "teacher_distance": teacher_distance,
 }
@@ -97,7 +97,7 @@ def frozen_snapshot(model: nn.Module, seed: int) -> Iterator[nn.Module]:
 
 def score_images(
     student: GeneralizedRCNN,
-    teacher: Optional[FrozenTeacher],
+    teacher: Optional[Teacher],
     records: List[Dict],
     mapper: Callable[[Dict], Dict],
     scorer: Callable,
@@ -138,7 +138,7 @@ class CurriculumHook(HookBase):
         mapper_args = PedestrianDatasetMapper.from_config(cfg, is_train=True)
         mapper_args["augmentations"] = utils.build_augmentation(cfg, is_train=False)
         self.mapper = PedestrianDatasetMapper(**mapper_args)
-        self._teacher: Optional[FrozenTeacher] = None
+        self._teacher: Optional[Teacher] = None
 
     def before_train(self) -> None:
         self.curriculum.sampler.set_start_iter(self.trainer.start_iter)
@@ -157,7 +157,7 @@ class CurriculumHook(HookBase):
         )
         self.curriculum.sampler.set_order(easiest_first(self.scores), boundary)
 
-    def teacher(self, student: nn.Module) -> Optional[FrozenTeacher]:
+    def teacher(self, student: nn.Module) -> Optional[Teacher]:
         """The teacher the score reads (None when it reads none)."""
         if not self.needs_teacher:
             return None

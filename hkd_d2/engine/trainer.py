@@ -97,7 +97,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def wrap_model(cls, model: nn.Module) -> nn.Module:
         """The model as trained: DDP-wrapped when several processes train (see :func:`wrap_distributed`).
-        The teacher is not a submodule of a distiller, so it stays out of the wrapper."""
+        A frozen teacher is not a submodule of a distiller, so it stays out of the wrapper; an online
+        teacher is one, so its gradients are averaged over the processes as the student's are."""
         return wrap_distributed(model)
 
     def build_checkpointer(self, cfg: CfgNode, model: nn.Module) -> DistillCheckpointer:

@@ -1,4 +1,5 @@
-"""Distiller: the meta-architecture that trains a student detector under a frozen teacher.
+"""Distiller: the meta-architecture that trains a student detector under a teacher, frozen or
+trained in the same run (``MODEL.TEACHER.ONLINE``).
 
 One training step (N images, R sampled RoIs over the batch):
 
@@ -6,10 +7,12 @@ One training step (N images, R sampled RoIs over the batch):
    preprocess -> backbone -> RPN (proposals + RPN losses) -> ROI heads sample the proposals once
    (``label_and_sample_proposals``) -> ``pool_and_predict`` on the sampled RoIs -> box-head losses
    (``box_predictor.losses``): the *detection* losses;
-2. teacher (only when some distillation term needs it, under ``torch.no_grad()``, eval mode):
-   its own preprocessing of the same inputs (same padded size is checked), its backbone once,
-   then each needed recorder's teacher output on the student's terms (RPN head on the student's
-   anchors: "rpn"; ``pool_and_predict`` on *the same* sampled RoIs: "roi");
+2. teacher (only when some distillation term needs it): its own preprocessing of the same inputs
+   (same padded size is checked) and its backbone once, then each needed recorder's teacher output
+   on the student's terms under ``torch.no_grad()`` (RPN head on the student's anchors: "rpn";
+   ``pool_and_predict`` on *the same* sampled RoIs: "roi"). A frozen teacher runs in eval mode
+   under ``no_grad``; an online one runs its own training forward (its own proposals and sampled
+   RoIs, its detection losses ``teacher/loss_*``), whose backbone maps the terms read detached;
 3. every distillation term reads the :class:`~hkd_d2.modeling.distill.DistillContext` and returns
    its raw losses; the distiller trains on ``term.weight x factor x raw``, the factor being the
    term's schedule at ``self.distill_iter`` (the iteration, set by
@@ -17,8 +20,8 @@ One training step (N images, R sampled RoIs over the batch):
    terms' factors on detection losses (Chen et al.'s ``mu``);
 4. the step's losses by origin, :class:`StepLosses` (detection, distillation, raw, the factors
    applied, the terms' statistics), are kept as ``last_losses``: the runaway guard, the loss
-   calibration and the metrics hook read them there. ``forward`` returns detection and
-   distillation losses in one dict, as Detectron2's trainers expect.
+   calibration and the metrics hook read them there. ``forward`` returns detection,
+   distillation and (online) teacher losses in one dict, as Detectron2's trainers expect.
 
 Loss normalisation of the HKD terms (see :mod:`hkd_d2.modeling.distill.hkd`): every MSE is a
 plain mean over all elements of its tensors, so it does not grow with batch size, channels or
@@ -26,14 +29,17 @@ RoI count: ``L_PD = sum_{l in P2..P5} mean((P_s,l - P_t,l)^2)``, ``L_RD = mean((
 over the (R, C, S, S) pooled RoI features, ``L_LD = mean((G_s - G_t)^2)`` over the (R, K+1)
 class logits. The trained ``loss_pd/rd/ld`` are ``lambda * factor * L``.
 
-The teacher is held outside the module tree: it is not in ``state_dict()``, ``parameters()``,
-the optimizer or the DDP wrapper; ``.to()``/``.cuda()`` still move it with the student.
-Parameters that exist only for distillation (channel adapters) live under ``distill_terms.``
-and are dropped by :func:`hkd_d2.export.export_student`. In eval mode only the student runs.
+A frozen teacher is held outside the module tree: it is not in ``state_dict()``,
+``parameters()``, the optimizer or the DDP wrapper; ``.to()``/``.cuda()`` still move it with the
+student. An online teacher is the submodule ``teacher``: its parameters are in ``parameters()``
+(the optimizer, the DDP wrapper) and in ``state_dict()`` under ``teacher.`` (one checkpoint, so a
+resume resumes both). Parameters that exist only for distillation (channel adapters under
+``distill_terms.``, an online teacher) are dropped by :func:`hkd_d2.export.export_student`
+(:func:`distill_only_prefixes`). In eval mode only the student runs.
 """
 import logging
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
@@ -46,15 +52,17 @@ from detectron2.utils.events import get_event_storage
 from .compatibility import check_teacher, teacher_reads
 from .distill import DistillContext, build_distill_terms, enabled_term_classes, unwrap_ddp
 from .recorders import ALWAYS_RECORDED, ModelOutputs, RoIOutputs, StudentForward, build_recorders
-from .teacher import FrozenTeacher, build_teacher
+from .teacher import Teacher, TeacherStep, build_teacher
 
-__all__ = ["Distiller", "HKDDistiller", "StepLosses", "DISTILL_ONLY_PREFIXES", "distills", "extra_checkpointables",
-           "training_architecture"]
+__all__ = ["Distiller", "HKDDistiller", "StepLosses", "DISTILL_ONLY_PREFIXES", "TEACHER_PREFIX",
+           "distill_only_prefixes", "distills", "extra_checkpointables", "training_architecture"]
 
 logger = logging.getLogger(__name__)
 
 # state_dict prefixes of parameters that exist only while distilling (dropped at export).
 DISTILL_ONLY_PREFIXES = ("distill_terms.",)
+# state_dict prefix of a teacher trained in the run (MODEL.TEACHER.ONLINE).
+TEACHER_PREFIX = "teacher."
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class StepLosses:
     scales: Dict[str, float]
     # The terms' statistics (e.g. "distill/pd"): floats or 0-dim tensors.
     stats: Dict[str, Union[float, torch.Tensor]]
+    # An online teacher's own detection losses ("teacher/loss_cls", ...); empty for a frozen teacher.
+    teacher: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def detached(self) -> "StepLosses":
         """The same values, out of the autograd graph."""
@@ -79,7 +89,8 @@ class StepLosses:
             return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
 
         return StepLosses(detach(self.detection), detach(self.distillation),
-                          {term: detach(raw) for term, raw in self.raw.items()}, dict(self.scales), detach(self.stats))
+                          {term: detach(raw) for term, raw in self.raw.items()}, dict(self.scales), detach(self.stats),
+                          detach(self.teacher))
 
 
 def training_architecture(cfg: CfgNode) -> type:
@@ -103,12 +114,21 @@ def distills(cfg: CfgNode) -> bool:
     return isinstance(meta, type) and issubclass(meta, Distiller) and bool(enabled_term_classes(cfg))
 
 
+def distill_only_prefixes(cfg: CfgNode) -> Tuple[str, ...]:
+    """The state_dict prefixes of a checkpoint of ``cfg`` that are not the student's: channel
+    adapters, and the teacher when it trains in the run (``MODEL.TEACHER.ONLINE``)."""
+    return DISTILL_ONLY_PREFIXES + ((TEACHER_PREFIX,) if cfg.MODEL.TEACHER.ONLINE else ())
+
+
 @META_ARCH_REGISTRY.register()
 class Distiller(GeneralizedRCNN):
-    """A ``GeneralizedRCNN`` student plus distillation terms and a frozen teacher."""
+    """A ``GeneralizedRCNN`` student plus distillation terms and a teacher (frozen or online)."""
 
     # Student weights (MODEL.WEIGHTS) need not hold these; read by DistillCheckpointer.
     checkpoint_optional_prefixes = DISTILL_ONLY_PREFIXES
+    # ... but a checkpoint resumed from must hold these (an online teacher restarted from its
+    # initial weights would go unnoticed); read by DistillCheckpointer.
+    checkpoint_resume_prefixes = (TEACHER_PREFIX,)
     # Hooks the architecture itself needs in training (beside its terms'), each built as hook(cfg)
     # and run before the checkpointer and the evaluation (e.g. PCL's mean-teacher update).
     training_hooks: Tuple[Callable[[CfgNode], Any], ...] = ()
@@ -117,13 +137,14 @@ class Distiller(GeneralizedRCNN):
     def __init__(
         self,
         *,
-        teacher: Optional[FrozenTeacher],
+        teacher: Optional[Teacher],
         distill_terms: nn.ModuleList,
         **kwargs,
     ):
         """
         Args:
-            teacher: the frozen teacher, or None when no term needs it.
+            teacher: the teacher (:class:`FrozenTeacher` or :class:`OnlineTeacher`), or None when
+                no term needs it.
             distill_terms: :class:`DistillTerm` modules (weight != 0).
             kwargs: the student's arguments, as for :class:`GeneralizedRCNN`.
         """
@@ -140,8 +161,14 @@ class Distiller(GeneralizedRCNN):
         self.teacher_needs: FrozenSet[str] = frozenset().union(*(t.teacher_needs for t in distill_terms))
         if self.teacher_needs and teacher is None:
             raise ValueError(f"Distillation terms need the teacher's {set(self.teacher_needs)}")
-        # Plain attribute, not a submodule: keeps the teacher out of state_dict/parameters/DDP.
-        object.__setattr__(self, "_teacher", teacher if self.teacher_needs else None)
+        teacher = teacher if self.teacher_needs else None
+        if teacher is not None and teacher.trained:
+            # A submodule: in state_dict (under "teacher."), parameters (the optimizer) and DDP.
+            self.teacher = teacher
+            self.checkpoint_optional_prefixes = DISTILL_ONLY_PREFIXES + (TEACHER_PREFIX,)
+        else:
+            # Plain attribute, not a submodule: keeps a frozen teacher out of state_dict/parameters/DDP.
+            object.__setattr__(self, "teacher", teacher)
         self.recorders = build_recorders(self.teacher_needs | ALWAYS_RECORDED, self)
         # Training iteration for the terms' schedules; the DistillationHook sets it every
         # iteration (None: no schedule, every factor 1).
@@ -182,28 +209,23 @@ class Distiller(GeneralizedRCNN):
         """Objects with a ``state_dict`` that checkpoints hold beside the model's (by entry name)."""
         return {}
 
-    @property
-    def teacher(self) -> Optional[FrozenTeacher]:
-        """The frozen teacher (None when no distillation term needs it)."""
-        return self._teacher
-
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        if self._teacher is not None:
-            self._teacher._apply(fn)
+        if self.teacher is not None and not self.teacher.trained:  # an online teacher is a submodule
+            self.teacher._apply(fn)
         return self
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """Training: dict of the student's detection losses followed by the ``loss_*`` distillation
-        losses (both also in ``last_losses``). Eval: the student's detections (see
-        :meth:`GeneralizedRCNN.inference`)."""
+        losses and an online teacher's ``teacher/loss_*`` (all also in ``last_losses``). Eval: the
+        student's detections (see :meth:`GeneralizedRCNN.inference`)."""
         if not self.training:
             return self.inference(batched_inputs)
         if "instances" not in batched_inputs[0]:
             raise ValueError("Distiller training needs 'instances' in every input dict")
         losses = self._step_losses(batched_inputs)
         self.last_losses = losses.detached()
-        return {**losses.detection, **losses.distillation}
+        return {**losses.detection, **losses.distillation, **losses.teacher}
 
     def _step_losses(self, batched_inputs: List[Dict]) -> StepLosses:
         """The losses of one training step (see the module docstring)."""
@@ -217,15 +239,17 @@ class Distiller(GeneralizedRCNN):
         if not self.distill_terms:
             return StepLosses(detection, {}, {}, {}, {})
         student = ModelOutputs("student", **{r.name: r.student(step, recorded[r.name]) for r in self.recorders})
+        teacher_step = self._teacher_step(batched_inputs, step)
         ctx = DistillContext(
             images=step.images,
             gt_instances=step.gt_instances,
             proposals=step.proposals,
             student=student,
-            teacher=self._teacher_outputs(batched_inputs, step, student),
+            teacher=self._teacher_outputs(teacher_step, step, student),
         )
         self._scale_detector_losses(detection)
-        return self._distill(ctx, detection)
+        losses = self._distill(ctx, detection)
+        return replace(losses, teacher=teacher_step.losses) if teacher_step is not None else losses
 
     def _student_forward(
         self, batched_inputs: List[Dict]
@@ -252,24 +276,31 @@ class Distiller(GeneralizedRCNN):
         losses = self.roi_heads.box_predictor.losses(predictions, proposals)
         return StudentForward(images, gt_instances, features, proposals, RoIOutputs(roi_features, *predictions)), losses
 
-    def _teacher_outputs(self, batched_inputs: List[Dict], step: StudentForward,
-                         student: ModelOutputs) -> ModelOutputs:
-        """Run the teacher work some term needs on the step's inputs, on the student's terms."""
-        outputs = ModelOutputs("teacher")
+    def _teacher_step(self, batched_inputs: List[Dict], step: StudentForward) -> Optional[TeacherStep]:
+        """The teacher's work on the step's inputs (None without a teacher), its images checked."""
         if self.teacher is None:
+            return None
+        teacher_step = self.teacher.step(batched_inputs)
+        self._check_same_images(step.images, teacher_step.images)
+        return teacher_step
+
+    def _teacher_outputs(self, teacher_step: Optional[TeacherStep], step: StudentForward,
+                         student: ModelOutputs) -> ModelOutputs:
+        """The teacher outputs some term needs, on the student's terms, from its backbone maps."""
+        outputs = ModelOutputs("teacher")
+        if teacher_step is None:
             return outputs
-        teacher_images, features = self.teacher.features(batched_inputs)
-        self._check_same_images(step.images, teacher_images)
         for recorder in self.recorders:
             if recorder.name in self.teacher_needs or recorder.name == "features":
-                outputs[recorder.name] = recorder.teacher(self.teacher, features, step, student[recorder.name])
+                outputs[recorder.name] = recorder.teacher(self.teacher, teacher_step.features, step,
+                                                          student[recorder.name])
         return outputs
 
     @staticmethod
-    def _check_same_images(student: ImageList, teacher: ImageList) -> None:
-        if student.tensor.shape[-2:] != teacher.tensor.shape[-2:]:
+    def _check_same_images(student: ImageList, teacher: torch.Tensor) -> None:
+        if student.tensor.shape[-2:] != teacher.shape[-2:]:
             raise ValueError(
-                f"Teacher and student pad images differently ({tuple(teacher.tensor.shape[-2:])} vs "
+                f"Teacher and student pad images differently ({tuple(teacher.shape[-2:])} vs "
                 f"{tuple(student.tensor.shape[-2:])}): give them the same backbone size divisibility"
             )
 

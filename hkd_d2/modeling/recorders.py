@@ -27,7 +27,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.registry import Registry
 
 if TYPE_CHECKING:
-    from .teacher import FrozenTeacher
+    from .teacher import Teacher
 
 __all__ = [
     "RECORDER_REGISTRY",
@@ -163,7 +163,7 @@ class Recorder:
         raise NotImplementedError
 
     def teacher(
-        self, teacher: "FrozenTeacher", features: Dict[str, torch.Tensor], forward: StudentForward, student: Any
+        self, teacher: "Teacher", features: Dict[str, torch.Tensor], forward: StudentForward, student: Any
     ) -> Any:
         """The teacher's output (no gradients) on the student's terms, given the teacher's backbone
         ``features`` of the step's images, the student's forward and the student's output."""

@@ -1,9 +1,12 @@
-"""The frozen teacher: a detector built from its own config and weights, never trained.
+"""The teacher: a detector built from its own config, frozen (:class:`FrozenTeacher`) or trained
+with the student in the same run (:class:`OnlineTeacher`, ``MODEL.TEACHER.ONLINE``).
 
 The teacher is a complete Detectron2 detector (normally a ``GeneralizedRCNN`` R50-FPN with
 :class:`~hkd_d2.modeling.roi_heads.PedestrianROIHeads`) described by
-``MODEL.TEACHER.CONFIG_FILE`` and loaded from ``MODEL.TEACHER.WEIGHTS``. It keeps its own
-pixel mean/std, anchors and heads; only ``MODEL.DEVICE`` is taken from the student.
+``MODEL.TEACHER.CONFIG_FILE``. A frozen teacher is loaded from ``MODEL.TEACHER.WEIGHTS`` (whole);
+an online one starts from them when they are given (a backbone-only ImageNet file is enough) and
+from its config's initialisation otherwise. It keeps its own pixel mean/std, anchors and heads;
+only ``MODEL.DEVICE`` is taken from the student.
 
 Relative paths in ``MODEL.TEACHER.CONFIG_FILE`` / ``MODEL.TEACHER.WEIGHTS`` are looked up
 next to the config file that names them (as Detectron2 does for ``_BASE_``; see
@@ -14,7 +17,7 @@ installed package alike.
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 
 import yaml
 
@@ -23,13 +26,18 @@ from torch import nn
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList, Instances
+from detectron2.utils.events import get_event_storage
 
-from ..checkpoint import load_detector_weights
+from ..checkpoint import DistillCheckpointer, load_detector_weights
 from ..config import add_hkd_config
 
 __all__ = [
     "FrozenTeacher",
+    "OnlineTeacher",
+    "Teacher",
+    "TeacherStep",
     "anchor_teacher_paths",
+    "build_online_teacher",
     "build_teacher",
     "load_teacher_config",
     "resolve_path",
@@ -40,6 +48,8 @@ logger = logging.getLogger(__name__)
 # Keys of MODEL.TEACHER that hold file paths.
 TEACHER_PATH_KEYS = ("CONFIG_FILE", "WEIGHTS")
 BASE_KEY = "_BASE_"
+# Prefix of an online teacher's losses in the loss dict and of its EventStorage scalars.
+TEACHER_SCOPE = "teacher"
 
 
 def resolve_path(path: str, what: str) -> str:
@@ -105,11 +115,28 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
     return teacher_cfg
 
 
-class FrozenTeacher(nn.Module):
-    """A detector that stays in eval mode with gradients off; exposes the pieces distillation reads.
+class TeacherStep(NamedTuple):
+    """What the teacher computed on one training step's inputs."""
 
-    Every method runs under ``torch.no_grad()``. Shapes: N images, R RoIs, C channels.
+    # The padded images the teacher's backbone ran on, normalised with its pixel mean/std: (N, 3, H, W).
+    images: torch.Tensor
+    # Its backbone maps, out of the autograd graph, e.g. ``p2``: (N, C, H/4, W/4).
+    features: Dict[str, torch.Tensor]
+    # Its own detection losses, ``"teacher/loss_cls"``, ... (with gradients); empty for a frozen teacher.
+    losses: Dict[str, torch.Tensor]
+
+
+class Teacher(nn.Module):
+    """A teacher detector and the pieces distillation reads from it.
+
+    Every read (:meth:`features`, :meth:`rpn_head`, :meth:`pool_and_predict`) runs under
+    ``torch.no_grad()``, so no distillation loss ever sends a gradient into the teacher.
+    Shapes: N images, R RoIs, C channels.
     """
+
+    # Whether the teacher trains in the student's run: then it is a submodule of the distiller
+    # (its state_dict, parameters, DDP wrapper); else it is kept out of them.
+    trained: ClassVar[bool] = False
 
     def __init__(self, detector: nn.Module, cfg: CfgNode):
         """
@@ -126,12 +153,6 @@ class FrozenTeacher(nn.Module):
             )
         self.detector = detector
         self.cfg = cfg
-        self.requires_grad_(False)
-        self.train(False)
-
-    def train(self, mode: bool = True) -> "FrozenTeacher":
-        """Always eval mode: BatchNorm statistics and dropout of the teacher never change."""
-        return super().train(False)
 
     @property
     def device(self) -> torch.device:
@@ -160,12 +181,86 @@ class FrozenTeacher(nn.Module):
         """Pooled RoI features (R, C, S, S) and box-head (scores (R, K+1), deltas (R, 4K))."""
         return self.detector.roi_heads.pool_and_predict(features, proposals)
 
+    def step(self, batched_inputs: List[Dict]) -> TeacherStep:
+        """The teacher's work of one training step: its backbone on the step's inputs (no losses)."""
+        images, features = self.features(batched_inputs)
+        return TeacherStep(images.tensor, features, {})
 
-def build_teacher(cfg: CfgNode) -> FrozenTeacher:
-    """Build the frozen teacher named by ``cfg.MODEL.TEACHER`` on ``cfg.MODEL.DEVICE``."""
+
+class FrozenTeacher(Teacher):
+    """A teacher that stays in eval mode with gradients off: trained beforehand, never changed."""
+
+    def __init__(self, detector: nn.Module, cfg: CfgNode):
+        super().__init__(detector, cfg)
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        """Always eval mode: BatchNorm statistics and dropout of the teacher never change."""
+        return super().train(False)
+
+
+class OnlineTeacher(Teacher):
+    """A teacher trained in the student's run, on its own detection losses only.
+
+    Its training step is the detector's own (its RPN proposals, its RoI sampling, its losses);
+    what distillation reads of it is detached from that graph (:meth:`step`) or computed under
+    ``no_grad``, so the teacher's gradients are those of its detection losses alone.
+    """
+
+    trained = True
+
+    @torch.no_grad()
+    def features(self, batched_inputs: List[Dict]) -> Tuple[ImageList, Dict[str, torch.Tensor]]:
+        """As :meth:`Teacher.features`, in eval mode whatever the training mode: a read between
+        training steps (a hook fitting something to the teacher) changes no normalisation statistic."""
+        mode = self.detector.training
+        self.detector.train(False)
+        try:
+            return super().features(batched_inputs)
+        finally:
+            self.detector.train(mode)
+
+    def step(self, batched_inputs: List[Dict]) -> TeacherStep:
+        """The detector's training forward on the step's inputs (in training mode; inside an
+        EventStorage, whose scalars it writes under ``teacher/``): its losses, as
+        ``teacher/<loss>``, and its backbone's input and maps, detached."""
+        if not self.training:
+            raise RuntimeError("OnlineTeacher.step() trains the teacher: call it in training mode")
+        recorded = []
+        hook = self.detector.backbone.register_forward_hook(lambda _m, inputs, out: recorded.append((inputs[0], out)))
+        try:
+            with get_event_storage().name_scope(TEACHER_SCOPE):
+                losses = self.detector(batched_inputs)
+        finally:
+            hook.remove()
+        images, features = recorded[-1]
+        return TeacherStep(images.detach(), {k: v.detach() for k, v in features.items()},
+                           {f"{TEACHER_SCOPE}/{k}": v for k, v in losses.items()})
+
+
+def build_teacher(cfg: CfgNode) -> Teacher:
+    """Build the teacher named by ``cfg.MODEL.TEACHER`` on ``cfg.MODEL.DEVICE``: frozen, or
+    online with ``MODEL.TEACHER.ONLINE``."""
+    if cfg.MODEL.TEACHER.ONLINE:
+        return build_online_teacher(cfg)
     teacher_cfg = load_teacher_config(cfg)
     weights = resolve_path(cfg.MODEL.TEACHER.WEIGHTS, "MODEL.TEACHER.WEIGHTS")
     detector = build_model(teacher_cfg)
     load_detector_weights(detector, weights)
     logger.info(f"Teacher {type(detector).__name__} loaded from {weights}")
     return FrozenTeacher(detector, teacher_cfg)
+
+
+def build_online_teacher(cfg: CfgNode) -> OnlineTeacher:
+    """The teacher trained in the student's run, starting from ``MODEL.TEACHER.WEIGHTS`` when set
+    (whole detector or backbone only, as a student's ``MODEL.WEIGHTS``), else as its config initialises it."""
+    teacher_cfg = load_teacher_config(cfg)
+    detector = build_model(teacher_cfg)
+    if cfg.MODEL.TEACHER.WEIGHTS:
+        weights = resolve_path(cfg.MODEL.TEACHER.WEIGHTS, "MODEL.TEACHER.WEIGHTS")
+        DistillCheckpointer(detector).load(weights)
+        logger.info(f"Online teacher {type(detector).__name__} starts from {weights}")
+    else:
+        logger.info(f"Online teacher {type(detector).__name__} starts from its initialisation (no weights given)")
+    return OnlineTeacher(detector, teacher_cfg)

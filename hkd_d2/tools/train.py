@@ -13,7 +13,7 @@ from detectron2.evaluation import verify_results
 
 from ..data.register import UnregisteredDatasetError
 from ..engine import Trainer, setup_config
-from ..engine.evaluate import StudentCheckpointer, build_test_model
+from ..engine.evaluate import build_test_checkpointer, build_test_model
 
 __all__ = ["main", "eval_main", "run"]
 
@@ -25,8 +25,7 @@ def run(args: argparse.Namespace) -> Optional[Dict]:
     try:
         if args.eval_only:
             model = build_test_model(cfg)
-            StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR, training_cfg=cfg).resume_or_load(
-                cfg.MODEL.WEIGHTS, resume=args.resume)
+            build_test_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
             results = Trainer.test(cfg, model)
             verify_results(cfg, results)
             return results
