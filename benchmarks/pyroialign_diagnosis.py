@@ -15,7 +15,7 @@ A RUN_DIR is the output folder of a finished run whose box head pools with PyRoI
 * **moved**: ``||W - W_0|| / ||W_0||`` of the fusion conv and of fc1, ``W_0`` their weights at the
   start of the run (rebuilt from the run's ``SEED``, as training builds the detector first; not
   for a run trained without a fixed seed);
-* **relative step size**: over ``--images`` training images (batches of 2, the run's data mapper),
+* **relative step size**: over ``--images`` training images (batches of 2, mapped as training maps them),
   the gradient norm of the fusion conv and of the box head's first fully connected layer divided by
   the norm of its weight: how far one unit-learning-rate step moves each, relative to its size.
 
@@ -30,12 +30,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.data import DatasetCatalog
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+from hkd_d2.data import PedestrianDatasetMapper
 from hkd_d2.engine.evaluate import StudentCheckpointer, build_test_model
 from hkd_d2.engine.setup import load_config, resolve_device
 from hkd_d2.modeling.pyramid_pooler import PyRoIAlign
@@ -160,8 +161,8 @@ def diagnose(run_dir: Path, label: str, images: int) -> Diagnosis:
     train = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:images]
     moved = moved_from_start(cfg, model)
     torch.manual_seed(0)
-    rms = pooled_rms(model, [DatasetMapper(cfg, is_train=False)(dict(r)) for r in val])
-    steps = relative_steps(model, [DatasetMapper(cfg, is_train=True)(dict(r)) for r in train])
+    rms = pooled_rms(model, [PedestrianDatasetMapper(cfg, False)(dict(r)) for r in val])
+    steps = relative_steps(model, [PedestrianDatasetMapper(cfg, True)(dict(r)) for r in train])
     shares = level_shares(model.roi_heads.box_pooler.fuse, len(model.roi_heads.box_pooler.level_poolers))
     return Diagnosis(label=label, level_share=shares, **rms, **moved, **steps)
 
