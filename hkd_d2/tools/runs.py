@@ -34,9 +34,10 @@ def build_run_config(config_file: str, opts: Sequence[str], output_dir: str) -> 
 
 
 def teacher_config(config_file: str) -> Optional[str]:
-    """The teacher config file ``config_file`` distills from (None when it trains without one)."""
+    """The config of the trained teacher ``config_file`` distills from: None when it trains without
+    one, or with one that trains in its own run (``MODEL.TEACHER.ONLINE``)."""
     cfg = load_config(config_file)
-    if not distills(cfg):
+    if not distills(cfg) or cfg.MODEL.TEACHER.ONLINE:
         return None
     return resolve_path(cfg.MODEL.TEACHER.CONFIG_FILE, f"MODEL.TEACHER.CONFIG_FILE of {config_file}")
 

@@ -26,11 +26,14 @@ COUNTERPARTS = {
     "t3_2_pyroialign_fuse_mean_pretrained": ("findings/pyroialign_fuse_mean", 18),
     **{f"literature/{m}": (f"literature/{m}", 18)
        for m in ("srm", "bkd", "isl", "hkd_plus_srm", "hkd_plus_bkd", "hkd_plus_isl")},
+    "online/pcl": ("online/pcl", 18),
 }
 # Variants without a from-scratch counterpart: (pre-trained config they vary, the keys they change).
 VARIANTS = {
     "t3_2_pyroialign_fuse_lr10_pretrained": ("t3_2_pyroialign_pretrained",
                                              {"MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_LR_FACTOR"}),
+    "online/online_teacher_pd_rd_ld": ("t3_7_pd_rd_ld_pretrained",
+                                       {"MODEL.TEACHER.ONLINE", "MODEL.TEACHER.WEIGHTS", "MODEL.DISTILL.WARMUP_ITERS"}),
 }
 # What the pre-trained setting changes (besides MODEL.WEIGHTS and OUTPUT_DIR, checked below).
 CHANGED = {"MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.NORM", "SOLVER.BASE_LR", "MODEL.TEACHER.CONFIG_FILE",
@@ -56,7 +59,7 @@ def test_variant_changes_only_its_keys(stem):
     base, keys = VARIANTS[stem]
     cfg, base_cfg = load_config(str(PRETRAINED / f"{stem}.yaml")), load_config(str(PRETRAINED / f"{base}.yaml"))
     assert _differences(cfg, base_cfg) == keys
-    assert _output_tail(cfg, stem) == ("pretrained", stem)
+    assert _output_tail(cfg, stem) == ("pretrained", *PurePosixPath(stem).parts)
 
 
 @pytest.mark.parametrize("stem", sorted(COUNTERPARTS))

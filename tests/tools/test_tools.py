@@ -14,9 +14,12 @@ from hkd_d2.tools import ablation, demo, demo_report
 from hkd_d2.tools.paired import format_paired, paired_gain
 from hkd_d2.tools.complexity import backbone_gmacs, count_parameters
 from hkd_d2.tools.progress import StageClock, format_duration
+from hkd_d2.tools.runs import teacher_config
 from hkd_d2.tools.report import format_mean_spread, gap_closed, markdown_table, mean_and_spread, write_json
 from hkd_d2.tools.timing import TimingStats, time_call
 from hkd_d2.tools.video import annotate_video, open_video
+
+from ..conftest import CONFIGS
 
 
 # ------------------------------------------------------------------ report / statistics
@@ -184,6 +187,17 @@ def test_ablation_trains_each_teacher_once(tmp_path):
     assert [c[0] for c in teacher_calls] == ["t/plain.yaml", "t/pyro.yaml"]
     used = [c[1][c[1].index("MODEL.TEACHER.WEIGHTS") + 1] for c in calls]
     assert used == [str(tmp_path / "teachers" / n / "model_final.pth") for n in ("plain", "pyro", "plain")]
+
+
+@pytest.mark.parametrize("config, teacher", [
+    ("synthetic/table3/t3_1_baseline.yaml", None),
+    ("synthetic/pretrained/online/pcl.yaml", None),
+    ("synthetic/pretrained/online/online_teacher_pd_rd_ld.yaml", None),
+    ("synthetic/pretrained/t3_7_pd_rd_ld_pretrained.yaml", "teacher_R50_FPN_pretrained.yaml"),
+])
+def test_runs_train_only_the_teachers_trained_beforehand(config, teacher):
+    found = teacher_config(str(CONFIGS / config))
+    assert (found and Path(found).name) == teacher
 
 
 def test_parse_teacher_weights(tmp_path):
