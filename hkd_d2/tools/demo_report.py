@@ -105,7 +105,8 @@ def render_report(args, summary, figures, gaps, per_seed, paired, durations, tot
         "# hkd_d2 demo report",
         "",
         f"Synthetic CityPersons-format data: {args.num_train} train / {args.num_val} val images of "
-        f"{args.image_size[0]}x{args.image_size[1]} px; detectors of `configs/synthetic/`. "
+        f"{args.image_size[0]}x{args.image_size[1]} px, seen at {args.input_scale:g}x their size; detectors of "
+        "`configs/synthetic/`. "
         f"Everything trained from scratch on `{args.device}`: teacher {args.teacher_iters} iterations, "
         f"each student {args.student_iters} iterations; seeds {list(args.seeds)}.",
         "",

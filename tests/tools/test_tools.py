@@ -452,6 +452,14 @@ def test_ablation_report_only_uses_finished_runs(tmp_path):
         ablation.main(["--configs", "x/a.yaml", "--seeds", "2", "--out", str(tmp_path), "--report-only", "--", "K", "2"])
 
 
+def test_demo_trains_and_tests_at_its_input_scale():
+    opts = demo._run_opts(demo.parse_args(["--input-scale", "0.8"]), iters=100, seed=3)
+    keys = dict(zip(opts[::2], opts[1::2]))
+    assert keys["INPUT.MIN_SIZE_TRAIN"] == "(192,)" and keys["INPUT.MAX_SIZE_TRAIN"] == "256"
+    assert keys["INPUT.MIN_SIZE_TEST"] == "192" and keys["INPUT.MAX_SIZE_TEST"] == "256"
+    assert demo.input_size(demo.parse_args(["--input-scale", "1", "--image-size", "200", "300"])) == (200, 300)
+
+
 def test_demo_run_folders_name_built_in_data_sets_when_the_data_are_the_built_in_ones():
     """Tools run on a demo run folder in another process find its data under the built-in names."""
     assert demo.dataset_names(demo.parse_args([])) == ("synthetic_citypersons_train", "synthetic_citypersons_val")
