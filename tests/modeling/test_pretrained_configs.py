@@ -32,6 +32,7 @@ COUNTERPARTS = {
 VARIANTS = {
     "t3_2_pyroialign_fuse_lr10_pretrained": ("t3_2_pyroialign_pretrained",
                                              {"MODEL.ROI_BOX_HEAD.PYRAMID_POOLER.FUSE_LR_FACTOR"}),
+    "online/pcl_ema_0.99": ("online/pcl", {"MODEL.PCL.EMA_DECAY"}),
     "online/online_teacher_pd_rd_ld": ("t3_7_pd_rd_ld_pretrained",
                                        {"MODEL.TEACHER.ONLINE", "MODEL.TEACHER.WEIGHTS", "MODEL.DISTILL.WARMUP_ITERS"}),
 }
