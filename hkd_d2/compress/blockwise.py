@@ -62,7 +62,7 @@ def train_blockwise(candidates: Sequence[Sequence[nn.Module]], batches: Iterator
             torch.stack(finite).sum().backward()
         optimizer.step()
         decay.step()
-        last = [[float(loss) for loss in stage] for stage in losses]
+        last = [[float(loss.detach()) for loss in stage] for stage in losses]
         if step % schedule.log_period == 0 or step == schedule.steps:
             _log_progress(step, schedule.steps, time.perf_counter() - start, last, labels)
     return last

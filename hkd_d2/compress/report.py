@@ -1,20 +1,22 @@
 """The budget-vs-cost report of ``hkd-compress``: one row per student (and per reference
 detector: the teacher, the ResNet18 and MobileNetV2 students), a markdown table, a JSON file and
-a plot (backbone GMACs against CPU latency, backbone parameters against the summed block loss)."""
+a plot (backbone GMACs against CPU latency, backbone parameters against the summed block loss);
+after the students are trained, the budget-vs-MR table and plot (:func:`budget_vs_mr`)."""
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..atomic import atomic_output
 from ..tools.complexity import count_parameters
-from ..tools.report import markdown_table
+from ..tools.paired import format_paired
+from ..tools.report import format_mean_spread, markdown_table
 from ..tools.timing import time_call
 from .budget import Budget
 from .costs import backbone_cost
 
-__all__ = ["measure", "report_markdown", "plot_report"]
+__all__ = ["measure", "report_markdown", "plot_report", "budget_vs_mr", "budget_vs_mr_markdown", "plot_budget_vs_mr"]
 
 
 def measure(name: str, model: nn.Module, inputs: List[Dict], size: Sequence[int], repeats: int,
@@ -80,6 +82,100 @@ def plot_report(rows: Sequence[Dict], path: Path, title: str = "") -> Path:
             axis.grid(True, linestyle=":", linewidth=0.8)
         if title:
             fig.suptitle(title)
+        fig.tight_layout()
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _table_row(table: Mapping, name: str) -> Mapping:
+    for row in table["rows"]:
+        if row["name"] == name:
+            return row
+    raise KeyError(f"no row {name!r} in the ablation table (rows: {[r['name'] for r in table['rows']]})")
+
+
+def _budget_row(table: Mapping, label: str) -> Optional[Mapping]:
+    """The ablation row whose config lies in the budget's folder (``.../<label>/<name>.yaml``)."""
+    found = [row for row in table["rows"] if Path(row["config"]).parent.name == label]
+    if len(found) > 1:
+        raise ValueError(f"several ablation rows train budget {label}: {[r['name'] for r in found]}")
+    return found[0] if found else None
+
+
+def _mr_entry(name: str, cost: Mapping, row: Optional[Mapping], mr: Optional[Mapping] = None) -> Dict:
+    return {"model": name, "budget": cost["budget"], "max_gmacs": cost["max_gmacs"], "max_params_M": cost["max_params_M"],
+            "backbone_GMACs": cost["backbone_GMACs"],
+            "backbone_params_M": cost["backbone_params_M"], "params_M": cost["params_M"],
+            "latency_median_s": cost["latency"]["median"], "ablation_row": row["name"] if row else None,
+            "Reasonable": mr if mr is not None else row["Reasonable"], "paired": dict(row["paired"]) if row else {}}
+
+
+def budget_vs_mr(report: Mapping, table: Mapping, references: Mapping[str, Tuple[str, str]],
+                 teacher_mr: Optional[float] = None) -> List[Dict]:
+    """Rows of the budget-vs-MR table, cheapest backbone first.
+
+    Args:
+        report: ``OUT/report.json`` of ``hkd-compress`` (costs and latencies of every model).
+        table: an ablation table (``tools/ablation.py`` ``OUT/<table>.json``) holding the trained
+            compact students (each row's config inside its budget's folder of ``OUT``) and the
+            reference rows, with its paired columns.
+        references: display name -> (model of ``report`` whose costs it has, ablation row name),
+            e.g. ``{"R18 + HKD": ("student_R18_FPN", "t3_7_pd_rd_ld")}``.
+        teacher_mr: MR Reasonable of the teacher (it has no ablation row), shown when given.
+    """
+    costs = {r["model"]: r for r in report["rows"]}
+    rows = []
+    for cost in report["rows"]:
+        row = _budget_row(table, cost["budget"]) if cost["budget"] else None
+        if row is not None:
+            rows.append(_mr_entry(cost["model"], cost, row))
+    for name, (model, row_name) in references.items():
+        if model not in costs:
+            raise KeyError(f"reference {name!r}: no model {model!r} in the compress report ({sorted(costs)})")
+        rows.append(_mr_entry(name, costs[model], _table_row(table, row_name)))
+    if teacher_mr is not None:
+        rows.append(_mr_entry("teacher", costs["teacher"], None, {"mean": teacher_mr, "std": 0.0, "n": 1}))
+    return sorted(rows, key=lambda r: r["backbone_GMACs"])
+
+
+def budget_vs_mr_markdown(rows: Sequence[Mapping], references: Sequence[str]) -> str:
+    """Budgets, costs, latency, MR Reasonable (mean ± std over seeds) and the paired gain against
+    each ablation reference row (``references``: row names) of every model."""
+    headers = ["Model", "Max GMACs", "Max params (M)", "Backbone GMACs", "Backbone params (M)", "CPU latency (ms)",
+               "Seeds", "MR Reasonable", *[f"vs {ref}" for ref in references]]
+    table = [[r["model"], _bound(r["max_gmacs"]), _bound(r["max_params_M"]), f"{r['backbone_GMACs']:.3f}",
+              f"{r['backbone_params_M']:.2f}", f"{1e3 * r['latency_median_s']:.1f}", str(r["Reasonable"]["n"]),
+              format_mean_spread(r["Reasonable"]),
+              *[f"{format_paired(r['paired'][ref])}, {r['paired'][ref]['verdict']}" if ref in r["paired"] else "-"
+                for ref in references]] for r in rows]
+    return markdown_table(headers, table) + "\n"
+
+
+def plot_budget_vs_mr(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
+    """Backbone GMACs against MR Reasonable (mean, error bar = std over seeds), every model; PNG, atomic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6.5, 4.5))
+    try:
+        for r in rows:
+            compact = r["budget"] is not None
+            mr = r["Reasonable"]
+            axis.errorbar(r["backbone_GMACs"], mr["mean"], yerr=mr["std"], fmt="o" if compact else "s",
+                          color="tab:blue" if compact else "tab:gray", capsize=3)
+            axis.annotate(r["model"], (r["backbone_GMACs"], mr["mean"]), fontsize=7, xytext=(4, 4),
+                          textcoords="offset points")
+        axis.set_xscale("log")
+        axis.set_xlabel("backbone GMACs (log)")
+        axis.set_ylabel("MR Reasonable (%, lower is better)")
+        axis.grid(True, linestyle=":", linewidth=0.8)
+        if title:
+            axis.set_title(title)
         fig.tight_layout()
         with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=120)

@@ -23,6 +23,7 @@ COMMANDS: Dict[str, str] = {
     "crowdhuman-eval": "hkd_d2.tools.crowdhuman_eval:main",
     "synthetic": "hkd_d2.data.synthetic:main",
     "compress": "hkd_d2.tools.compress:main",
+    "compress-report": "hkd_d2.tools.compress_report:main",
     "pretrain": "hkd_d2.tools.pretrain:main",
     "pooled": "hkd_d2.tools.pooled:main",
     "curve": "hkd_d2.tools.curve:main",
@@ -97,6 +98,10 @@ def synthetic() -> int:
 
 def compress() -> int:
     return run_command("compress")
+
+
+def compress_report() -> int:
+    return run_command("compress-report")
 
 
 def pretrain() -> int:

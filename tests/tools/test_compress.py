@@ -1,5 +1,6 @@
 """hkd-compress: the exact budgeted choice, budgets, the stage interface, block-wise training,
 a tiny end-to-end run, and export parity of a compact student."""
+import argparse
 import itertools
 import json
 import math
@@ -17,6 +18,7 @@ from hkd_d2.data.synthetic import SyntheticConfig, render_scene
 from hkd_d2.deploy import DeployedPredictor
 from hkd_d2.engine.setup import load_config
 from hkd_d2.export import export_formats
+from hkd_d2.tools import compress_report
 from hkd_d2.tools.compress import main as compress_main
 from hkd_d2.tools.inference import build_predictor
 
@@ -246,3 +248,43 @@ def test_impossible_budget_fails_before_training_and_writes_nothing(tiny_data, m
     out.mkdir()
     with pytest.raises(FileExistsError, match="impossible already exists"):
         compress_main([*args, "--max-gmacs", "2"])
+
+
+# ------------------------------------------------------------------ budget vs miss rate
+def _cost(model, gmacs, budget=None):
+    return {"model": model, "budget": budget, "max_gmacs": gmacs if budget else None, "max_params_M": None,
+            "params_M": 2 * gmacs, "backbone_params_M": gmacs, "backbone_GMACs": gmacs, "latency": {"median": gmacs / 10}}
+
+
+def _row(name, config, mr, paired):
+    return {"name": name, "config": config, "seeds": [0, 1], "Reasonable": {"mean": mr, "std": 1.0, "n": 2},
+            "paired": {ref: {"n": 2, "mean": gain, "ci_low": gain - 1, "ci_high": gain + 1, "wins": 2, "losses": 0,
+                             "ties": 0, "verdict": "better" if gain > 1 else "within noise"} for ref, gain in paired.items()}}
+
+
+def test_budget_vs_mr_joins_costs_and_miss_rates(tmp_path):
+    out = tmp_path / "compress"
+    report = {"rows": [_cost("teacher", 6.8), _cost("student_R18_FPN", 3.3), _cost("compact gmacs0.68", 0.66, "gmacs0.68"),
+                       _cost("compact gmacs1.7", 1.5, "gmacs1.7")]}
+    table = {"references": ["alone"], "rows": [
+        _row("alone", "configs/t3_1.yaml", 50.0, {}),
+        _row("hkd_small", f"{out}/gmacs0.68/compact_hkd.yaml", 60.0, {"alone": -10.0}),
+        _row("hkd_big", f"{out}/gmacs1.7/compact_hkd.yaml", 52.0, {"alone": -2.0})]}
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps(report))
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    rows = compress_report.main([str(out), str(tmp_path / "table.json"), "--reference", "R18 alone=student_R18_FPN:alone",
+                                 "--teacher-mr", "18.5"])
+    assert [(r["model"], r["backbone_GMACs"], r["Reasonable"]["mean"]) for r in rows] == [
+        ("compact gmacs0.68", 0.66, 60.0), ("compact gmacs1.7", 1.5, 52.0), ("R18 alone", 3.3, 50.0), ("teacher", 6.8, 18.5)]
+    assert rows[0]["paired"]["alone"]["mean"] == -10.0 and rows[2]["paired"] == {}
+    text = (out / "budget_vs_mr.md").read_text()
+    assert "-10.00 [-11.00, -9.00] 2W/0L, within noise" in text and "60.00 ± 1.00" in text
+    assert (out / "budget_vs_mr.png").stat().st_size > 0
+
+
+def test_budget_vs_mr_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="hkd-compress report not found"):
+        compress_report.main([str(tmp_path), str(tmp_path / "t.json")])
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=MODEL:ROW"):
+        compress_report.parse_reference("R18 alone")
