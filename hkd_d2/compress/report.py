@@ -8,10 +8,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..atomic import atomic_output
 from ..tools.complexity import count_parameters
 from ..tools.paired import format_paired
-from ..tools.report import format_mean_spread, markdown_table
+from ..tools.report import format_mean_spread, markdown_table, saved_figure
 from ..tools.timing import time_call
 from .budget import Budget
 from .costs import backbone_cost
@@ -54,13 +53,7 @@ def report_markdown(rows: Sequence[Dict], size: Sequence[int], threads: int) -> 
 def plot_report(rows: Sequence[Dict], path: Path, title: str = "") -> Path:
     """Two panels: backbone GMACs vs CPU latency (every model, GMACs budgets dashed) and backbone
     parameters vs summed block loss (the compact students, parameter budgets dashed); PNG, atomic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.5))
-    try:
+    with saved_figure(path, ncols=2, figsize=(11.0, 4.5), title=title) as (left, right):
         for r in rows:
             compact = r["budget"] is not None
             left.scatter(r["backbone_GMACs"], 1e3 * r["latency"]["median"], marker="o" if compact else "s",
@@ -80,13 +73,6 @@ def plot_report(rows: Sequence[Dict], path: Path, title: str = "") -> Path:
         right.set_ylabel("summed block loss")
         for axis in (left, right):
             axis.grid(True, linestyle=":", linewidth=0.8)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
     return Path(path)
 
 
@@ -156,13 +142,7 @@ def budget_vs_mr_markdown(rows: Sequence[Mapping], references: Sequence[str]) ->
 
 def plot_budget_vs_mr(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
     """Backbone GMACs against MR Reasonable (mean, error bar = std over seeds), every model; PNG, atomic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(6.5, 4.5))
-    try:
+    with saved_figure(path, title=title) as axis:
         for r in rows:
             compact = r["budget"] is not None
             mr = r["Reasonable"]
@@ -174,11 +154,4 @@ def plot_budget_vs_mr(rows: Sequence[Mapping], path: Path, title: str = "") -> P
         axis.set_xlabel("backbone GMACs (log)")
         axis.set_ylabel("MR Reasonable (%, lower is better)")
         axis.grid(True, linestyle=":", linewidth=0.8)
-        if title:
-            axis.set_title(title)
-        fig.tight_layout()
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
     return Path(path)

@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 
 from ..engine.evaluate import StudentCheckpointer, build_test_model
 from ..engine.setup import load_config, resolve_device
-from .report import format_mean_spread, markdown_table, mean_and_spread, write_json, write_text
+from .report import format_mean_spread, markdown_table, mean_and_spread, saved_figure, write_json, write_text
 from .runs import evaluate
 
 __all__ = ["CURVE_FILE", "run_checkpoints", "run_curve", "group_curves", "curve_table", "plot_curves", "main"]
@@ -122,29 +122,21 @@ def _finite(mr: Optional[float]) -> float:
 def plot_curves(curves: Mapping[str, Mapping[int, Mapping[str, float]]], labels: Mapping[str, str], setup: str,
                 path: Path) -> Path:
     """``path`` (PNG): each run's MR of ``setup`` against iterations (thin), each label's mean (thick)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     grouped = group_curves(curves, labels, setup)
     colors = {label: f"C{i}" for i, label in enumerate(grouped)}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, curve in curves.items():
-        its = sorted(curve)
-        ax.plot(its, [_finite(curve[i][setup]) for i in its], color=colors[labels[run]], alpha=0.3, linewidth=0.8)
-    for label, points in grouped.items():
-        its = sorted(points)
-        ax.plot(its, [points[i]["mean"] for i in its], color=colors[label], linewidth=2.5, marker="o",
-                label=f"{label} (mean of {max(p['n'] for p in points.values())})")
-    ax.set_xlabel("training iterations")
-    ax.set_ylabel(f"MR {setup} (%, lower is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, figsize=(7, 4.5)) as ax:
+        for run, curve in curves.items():
+            its = sorted(curve)
+            ax.plot(its, [_finite(curve[i][setup]) for i in its], color=colors[labels[run]], alpha=0.3, linewidth=0.8)
+        for label, points in grouped.items():
+            its = sorted(points)
+            ax.plot(its, [points[i]["mean"] for i in its], color=colors[label], linewidth=2.5, marker="o",
+                    label=f"{label} (mean of {max(p['n'] for p in points.values())})")
+        ax.set_xlabel("training iterations")
+        ax.set_ylabel(f"MR {setup} (%, lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return path
 
 

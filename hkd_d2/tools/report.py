@@ -1,15 +1,17 @@
-"""Result tables (markdown via tabulate), statistics over seeds, and atomic JSON/text output."""
+"""Result tables (markdown via tabulate), statistics over seeds, and atomic JSON/text/figure output."""
+import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Union
+from typing import Any, Dict, Iterator, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 from tabulate import tabulate
 
 from ..atomic import atomic_output
 
-__all__ = ["markdown_table", "mean_and_spread", "format_mean_spread", "gap_closed", "write_json", "write_text"]
+__all__ = ["markdown_table", "mean_and_spread", "format_mean_spread", "gap_closed", "write_json", "write_text",
+           "saved_figure"]
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".2f") -> str:
@@ -46,6 +48,28 @@ def write_text(path: Union[str, Path], text: str) -> Path:
     with atomic_output(path) as tmp:
         Path(tmp).write_text(text)
     return Path(path)
+
+
+@contextlib.contextmanager
+def saved_figure(path: Union[str, Path], ncols: int = 1, figsize: Tuple[float, float] = (6.5, 4.5),
+                 title: str = "", dpi: int = 120) -> Iterator[Any]:
+    """Yield the axes of a new matplotlib figure (one, or an array of ``ncols``), then lay it out and
+    save it to ``path`` atomically (a failure leaves no file); the figure is closed either way."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    try:
+        yield axes
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        with atomic_output(Path(path)) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or None)
+    finally:
+        plt.close(fig)
 
 
 def write_json(path: Union[str, Path], obj: Any) -> Path:
