@@ -89,8 +89,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="config of the distilled student (Distiller; its MODEL.TEACHER.CONFIG_FILE is the teacher)")
     p.add_argument("--input-scale", type=float, default=DEMO_INPUT_SCALE,
                    help="detector input size (training and test) as a fraction of --image-size")
-    p.add_argument("--teacher-iters", type=int, default=600, help="teacher training iterations")
-    p.add_argument("--student-iters", type=int, default=250, help="iterations of each student run")
+    p.add_argument("--teacher-iters", type=int, default=500, help="teacher training iterations")
+    p.add_argument("--student-iters", type=int, default=200, help="iterations of each student run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student and HKD runs")
     p.add_argument("--latency-size", type=int, nargs=2, default=(600, 800), metavar=("H", "W"),
                    help="network input of the latency and GMAC columns")

@@ -1,16 +1,16 @@
 """The demo's cost model: planned seconds per stage, for the stage banners and the overall ETA.
 
-Figures are measured on an idle 2-core CPU with the ``configs/synthetic`` detectors; they only
-shape the plan (the ETA rescales them by how fast the finished stages went).
+Figures are measured on an idle 2-core CPU with the ``configs/synthetic`` detectors at the demo's
+input size (0.8x the generated images); they only shape the plan (the ETA rescales them by how fast the finished stages went).
 """
 from typing import Dict, Sequence
 
 __all__ = ["TRAIN_COST", "EVAL_COST", "OTHER_COST", "stage_plan"]
 
 # Training cost, seconds per iteration, by kind of run ("student" = any student trained alone).
-TRAIN_COST = {"teacher": 0.77, "student": 0.40, "hkd": 0.64}
+TRAIN_COST = {"teacher": 0.58, "student": 0.29, "hkd": 0.40}
 # Evaluation cost per validation image (seconds).
-EVAL_COST = {"teacher": 0.17, "student": 0.13, "hkd": 0.13}
+EVAL_COST = {"teacher": 0.11, "student": 0.07, "hkd": 0.07}
 # Fixed costs of the other stages (seconds).
 OTHER_COST = {"data": 5.0, "complexity": 15.0, "report": 10.0}
 
