@@ -5,9 +5,12 @@ the report.
 Output folder (written whole or not at all)::
 
     OUT/candidates.json                 every candidate: spec, cost, training and block loss
-    OUT/<budget>/student.yaml           compact student, _BASE_ the plain student config
-    OUT/<budget>/student_init.pth       its stitched weights (MODEL.WEIGHTS of student.yaml)
-    OUT/<budget>/hkd.yaml, hkd_init.pth the same student under HKD (_BASE_ the HKD config)
+    OUT/<budget>/compact_<budget>_student.yaml   compact student, _BASE_ the plain student config
+    OUT/<budget>/student_init.pth                its stitched weights (MODEL.WEIGHTS of that config)
+    OUT/<budget>/compact_<budget>_hkd.yaml       the same student under HKD (_BASE_ the HKD config),
+    OUT/<budget>/hkd_init.pth                    and its weights
+
+(config names differ across budgets, as ``tools/ablation.py`` requires of the configs of one table)
     OUT/<budget>/selection.json         chosen blocks, predicted and measured cost
     OUT/report.md, report.json, budget_vs_cost.png
 """
@@ -163,9 +166,10 @@ class _CandidatePool:
             state = stitch_state_dict(student, self.teacher.detector, stages, self.interface,
                                       self.options.fpn, self.options.heads)
             write_weights(tmp / f"{name}_init.pth", state)
-            write_config(tmp / f"{name}.yaml", base, overrides)
+            config_name = f"compact_{budget.label()}_{name}.yaml"
+            write_config(tmp / config_name, base, overrides)
             load_detector_weights(student, str(tmp / f"{name}_init.pth"))
-            runs[name] = {"config": str(final / f"{name}.yaml"), "output_dir": overrides["OUTPUT_DIR"]}
+            runs[name] = {"config": str(final / config_name), "output_dir": overrides["OUTPUT_DIR"]}
             if model is None:
                 model = student
         return {"model": model, "runs": runs}

@@ -83,12 +83,9 @@ def _table_row(table: Mapping, name: str) -> Mapping:
     raise KeyError(f"no row {name!r} in the ablation table (rows: {[r['name'] for r in table['rows']]})")
 
 
-def _budget_row(table: Mapping, label: str) -> Optional[Mapping]:
-    """The ablation row whose config lies in the budget's folder (``.../<label>/<name>.yaml``)."""
-    found = [row for row in table["rows"] if Path(row["config"]).parent.name == label]
-    if len(found) > 1:
-        raise ValueError(f"several ablation rows train budget {label}: {[r['name'] for r in found]}")
-    return found[0] if found else None
+def _budget_rows(table: Mapping, label: str) -> List[Mapping]:
+    """The ablation rows whose config lies in the budget's folder (``.../<label>/<name>.yaml``)."""
+    return [row for row in table["rows"] if Path(row["config"]).parent.name == label]
 
 
 def _mr_entry(name: str, cost: Mapping, row: Optional[Mapping], mr: Optional[Mapping] = None) -> Dict:
@@ -106,8 +103,8 @@ def budget_vs_mr(report: Mapping, table: Mapping, references: Mapping[str, Tuple
     Args:
         report: ``OUT/report.json`` of ``hkd-compress`` (costs and latencies of every model).
         table: an ablation table (``tools/ablation.py`` ``OUT/<table>.json``) holding the trained
-            compact students (each row's config inside its budget's folder of ``OUT``) and the
-            reference rows, with its paired columns.
+            compact students (each row's config inside its budget's folder of ``OUT``; one table row
+            per ablation row, named after it) and the reference rows, with its paired columns.
         references: display name -> (model of ``report`` whose costs it has, ablation row name),
             e.g. ``{"R18 + HKD": ("student_R18_FPN", "t3_7_pd_rd_ld")}``.
         teacher_mr: MR Reasonable of the teacher (it has no ablation row), shown when given.
@@ -115,9 +112,8 @@ def budget_vs_mr(report: Mapping, table: Mapping, references: Mapping[str, Tuple
     costs = {r["model"]: r for r in report["rows"]}
     rows = []
     for cost in report["rows"]:
-        row = _budget_row(table, cost["budget"]) if cost["budget"] else None
-        if row is not None:
-            rows.append(_mr_entry(cost["model"], cost, row))
+        if cost["budget"]:
+            rows += [_mr_entry(row["name"], cost, row) for row in _budget_rows(table, cost["budget"])]
     for name, (model, row_name) in references.items():
         if model not in costs:
             raise KeyError(f"reference {name!r}: no model {model!r} in the compress report ({sorted(costs)})")

@@ -203,16 +203,17 @@ def test_tiny_compress_run_meets_every_budget(tiny_data):
         assert selection["summed_block_loss"] == pytest.approx(_brute_force(losses, params, gmacs, budget, fixed))
         bound_met.append(measured["params"] / (bound * 1e6))
         for name in ("student", "hkd"):
-            cfg = load_config(str(folder / f"{name}.yaml"), ["MODEL.DEVICE", "cpu"])
+            cfg = load_config(str(folder / f"compact_{folder.name}_{name}.yaml"), ["MODEL.DEVICE", "cpu"])
             assert cfg.MODEL.BACKBONE.NAME == "build_compact_fpn_backbone"
             assert cfg.MODEL.WEIGHTS == str(folder / f"{name}_init.pth")
             assert cfg.MODEL.META_ARCHITECTURE == ("Distiller" if name == "hkd" else "GeneralizedRCNN")
-        student = build_model(load_config(str(folder / "student.yaml"), ["MODEL.DEVICE", "cpu"]))
+        student = build_model(load_config(str(folder / f"compact_{folder.name}_student.yaml"), ["MODEL.DEVICE", "cpu"]))
         load_detector_weights(student, str(folder / "student_init.pth"))
     assert min(bound_met) > 0.3  # the budgets shape the choice (not all met by the cheapest student)
     assert (out / "budget_vs_cost.png").stat().st_size > 0
     text = (out / "report.md").read_text()
-    assert "| teacher" in text and f"--config-file {out / Budget(PARAMS_BOUNDS[0], GMACS_BOUND).label()}/hkd.yaml" in text
+    label = Budget(PARAMS_BOUNDS[0], GMACS_BOUND).label()
+    assert "| teacher" in text and f"--config-file {out / label}/compact_{label}_hkd.yaml" in text
 
 
 @pytest.mark.slow
@@ -276,7 +277,7 @@ def test_budget_vs_mr_joins_costs_and_miss_rates(tmp_path):
     rows = compress_report.main([str(out), str(tmp_path / "table.json"), "--reference", "R18 alone=student_R18_FPN:alone",
                                  "--teacher-mr", "18.5"])
     assert [(r["model"], r["backbone_GMACs"], r["Reasonable"]["mean"]) for r in rows] == [
-        ("compact gmacs0.68", 0.66, 60.0), ("compact gmacs1.7", 1.5, 52.0), ("R18 alone", 3.3, 50.0), ("teacher", 6.8, 18.5)]
+        ("hkd_small", 0.66, 60.0), ("hkd_big", 1.5, 52.0), ("R18 alone", 3.3, 50.0), ("teacher", 6.8, 18.5)]
     assert rows[0]["paired"]["alone"]["mean"] == -10.0 and rows[2]["paired"] == {}
     text = (out / "budget_vs_mr.md").read_text()
     assert "-10.00 [-11.00, -9.00] 2W/0L, within noise" in text and "60.00 ± 1.00" in text
