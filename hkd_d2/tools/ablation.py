@@ -246,6 +246,13 @@ def comparison_table(comparisons: Sequence[Dict]) -> str:
                           [[c["candidate"], c["reference"], c["n"], format_paired(c), c["verdict"]] for c in comparisons])
 
 
+def config_name(text: str) -> str:
+    """The table name of a config given by name or path: its file name without ``.yaml``
+    (``"pcl_ema_0.99"`` stays whole, as ``"a/pcl_ema_0.99.yaml"`` names it)."""
+    name = Path(text).name
+    return Path(name).stem if Path(name).suffix in (".yaml", ".yml") else name
+
+
 def parse_comparisons(items: Sequence[str]) -> List[Tuple[str, str]]:
     """``["t3_3_ld:t3_1_baseline"]`` -> ``[("t3_3_ld", "t3_1_baseline")]`` (config names, no suffix)."""
     pairs = []
@@ -253,7 +260,7 @@ def parse_comparisons(items: Sequence[str]) -> List[Tuple[str, str]]:
         cand, sep, ref = item.partition(":")
         if not sep or not cand or not ref:
             raise ValueError(f"--compare expects CANDIDATE:REFERENCE (config names), got '{item}'")
-        pairs.append((Path(cand).stem, Path(ref).stem))
+        pairs.append((config_name(cand), config_name(ref)))
     return pairs
 
 
@@ -301,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     for name in ("detectron2", "hkd_d2"):
         setup_logger(output=str(out / "log.txt"), name=name, abbrev_name=name[:3])
     runs = plan_runs(args.configs, args.seeds, out, args.first_seed)
-    references = [Path(r).stem for r in (args.reference or args.configs[:1])]
+    references = [config_name(r) for r in (args.reference or args.configs[:1])]
     pairs = parse_comparisons(args.compare)
     stems = {r.name for r in runs}
     unknown = sorted({n for n in references + [n for pair in pairs for n in pair]} - stems)

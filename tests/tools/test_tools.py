@@ -200,6 +200,11 @@ def test_runs_train_only_the_teachers_trained_beforehand(config, teacher):
     assert (found and Path(found).name) == teacher
 
 
+def test_ablation_names_configs_with_dots_whole():
+    assert ablation.parse_comparisons(["pcl_ema_0.99:a/pcl.yaml", "x.yml:y"]) == [("pcl_ema_0.99", "pcl"), ("x", "y")]
+    assert ablation.plan_runs(["c/pcl_ema_0.99.yaml"], 1, Path("out"))[0].name == ablation.config_name("pcl_ema_0.99")
+
+
 def test_parse_teacher_weights(tmp_path):
     (tmp_path / "t.pth").write_bytes(b"x")
     parsed = ablation.parse_teacher_weights([f"teacher_R50_FPN={tmp_path / 't.pth'}", str(tmp_path / "t.pth")])
