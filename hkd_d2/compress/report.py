@@ -138,15 +138,20 @@ def budget_vs_mr_markdown(rows: Sequence[Mapping], references: Sequence[str]) ->
 
 def plot_budget_vs_mr(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
     """Backbone GMACs against MR Reasonable (mean, error bar = std over seeds), every model; PNG, atomic."""
+    from matplotlib.ticker import ScalarFormatter
+
     with saved_figure(path, title=title) as axis:
-        for r in rows:
+        for index, r in enumerate(rows):
             compact = r["budget"] is not None
             mr = r["Reasonable"]
             axis.errorbar(r["backbone_GMACs"], mr["mean"], yerr=mr["std"], fmt="o" if compact else "s",
                           color="tab:blue" if compact else "tab:gray", capsize=3)
-            axis.annotate(r["model"], (r["backbone_GMACs"], mr["mean"]), fontsize=7, xytext=(4, 4),
-                          textcoords="offset points")
+            # Alternate label sides: models of one cost (a student alone and distilled) sit together.
+            axis.annotate(r["model"], (r["backbone_GMACs"], mr["mean"]), fontsize=7,
+                          xytext=(4, 4 if index % 2 == 0 else -10), textcoords="offset points")
         axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(ScalarFormatter())
         axis.set_xlabel("backbone GMACs (log)")
         axis.set_ylabel("MR Reasonable (%, lower is better)")
         axis.grid(True, linestyle=":", linewidth=0.8)
