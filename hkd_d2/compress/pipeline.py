@@ -4,15 +4,15 @@ the report.
 
 Output folder (written whole or not at all)::
 
-    OUT/candidates.json                 every candidate: spec, cost, training and block loss
+    OUT/candidates.json                          every candidate: spec, cost, training and block loss
     OUT/<budget>/compact_<budget>_student.yaml   compact student, _BASE_ the plain student config
     OUT/<budget>/student_init.pth                its stitched weights (MODEL.WEIGHTS of that config)
     OUT/<budget>/compact_<budget>_hkd.yaml       the same student under HKD (_BASE_ the HKD config),
     OUT/<budget>/hkd_init.pth                    and its weights
-
-(config names differ across budgets, as ``tools/ablation.py`` requires of the configs of one table)
-    OUT/<budget>/selection.json         chosen blocks, predicted and measured cost
+    OUT/<budget>/selection.json                  chosen blocks, predicted and measured cost
     OUT/report.md, report.json, budget_vs_cost.png
+
+Config names differ across budgets, as ``tools/ablation.py`` requires of the configs of one table.
 """
 import copy
 import logging
