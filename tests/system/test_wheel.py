@@ -56,7 +56,7 @@ def test_installed_wheel_ships_configs_that_find_their_teacher(site, tmp_path):
 
 def test_installed_wheel_has_console_commands(site):
     commands = ("train", "eval", "export", "detect", "video", "demo", "ablation", "benchmark", "miss-rate", "synthetic",
-                "crowdhuman-eval", "compress", "pretrain", "pooled", "curve")
+                "crowdhuman-eval", "compress", "compress-report", "pretrain", "pooled", "curve")
     assert sorted(p.name for p in (site / "bin").iterdir()) == sorted(f"hkd-{c}" for c in commands)
     # each runs a function of hkd_d2.tools.cli (checked to exist in test_user_setup)
     assert "from hkd_d2.tools.cli import train" in (site / "bin" / "hkd-train").read_text()
