@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from detectron2.utils.logger import setup_logger
@@ -39,7 +39,7 @@ from .runs import build_run_config, evaluate, teacher_config, train
 
 __all__ = ["AblationRun", "plan_runs", "run_ablation", "check_overrides", "summarize_ablation", "ablation_table",
            "parse_teacher_weights", "mr_by_seed", "paired_comparisons", "comparison_table", "parse_comparisons",
-           "run_device", "run_environments", "environment_note", "main"]
+           "run_device", "run_environments", "environment_note", "only_finished_rows", "main"]
 
 logger = logging.getLogger("hkd_d2.ablation")
 
@@ -226,6 +226,18 @@ def paired_comparisons(results: Sequence[Dict], rows: Sequence[Dict], references
              **paired_gain(mr_by_seed(results, ref), mr_by_seed(results, cand))} for cand, ref in comparisons]
 
 
+def only_finished_rows(references: Sequence[str], pairs: Sequence[Tuple[str, str]],
+                       finished: Set[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """The references and comparison pairs whose rows have finished runs (a table of an ablation
+    still under way); the others are left out with a warning."""
+    kept_refs = [r for r in references if r in finished]
+    kept_pairs = [p for p in pairs if set(p) <= finished]
+    left_out = sorted({n for n in list(references) + [n for p in pairs for n in p]} - finished)
+    if left_out:
+        logger.warning(f"--report-only: no finished run of {', '.join(left_out)}: its comparisons are left out")
+    return kept_refs, kept_pairs
+
+
 def ablation_table(rows: Sequence[Dict], references: Sequence[str] = ()) -> str:
     """Markdown table: config, seeds, MR mean ± std [min-max] per reported setup, then the paired
     gain over each reference row (mean [95% interval] wins/losses)."""
@@ -322,6 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
         for run in runs:
             check_overrides(run, args.opts)
         results = [json.loads(r.result_path.read_text()) for r in runs]
+        references, pairs = only_finished_rows(references, pairs, {r.name for r in runs})
     else:
         results = run_ablation(runs, args.opts, out, teacher_weights=parse_teacher_weights(args.teacher_weights),
                                teacher_opts=args.teacher_opts)

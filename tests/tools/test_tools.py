@@ -457,6 +457,19 @@ def test_ablation_report_only_uses_finished_runs(tmp_path):
         ablation.main(["--configs", "x/a.yaml", "--seeds", "2", "--out", str(tmp_path), "--report-only", "--", "K", "2"])
 
 
+def test_ablation_report_only_leaves_out_comparisons_of_rows_not_run_yet(tmp_path):
+    for seed, (a, b) in enumerate(((40.0, 35.0), (44.0, 41.0))):
+        for name, v in (("a", a), ("b", b)):
+            write_json(tmp_path / name / f"seed{seed}" / "result.json",
+                       {"config": f"{name}.yaml", "name": name, "seed": seed, "overrides": [],
+                        "mr": {"Reasonable": v, "Reasonable_small": v}})
+    ablation.main(["--configs", "x/a.yaml", "x/b.yaml", "x/c.yaml", "--seeds", "2", "--out", str(tmp_path),
+                   "--report-only", "--reference", "a", "c", "--compare", "b:a", "c:a", "c:b"])
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["references"] == ["a"]
+    assert [(c["candidate"], c["reference"], c["mean"]) for c in table["comparisons"]] == [("b", "a", 4.0)]
+
+
 def test_demo_trains_and_tests_at_its_input_scale():
     opts = demo._run_opts(demo.parse_args(["--input-scale", "0.8"]), iters=100, seed=3)
     keys = dict(zip(opts[::2], opts[1::2]))
