@@ -302,7 +302,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--reference", nargs="+", default=None, metavar="CONFIG",
                    help="rows every row is compared with, seed by seed (config names; default: the first config)")
     p.add_argument("--report-only", action="store_true",
-                   help="train nothing: build the tables from the runs already finished in OUT (others are left out)")
+                   help="train nothing: build the tables from the runs already finished in OUT (other runs, and the "
+                        "comparisons of rows with none, are left out)")
     p.add_argument("--compare", nargs="+", default=[], metavar="CANDIDATE:REFERENCE",
                    help="extra paired comparisons between rows, e.g. t3_3_ld:t3_1_baseline (the effect of LD)")
     p.add_argument("opts", nargs=argparse.REMAINDER,
